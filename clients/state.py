@@ -1,0 +1,24 @@
+"""A site's state in the node's Flower context (survives between rounds, never leaves the node)."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, RecordDict
+
+from fl_medlego import wire
+from fl_medlego.site import SiteState
+
+
+def load_state(state: RecordDict, site: str) -> SiteState | None:
+    if f"{site}.head" not in state:
+        return None
+    return SiteState(
+        head=state[f"{site}.head"].to_torch_state_dict(),
+        specialist=wire.tensors_to_adapter(state[f"{site}.specialist"].to_torch_state_dict()),
+        specialist_head=state[f"{site}.specialist-head"].to_torch_state_dict(),
+    )
+
+
+def save_state(state: RecordDict, site: str, site_state: SiteState) -> None:
+    state[f"{site}.head"] = ArrayRecord(site_state.head)
+    state[f"{site}.specialist"] = ArrayRecord(wire.adapter_to_tensors(site_state.specialist))
+    state[f"{site}.specialist-head"] = ArrayRecord(site_state.specialist_head)

@@ -1,0 +1,98 @@
+"""Where MedMNIST arrays come from: the bundled sample, a local root, or medmnist's download.
+
+Root lookup for a flag: the run config's `data.root` (a folder), then $MEDMNIST_ROOT, then medmnist's
+default root (~/.medmnist); the first one holding `<flag>.npz` wins. When none does, medmnist
+downloads into the first of them (needs the internet). `data.root = "bundled"` uses the small subset
+shipped inside this package, so the default scenario runs offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import medmnist
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BUNDLED = "bundled"
+BUNDLED_ROOT = Path(__file__).parent / "sample"
+SPLITS = ("train", "val", "test")
+
+
+def canonical_flag(name: str) -> str:
+    """'blood' or 'bloodmnist' -> 'bloodmnist'; an unknown name lists the known ones."""
+    flag = name.strip().lower()
+    flag = flag if flag.endswith("mnist") else flag + "mnist"
+    if flag not in medmnist.INFO or flag.endswith("3d"):
+        known = sorted(k.removesuffix("mnist") for k in medmnist.INFO if not k.endswith("3d"))
+        raise ValueError(f"unknown MedMNIST data set {name!r}; known 2D sets: {', '.join(known)}")
+    return flag
+
+
+@dataclass
+class SplitArrays:
+    images: np.ndarray  # uint8, (N, H, W) or (N, H, W, 3)
+    labels: np.ndarray  # int64, (N, L): L = 1 for single-label tasks
+
+
+@dataclass
+class LoadedSet:
+    flag: str
+    task: str  # medmnist task string, e.g. "multi-class"
+    num_classes: int  # logits the head needs
+    splits: dict[str, SplitArrays]
+    source: str  # human-readable: where the arrays came from
+
+
+def _file_name(flag: str, size: int) -> str:
+    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+
+
+def candidate_roots(config_root: str) -> list[Path]:
+    roots = []
+    if config_root:
+        roots.append(Path(config_root).expanduser())
+    if os.environ.get("MEDMNIST_ROOT"):
+        roots.append(Path(os.environ["MEDMNIST_ROOT"]).expanduser())
+    roots.append(Path(medmnist.dataset.DEFAULT_ROOT).expanduser())
+    return roots
+
+
+def load_medmnist(name: str, root: str = BUNDLED, size: int = 28) -> LoadedSet:
+    """Load all three splits of a MedMNIST 2D set as arrays, saying where they came from."""
+    flag = canonical_flag(name)
+    info = medmnist.INFO[flag]
+    if root == BUNDLED:
+        if size != 28 or not (BUNDLED_ROOT / _file_name(flag, 28)).is_file():
+            available = sorted(p.stem for p in BUNDLED_ROOT.glob("*.npz"))
+            raise FileNotFoundError(
+                f"the bundled sample has no {flag} at {size} px (it has {available} at 28 px): "
+                "set data.root to a folder with the MedMNIST files, or to '' to look up / download them"
+            )
+        chosen, download = BUNDLED_ROOT, False
+        source = f"bundled sample of {flag} (a subset of MedMNIST v2, CC BY 4.0)"
+    else:
+        roots = candidate_roots(root)
+        found = [r for r in roots if (r / _file_name(flag, size)).is_file()]
+        chosen, download = (found[0], False) if found else (roots[0], True)
+        source = f"{flag} from {chosen}" if found else f"{flag} downloaded by medmnist into {chosen}"
+        if download:
+            chosen.mkdir(parents=True, exist_ok=True)
+            log.info("%s not found in %s: downloading", _file_name(flag, size), [str(r) for r in roots])
+    cls = getattr(medmnist, info["python_class"])
+    splits = {}
+    for split in SPLITS:
+        try:
+            ds = cls(split=split, root=str(chosen), download=download, size=size)
+        except Exception as err:  # medmnist raises bare RuntimeErrors; name the fix
+            raise FileNotFoundError(
+                f"could not load {flag} ({split}) from {[str(r) for r in candidate_roots(root)]}: {err}. "
+                "Put the MedMNIST .npz files in a folder and set data.root (or MEDMNIST_ROOT) to it, "
+                "or use data.root='bundled' for the offline sample"
+            ) from err
+        splits[split] = SplitArrays(np.asarray(ds.imgs), np.asarray(ds.labels, dtype=np.int64).reshape(len(ds.imgs), -1))
+    return LoadedSet(flag, info["task"], len(info["label"]), splits, source)

@@ -1,0 +1,91 @@
+"""Sites: which modality each site holds and its private train / val / test shards.
+
+A sites spec lists modalities, one site each, or `name:N` to split a modality across N sites:
+`"blood,breast,organa,pneumonia"` or `"pneumonia:3,blood"` (sites pneumonia-1..3 and blood).
+Every split of a modality is partitioned across its sites (a hospital has its own test set).
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .medmnist_source import SPLITS, LoadedSet, canonical_flag, load_medmnist
+from .partition import partition, subsample
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    name: str  # e.g. "blood" or "pneumonia-2"
+    flag: str  # e.g. "bloodmnist"
+    index: int  # position among the sites of this modality
+    count: int  # how many sites share this modality
+
+
+def parse_sites(spec: str) -> list[SiteSpec]:
+    sites: list[SiteSpec] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        name, _, count_text = item.partition(":")
+        try:
+            count = int(count_text) if count_text else 1
+        except ValueError:
+            raise ValueError(f"bad site entry {item!r}: write 'modality' or 'modality:N' with N an integer") from None
+        if count < 1:
+            raise ValueError(f"bad site entry {item!r}: N must be >= 1")
+        flag = canonical_flag(name)
+        short = flag.removesuffix("mnist")
+        sites += [SiteSpec(short if count == 1 else f"{short}-{i + 1}", flag, i, count) for i in range(count)]
+    names = [s.name for s in sites]
+    if not sites or len(set(names)) != len(names):
+        raise ValueError(f"sites spec {spec!r} must name at least one site, each once (got {names})")
+    return sites
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, H, W, C)
+    labels: torch.Tensor  # int64 (N, L)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class SiteData:
+    site: SiteSpec
+    task: str
+    num_classes: int
+    source: str
+    train: Split
+    val: Split
+    test: Split
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(flag: str, root: str, size: int) -> LoadedSet:
+    # Simulated nodes serve many messages in one process: read each data set once.
+    return load_medmnist(flag, root, size)
+
+
+def load_site(site: SiteSpec, root: str, size: int = 28, scheme: str = "iid", alpha: float = 0.5,
+              max_train: int = 0, max_eval: int = 0, seed: int = 0) -> SiteData:
+    """The site's shard of each split, capped (0 = no cap), identical on every machine for the same seed."""
+    loaded = _load_cached(site.flag, root, size)
+    base_seed = seed * 1000003 + zlib.crc32(site.flag.encode())
+    shards = {}
+    for s, split in enumerate(SPLITS):
+        arrays = loaded.splits[split]
+        parts = partition(arrays.labels, site.count, scheme, alpha, base_seed + s)
+        cap = max_train if split == "train" else max_eval
+        idx = subsample(parts[site.index], cap, base_seed + 10 + s)
+        images = arrays.images[idx]
+        if images.ndim == 3:  # grayscale: add the channel axis
+            images = images[..., None]
+        shards[split] = Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(arrays.labels[idx]))
+    return SiteData(site, loaded.task, loaded.num_classes, loaded.source, shards["train"], shards["val"], shards["test"])

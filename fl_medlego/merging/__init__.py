@@ -1,0 +1,53 @@
+"""Merge methods by name (pure tensor code) and `merge_adapters`, which applies one to whole adapters.
+
+    from fl_medlego.merging import merge_adapters
+    merged = merge_adapters([site_a, site_b], method="medlego", energy=0.9)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..lora.factors import Adapter
+from . import lora_avg, medlego  # noqa: F401  (registers the methods)
+from ._registry import MergeMethod, get_merge, list_merges, register_merge
+
+
+def normalize_weights(weights: Sequence[float] | None, n: int) -> torch.Tensor:
+    """Uniform 1/N when None; else non-negative weights (e.g. example counts) scaled to sum to 1."""
+    if weights is None:
+        return torch.full((n,), 1.0 / n, dtype=torch.float64)
+    w = torch.as_tensor(list(weights), dtype=torch.float64)
+    if w.numel() != n:
+        raise ValueError(f"got {w.numel()} merge weights for {n} adapters")
+    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"merge weights must be finite, non-negative and not all zero, got {w.tolist()}")
+    return w / w.sum()
+
+
+def merge_adapters(
+    adapters: Sequence[Adapter], method: str = "medlego", weights: Sequence[float] | None = None, **options
+) -> Adapter:
+    """Merge whole adapters matrix by matrix with a registered method; the result has scale 1.
+
+    Every adapter must adapt the same matrices (ranks may differ where the method allows it).
+    """
+    if not adapters:
+        raise ValueError("merge_adapters needs at least one adapter")
+    merge = get_merge(method)
+    opts = merge.make_options(**options)
+    names = set(adapters[0].factors)
+    for i, adapter in enumerate(adapters[1:], start=1):
+        if set(adapter.factors) != names:
+            diff = sorted(names.symmetric_difference(adapter.factors))
+            raise ValueError(f"adapter {i} adapts other matrices than adapter 0 (differing: {diff[:5]})")
+    w = normalize_weights(weights, len(adapters))
+    folded = [a.folded() for a in adapters]
+    merged = {name: merge.fn([f[name] for f in folded], w, opts) for name in sorted(names)}
+    return Adapter(merged, scale=1.0, metadata={"merge": {"method": method, "options": vars(opts),
+                                                           "weights": w.tolist()}})
+
+
+__all__ = ["MergeMethod", "get_merge", "list_merges", "merge_adapters", "normalize_weights", "register_merge"]

@@ -1,0 +1,45 @@
+"""The shared low-rank core: the SVD of a weighted sum of low-rank updates without the dense matrix.
+
+Stack U = [w_1 B_1 diag(E_1), ..., w_N B_N diag(E_N)] (d_out x R) and V = [A_1; ...; A_N] (R x d_in),
+so that sum_i w_i D_i = U V. With thin QRs U = Q_u R_u and V^T = Q_v R_v, the SVD of the small core
+R_u R_v^T = P S T^T gives U V = (Q_u P) S (Q_v T)^T exactly, in O((d_out + d_in) R^2 + R^3) time
+and O((d_out + d_in) R) memory (method.md section 2). Everything runs in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..lora.factors import Factors
+
+
+def stack_factors(factors: list[Factors], weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """U (d_out x R) and V (R x d_in), float64, with sum_i w_i D_i = U V."""
+    U = torch.cat([f.B.double() * (w * f.E.double()) for f, w in zip(factors, weights.double())], dim=1)
+    V = torch.cat([f.A.double() for f in factors], dim=0)
+    return U, V
+
+
+def svd_of_sum(factors: list[Factors], weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD (U, S, Vh) of sum_i w_i D_i, float64, with at most R = sum r_i triplets."""
+    U, V = stack_factors(factors, weights)
+    R = U.shape[1]
+    if R >= min(U.shape[0], V.shape[1]):
+        # The stacked rank is no smaller than the matrix: the dense SVD costs no more.
+        return torch.linalg.svd(U @ V, full_matrices=False)
+    Q_u, R_u = torch.linalg.qr(U)
+    Q_v, R_v = torch.linalg.qr(V.T)
+    P, S, Th = torch.linalg.svd(R_u @ R_v.T)
+    return Q_u @ P, S, Th @ Q_v.T
+
+
+def energy_rank(singular_values: torch.Tensor, energy: float, max_rank: int | None = None) -> int:
+    """Smallest k with sum_{j<=k} sigma_j >= energy * sum_j sigma_j, capped by max_rank, at least 1."""
+    total = singular_values.sum()
+    cumulative = torch.cumsum(singular_values, dim=0)
+    # Relative slack of a few ulps so that energy = 1.0 does not demand the last rounding error.
+    k = int((cumulative < energy * total * (1 - 1e-12)).sum().item()) + 1
+    k = min(k, singular_values.numel())
+    if max_rank is not None:
+        k = min(k, max_rank)
+    return max(k, 1)

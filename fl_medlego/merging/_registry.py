@@ -1,0 +1,61 @@
+"""Merge methods by name: each a pure function on one adapted matrix's per-site factors.
+
+A method is `fn(factors, weights, options) -> Factors`: `factors[i]` is site i's update
+D_i = B_i diag(E_i) A_i (scale already folded in), `weights` are float64, non-negative and sum to 1,
+and `options` is an instance of the method's own options dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..lora.factors import Factors
+
+MergeFn = Callable[[list[Factors], torch.Tensor, object], Factors]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    fn: MergeFn
+    options_type: type
+    summary: str
+
+    def make_options(self, **options) -> object:
+        """Build the method's options; an unknown option names the method and the known ones."""
+        known = [f.name for f in dataclasses.fields(self.options_type)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise TypeError(f"merge method {self.name!r} has no option(s) {unknown}; its options are {known}")
+        return self.options_type(**options)
+
+
+_REGISTRY: dict[str, MergeMethod] = {}
+
+
+def register_merge(name: str, options: type) -> Callable[[MergeFn], MergeFn]:
+    """Decorator: register `fn` under `name` with its options dataclass; the docstring's first line is its summary."""
+
+    def decorator(fn: MergeFn) -> MergeFn:
+        if name in _REGISTRY:
+            raise ValueError(f"merge method {name!r} is registered twice")
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        _REGISTRY[name] = MergeMethod(name, fn, options, summary)
+        return fn
+
+    return decorator
+
+
+def get_merge(name: str) -> MergeMethod:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown merge method {name!r}; known methods: {', '.join(list_merges())}") from None
+
+
+def list_merges() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,37 @@
+"""Med-LEGO merge (Zhu et al. 2025, arXiv 2503.01164), method.md section 2.
+
+D = sum_i w_i D_i; D = U S V^T; keep the top k triplets, k the smallest with
+sum_{j<=k} sigma_j >= v * sum_j sigma_j (and k <= max_rank); the merged adapter is B' = U_k,
+E' = sigma_1..k, A' = V_k^T. Computed through the small QR core, never forming D when R < min(d).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..lora.factors import Factors
+from ._lowrank import energy_rank, svd_of_sum
+from ._registry import register_merge
+
+
+@dataclass
+class MedLegoOptions:
+    energy: float = 0.9  # v in (0, 1]: fraction of the singular-value mass to keep
+    max_rank: int | None = None  # optional cap on k; None keeps what the energy asks for
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.energy <= 1.0:
+            raise ValueError(f"medlego energy must be in (0, 1], got {self.energy}")
+        if self.max_rank is not None and self.max_rank < 1:
+            raise ValueError(f"medlego max_rank must be >= 1 or None, got {self.max_rank}")
+
+
+@register_merge("medlego", MedLegoOptions)
+def medlego(factors: list[Factors], weights: torch.Tensor, options: MedLegoOptions) -> Factors:
+    """Exact SVD of the weighted mean update, truncated by the energy threshold v."""
+    U, S, Vh = svd_of_sum(factors, weights)
+    k = energy_rank(S, options.energy, options.max_rank)
+    dtype = factors[0].B.dtype
+    return Factors(U[:, :k].to(dtype).contiguous(), S[:k].to(dtype).contiguous(), Vh[:k].to(dtype).contiguous())

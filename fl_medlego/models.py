@@ -1,0 +1,104 @@
+"""Backbones over timm, and the site model (a shared frozen backbone + a site's own head).
+
+Named presets carry their settings, as timm names do:
+- `vit_medmnist_28`: a depth-6, width-128 ViT with 4-pixel patches for 28 px MedMNIST; trains on a CPU.
+- `vit_base_patch16_224`: the paper's ViT-B/16 at 224 px (a GPU configuration).
+Any other timm model name is passed to `timm.create_model` as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+PRESETS: dict[str, dict] = {
+    "vit_medmnist_28": dict(
+        model_name="vit_small_patch16_224", img_size=28, patch_size=4, embed_dim=128, depth=6, num_heads=4,
+    ),
+    "vit_base_patch16_224": dict(model_name="vit_base_patch16_224"),
+}
+
+
+def preset_image_size(name: str) -> int:
+    """The input size a backbone name expects (28 for the small preset, else timm's default config)."""
+    preset = PRESETS.get(name, {})
+    if "img_size" in preset:
+        return int(preset["img_size"])
+    cfg = timm.get_pretrained_cfg(preset.get("model_name", name))
+    return int(cfg.input_size[-1]) if cfg is not None else 224
+
+
+def create_backbone(
+    name: str = "vit_medmnist_28", num_classes: int = 0, pretrained: str = "none", seed: int = 0, **overrides
+) -> nn.Module:
+    """Create a timm backbone by preset or timm name.
+
+    pretrained: "none" (random init drawn from `seed`, so every site builds the same base),
+    "timm" (timm's hub weights: needs the internet), or the path of a local checkpoint
+    (.safetensors or a torch state dict; classifier-head keys that do not fit are skipped).
+    num_classes=0 returns pooled features (the site model adds its own head).
+    """
+    kwargs = dict(PRESETS.get(name, {"model_name": name}))
+    model_name = kwargs.pop("model_name")
+    kwargs.update(overrides)
+    if pretrained == "timm":
+        return timm.create_model(model_name, pretrained=True, num_classes=num_classes, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
+    if pretrained not in ("none", "", None):
+        load_checkpoint(model, pretrained)
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone checkpoint {path} not found: set model.pretrained to 'none', 'timm' or an existing file"
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state.get("model", state))
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(fitting))
+    missing = sorted(set(own) - set(fitting))
+    if [k for k in missing if not k.startswith("head")]:
+        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: missing {missing[:8]} ...")
+    model.load_state_dict(fitting, strict=False)
+    log.info("loaded backbone checkpoint %s (%d tensors, skipped %s)", path, len(fitting), skipped[:8])
+
+
+def fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's frozen weights: sites must share the exact same base to merge adapters."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        if "lora_" in key:
+            continue
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class SiteModel(nn.Module):
+    """The frozen shared backbone (carrying the adapter) and the site's own classification head."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))

@@ -1,0 +1,113 @@
+"""What a site does, without Flower: build its model, train its adapter and head, evaluate.
+
+The Flower ClientApp (`fl_medlego.clients`) only moves `SiteState` in and out of the node's context
+state and adapters in and out of messages; everything else happens here.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from .config import RunConfig
+from .data import SiteData, load_site, parse_sites
+from .lora import Adapter, get_adapter, inject_svd_lora, set_adapter
+from .models import SiteModel, create_backbone, fingerprint
+from .train import evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteState:
+    """What a site keeps between rounds. Never sent anywhere."""
+
+    head: dict[str, torch.Tensor]
+    specialist: Adapter  # the adapter trained from scratch in the site's first round (the ceiling)
+    specialist_head: dict[str, torch.Tensor]
+
+
+def load_site_data(cfg: RunConfig, site_name: str, data_root: str | None = None) -> SiteData:
+    sites = {s.name: s for s in parse_sites(cfg.sites)}
+    if site_name not in sites:
+        raise ValueError(f"site {site_name!r} is not in this scenario's sites {sorted(sites)}")
+    d = cfg.data
+    return load_site(sites[site_name], data_root or d.root, d.image_size, d.partition, d.dirichlet_alpha,
+                     d.max_train, d.max_eval, cfg.seed)
+
+
+def build_site_model(cfg: RunConfig, num_classes: int, site_name: str = "") -> SiteModel:
+    """Shared frozen base (same on every site: seeded or from a checkpoint) + adapter + the site's head."""
+    backbone = create_backbone(cfg.model_name, num_classes=0, pretrained=cfg.pretrained, seed=cfg.seed,
+                               img_size=cfg.data.image_size)
+    base_fingerprint = fingerprint(backbone)
+    # Adapter init and head differ by site, reproducibly.
+    torch.manual_seed(cfg.seed * 7919 + zlib.crc32(site_name.encode()))
+    inject_svd_lora(backbone, cfg.lora)
+    model = SiteModel(backbone, num_classes)
+    model.base_fingerprint = base_fingerprint
+    return model
+
+
+def adapter_template(cfg: RunConfig) -> dict[str, tuple[int, int]]:
+    """Matrix name -> (d_out, d_in) of every adapted matrix: what a valid site update must look like."""
+    with torch.device("meta"):
+        backbone = create_backbone(cfg.model_name, num_classes=0, img_size=cfg.data.image_size)
+        inject_svd_lora(backbone, cfg.lora)
+    from .lora import adapter_updates
+
+    return {name: (u.lora_B.shape[0], u.lora_A.shape[1]) for name, u in adapter_updates(backbone).items()}
+
+
+def train_site(cfg: RunConfig, data: SiteData, merged: Adapter | None, state: SiteState | None,
+               progress: bool = False) -> tuple[Adapter, SiteState, dict[str, float]]:
+    """One round of local training: from scratch (no merged adapter yet) or from the merged adapter."""
+    model = build_site_model(cfg, data.num_classes, data.site.name)
+    if state is not None:
+        model.head.load_state_dict(state.head)
+    if merged is not None:
+        set_adapter(model.backbone, merged)
+    train_cfg = cfg.train if not progress else type(cfg.train)(**{**vars(cfg.train), "progress": True})
+    result = fit(model, data.train, data.val, data.task, cfg.data.image_size, train_cfg)
+    adapter = get_adapter(model.backbone, metadata={"site": data.site.name, "base": model.base_fingerprint})
+    head = {k: v.clone() for k, v in model.head.state_dict().items()}
+    if state is None:  # first training from scratch: this is the site's specialist
+        state = SiteState(head=head, specialist=adapter, specialist_head=head)
+    else:
+        state = SiteState(head=head, specialist=state.specialist, specialist_head=state.specialist_head)
+    last = result.history[result.best_epoch - 1]
+    metrics = {"val-acc": result.best_val_acc, "best-epoch": float(result.best_epoch),
+               "train-loss": last["train_loss"], "num-examples": float(result.num_examples)}
+    log.info("site %s trained on %d examples (%s): best val acc %.4f at epoch %d", data.site.name,
+             result.num_examples, data.source, result.best_val_acc, result.best_epoch)
+    return adapter, state, metrics
+
+
+def evaluate_site(cfg: RunConfig, data: SiteData, adapter: Adapter, head: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Test metrics of `adapter` with the given head of this site."""
+    model = build_site_model(cfg, data.num_classes, data.site.name)
+    model.head.load_state_dict(head)
+    set_adapter(model.backbone, adapter)
+    return evaluate(model, data.test, data.task, cfg.data.image_size)
+
+
+def sites_for_node(cfg: RunConfig, node_config: dict) -> list[str]:
+    """The sites a node hosts: the `site` its SuperNode names (deployment), else its share (simulation).
+
+    In simulation, site i of the scenario lives on simulated node i mod num-partitions, so a site is
+    always served by the same node and keeps its state there.
+    """
+    all_sites = [s.name for s in parse_sites(cfg.sites)]
+    if "site" in node_config:
+        named = [s.strip() for s in str(node_config["site"]).split(",") if s.strip()]
+        unknown = sorted(set(named) - set(all_sites))
+        if unknown:
+            raise ValueError(f"this node's --node-config names site(s) {unknown}, which the scenario does not "
+                             f"declare (sites: {all_sites}); fix --node-config \"site='...'\"")
+        return named
+    if "partition-id" in node_config:
+        return all_sites[int(node_config["partition-id"])::int(node_config["num-partitions"])]
+    raise ValueError("this node names no site: start the SuperNode with --node-config \"site='NAME'\"")

@@ -1,0 +1,108 @@
+"""Local training and evaluation of one site's model (plain PyTorch, no Flower)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data.sites import Split
+from .lora import orthogonality_penalty
+from .metrics import MULTI_LABEL, classification_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    orth_weight: float = 0.1
+    seed: int = 0
+    progress: bool = False  # a tqdm bar per epoch (the CLI turns it on; Flower logs stay line-based)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"invalid training config {self}: epochs, batch size and lr must be positive")
+
+
+@dataclass
+class FitResult:
+    best_val_acc: float
+    best_epoch: int
+    num_examples: int
+    history: list[dict[str, float]]
+
+
+def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, 3, size, size) in [-1, 1]; grayscale is repeated to 3 channels."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (x - 0.5) / 0.5
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    if task == MULTI_LABEL:
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    return F.cross_entropy(logits, labels[:, 0])
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, cfg: TrainConfig) -> FitResult:
+    """Train the trainable parameters (adapter + head); keep the epoch with the best validation ACC."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    best_acc, best_epoch, best_state, history = -1.0, 0, None, []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        batches = order.split(cfg.batch_size)
+        total = 0.0
+        for batch in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False):
+            logits = model(to_model_input(train.images[batch], image_size))
+            loss = task_loss(logits, train.labels[batch], task)
+            total += loss.item() * len(batch)  # report the task loss; the regulariser is not a quality measure
+            if cfg.orth_weight > 0:
+                loss = loss + cfg.orth_weight * orthogonality_penalty(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        metrics = evaluate(model, val, task, image_size, cfg.batch_size * 4)
+        history.append({"epoch": epoch, "train_loss": total / len(train), **{f"val_{k}": v for k, v in metrics.items()}})
+        log.info("epoch %d/%d: train loss %.4f, val acc %.4f", epoch, cfg.epochs, total / len(train), metrics["acc"])
+        if metrics["acc"] > best_acc:
+            best_acc, best_epoch, best_state = metrics["acc"], epoch, _trainable_state(model)
+    model.load_state_dict(best_state, strict=False)
+    return FitResult(best_acc, best_epoch, len(train), history)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, task: str, image_size: int, batch_size: int = 256) -> dict[str, float]:
+    """ACC / AUC (MedMNIST's definitions), macro-F1 and mean loss on a split."""
+    if len(split) == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    model.eval()
+    scores, loss_sum = [], 0.0
+    for start in range(0, len(split), batch_size):
+        images, labels = split.images[start:start + batch_size], split.labels[start:start + batch_size]
+        logits = model(to_model_input(images, image_size))
+        loss_sum += task_loss(logits, labels, task).item() * len(labels)
+        scores.append(torch.sigmoid(logits) if task == MULTI_LABEL else torch.softmax(logits, dim=1))
+    probabilities = torch.cat(scores).numpy().astype(np.float64)
+    return classification_metrics(split.labels.numpy(), probabilities, task, loss_sum / len(split))

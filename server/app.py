@@ -1,0 +1,46 @@
+"""The coordinator: a Flower ServerApp that merges the sites' SVD-LoRA adapters round by round."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from rich.console import Console
+
+from fl_medlego.config import parse_run_config, settings_table
+from fl_medlego.data import parse_sites
+from fl_medlego.merging import get_merge
+from fl_medlego.report import summary_table
+from fl_medlego.results import RunResults
+from fl_medlego.site import adapter_template
+
+from .discovery import discover_sites
+from .strategy import LowRankMergeStrategy
+
+log = logging.getLogger(__name__)
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = parse_run_config(context.run_config)
+    merge = get_merge(cfg.strategy)  # fails before any training if the strategy name is wrong
+    options = cfg.merge.options_for(list(merge.options_type.__dataclass_fields__))
+    merge.make_options(**options)
+    run_dir = cfg.output_path(f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}-{context.run_id}")
+    results = RunResults(run_dir, settings_table(cfg))
+    print(f"fl-medlego: results of this run go to {run_dir}", flush=True)
+
+    declared = [s.name for s in parse_sites(cfg.sites)]
+    site_nodes = discover_sites(grid, declared, cfg.node_wait_timeout)
+    strategy = LowRankMergeStrategy(site_nodes, adapter_template(cfg), cfg.strategy, options,
+                                    cfg.merge.weighting, results)
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.num_rounds, timeout=cfg.round_timeout,
+                   train_config=ConfigRecord(), evaluate_config=ConfigRecord())
+
+    summary = results.write_summary(strategy.specialist, strategy.merged,
+                                    extra={"sites_missing": [s for s in declared if s not in site_nodes]})
+    Console(width=120).print(summary_table(summary))
+    print(f"fl-medlego: summary written to {run_dir / 'summary.md'} and {run_dir / 'summary.json'}", flush=True)
