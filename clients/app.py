@@ -43,7 +43,8 @@ def train(msg: Message, context: Context) -> Message:
     merged = wire.tensors_to_adapter(tensors) if tensors else None  # round 1: train from scratch
     adapter, state, metrics = train_site(cfg, data, merged, load_state(context.state, site))
     save_state(context.state, site, state)
-    info = ConfigRecord({wire.SITE: site, wire.BASE_FINGERPRINT: adapter.metadata["base"], wire.DATA_SOURCE: data.source})
+    info = ConfigRecord({wire.SITE: site, wire.BASE_FINGERPRINT: adapter.metadata["base"],
+                         wire.DATA_SOURCE: data.source})
     content = RecordDict({wire.ARRAYS: ArrayRecord(wire.adapter_to_tensors(adapter)),
                           wire.METRICS: MetricRecord(metrics), wire.SITE_INFO: info})
     return Message(content, reply_to=msg)

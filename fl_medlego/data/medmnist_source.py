@@ -94,5 +94,6 @@ def load_medmnist(name: str, root: str = BUNDLED, size: int = 28) -> LoadedSet:
                 "Put the MedMNIST .npz files in a folder and set data.root (or MEDMNIST_ROOT) to it, "
                 "or use data.root='bundled' for the offline sample"
             ) from err
-        splits[split] = SplitArrays(np.asarray(ds.imgs), np.asarray(ds.labels, dtype=np.int64).reshape(len(ds.imgs), -1))
+        labels = np.asarray(ds.labels, dtype=np.int64).reshape(len(ds.imgs), -1)
+        splits[split] = SplitArrays(np.asarray(ds.imgs), labels)
     return LoadedSet(flag, info["task"], len(info["label"]), splits, source)

@@ -87,5 +87,7 @@ def load_site(site: SiteSpec, root: str, size: int = 28, scheme: str = "iid", al
         images = arrays.images[idx]
         if images.ndim == 3:  # grayscale: add the channel axis
             images = images[..., None]
-        shards[split] = Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(arrays.labels[idx]))
-    return SiteData(site, loaded.task, loaded.num_classes, loaded.source, shards["train"], shards["val"], shards["test"])
+        labels = torch.from_numpy(arrays.labels[idx])
+        shards[split] = Split(torch.from_numpy(np.ascontiguousarray(images)), labels)
+    return SiteData(site, loaded.task, loaded.num_classes, loaded.source,
+                    shards["train"], shards["val"], shards["test"])

@@ -73,7 +73,9 @@ class Adapter:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], scale: float = 1.0, metadata: dict | None = None) -> Adapter:
+    def from_tensors(
+        cls, tensors: dict[str, torch.Tensor], scale: float = 1.0, metadata: dict | None = None
+    ) -> Adapter:
         """Group `name.lora_B/E/A` tensors back into factors; any stray or missing key is an error."""
         grouped: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in tensors.items():
