@@ -1,0 +1,83 @@
+"""Data: the bundled sample, root lookup errors, site specs and deterministic partitions."""
+
+import numpy as np
+import pytest
+import torch
+
+from fl_medlego.data import dirichlet_partition, iid_partition, load_medmnist, load_site, parse_sites
+from fl_medlego.train import to_model_input
+
+
+def test_bundled_sample_loads_offline_and_names_its_source():
+    loaded = load_medmnist("blood", "bundled")
+    assert loaded.flag == "bloodmnist" and loaded.num_classes == 8 and loaded.task == "multi-class"
+    assert "bundled sample" in loaded.source and "CC BY 4.0" in loaded.source
+    assert loaded.splits["train"].images.shape[1:] == (28, 28, 3)
+    assert loaded.splits["test"].labels.shape[1] == 1
+
+
+def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDMNIST_ROOT", raising=False)
+    with pytest.raises(FileNotFoundError, match="bundled sample has no dermamnist"):
+        load_medmnist("derma", "bundled")
+
+
+def test_root_lookup_prefers_config_root_then_environment(tmp_path, monkeypatch):
+    src = load_medmnist("breast", "bundled")
+    arrays = {f"{s}_{k}": getattr(src.splits[s], v) for s in src.splits for k, v in (("images", "images"),
+                                                                                     ("labels", "labels"))}
+    env_root = tmp_path / "env"
+    env_root.mkdir()
+    np.savez(env_root / "breastmnist.npz", **arrays)
+    monkeypatch.setenv("MEDMNIST_ROOT", str(env_root))
+    assert str(env_root) in load_medmnist("breast", str(tmp_path / "empty")).source
+    assert str(env_root) in load_medmnist("breast", "").source
+
+
+def test_unknown_set_lists_known_ones():
+    with pytest.raises(ValueError, match="known 2D sets: .*pneumonia"):
+        parse_sites("blood,pneumona")
+
+
+def test_site_spec_splits_a_modality():
+    sites = parse_sites("pneumonia:3,blood")
+    assert [s.name for s in sites] == ["pneumonia-1", "pneumonia-2", "pneumonia-3", "blood"]
+    assert {s.count for s in sites[:3]} == {3}
+    with pytest.raises(ValueError, match="each once"):
+        parse_sites("blood,blood")
+
+
+def test_iid_partition_is_deterministic_disjoint_and_complete():
+    a, b = iid_partition(103, 4, seed=7), iid_partition(103, 4, seed=7)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    merged = np.concatenate(a)
+    assert len(merged) == 103 and len(np.unique(merged)) == 103
+
+
+def test_dirichlet_partition_skews_labels():
+    labels = np.repeat(np.arange(4), 250)[:, None]
+    parts = dirichlet_partition(labels, 4, alpha=0.1, seed=0)
+    assert len(np.unique(np.concatenate(parts))) == 1000
+    shares = [np.bincount(labels[p, 0], minlength=4) / len(p) for p in parts]
+    assert max(s.max() for s in shares) > 0.6  # strong skew somewhere; IID would be about 0.25 everywhere
+
+
+def test_sites_of_one_modality_get_disjoint_shards():
+    sites = parse_sites("pneumonia:2")
+    shards = [load_site(s, "bundled", seed=3) for s in sites]
+    flat = [s.train.images.reshape(len(s.train), -1) for s in shards]
+    assert len(shards[0].train) + len(shards[1].train) == 600
+    overlap = (flat[0][:, None, :] == flat[1][None, :20, :]).all(-1).any()
+    assert not overlap
+    again = load_site(sites[0], "bundled", seed=3)
+    assert torch.equal(again.train.labels, shards[0].train.labels)
+
+
+def test_caps_and_grayscale_and_rgb_inputs():
+    gray = load_site(parse_sites("breast")[0], "bundled", max_train=50, max_eval=20)
+    rgb = load_site(parse_sites("blood")[0], "bundled", max_train=50, max_eval=20)
+    assert len(gray.train) == 50 and len(gray.test) == 20
+    for data in (gray, rgb):
+        x = to_model_input(data.train.images[:4], 28)
+        assert x.shape == (4, 3, 28, 28) and x.min() >= -1 and x.max() <= 1
+    assert to_model_input(gray.train.images[:2], 56).shape == (2, 3, 56, 56)

@@ -1,0 +1,108 @@
+"""The server strategy on mock replies: invalid ones are dropped with a reason, the rest are merged."""
+
+import json
+
+import pytest
+import torch
+from conftest import random_factors
+from flower_mocks import message, set_task_identity
+from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
+
+from fl_medlego import wire
+from fl_medlego.lora import Adapter
+from fl_medlego.merging import merge_adapters
+from fl_medlego.results import RunResults
+from fl_medlego.server.strategy import LowRankMergeStrategy
+
+TEMPLATE = {"blocks.0.attn.qkv.q": (8, 6), "blocks.0.attn.qkv.v": (8, 6)}
+SITES = {"blood": 11, "breast": 12, "organa": 13}
+
+
+@pytest.fixture
+def strategy(tmp_path):
+    set_task_identity()
+    return LowRankMergeStrategy(SITES, TEMPLATE, "medlego", {"energy": 1.0, "max_rank": None}, "uniform",
+                                RunResults(tmp_path, {"strategy": "medlego"}))
+
+
+def adapter(seed):
+    gen = torch.Generator().manual_seed(seed)
+    return Adapter({n: random_factors(*s, 2, gen) for n, s in TEMPLATE.items()}, scale=2.0)
+
+
+def train_reply(site, node, a, base="abc", examples=100.0):
+    content = RecordDict({
+        wire.ARRAYS: ArrayRecord(wire.adapter_to_tensors(a)),
+        wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: examples, "val-acc": 0.5, "train-loss": 1.0}),
+        wire.SITE_INFO: ConfigRecord({wire.SITE: site, wire.BASE_FINGERPRINT: base, wire.DATA_SOURCE: "test"}),
+    })
+    return message(content, MessageType.TRAIN, src=node, dst=0)
+
+
+def test_configure_train_addresses_each_site_on_its_node(strategy):
+    messages = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid=None))
+    assert {(m.metadata.dst_node_id, m.content[wire.CONFIG][wire.SITE]) for m in messages} == {
+        (11, "blood"), (12, "breast"), (13, "organa")}
+    assert all(m.content[wire.CONFIG][wire.SERVER_ROUND] == 1 for m in messages)
+
+
+def test_valid_replies_are_merged_exactly(strategy, tmp_path):
+    a, b = adapter(1), adapter(2)
+    arrays, metrics = strategy.aggregate_train(1, [train_reply("blood", 11, a), train_reply("breast", 12, b)])
+    merged = wire.tensors_to_adapter(arrays.to_torch_state_dict())
+    expected = merge_adapters([a, b], "medlego", energy=1.0)
+    for name in TEMPLATE:
+        torch.testing.assert_close(merged.factors[name].delta(), expected.factors[name].delta())
+    assert metrics["sites-merged"] == 2
+    assert (tmp_path / "round-001" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_invalid_replies_are_rejected_and_the_round_goes_on(strategy, tmp_path):
+    good = adapter(1)
+    nan = adapter(2)
+    nan.factors["blocks.0.attn.qkv.q"].A[0, 0] = float("nan")
+    missing = Adapter({"blocks.0.attn.qkv.q": adapter(3).factors["blocks.0.attn.qkv.q"]})
+    replies = [
+        train_reply("blood", 11, good),
+        train_reply("breast", 12, nan),
+        train_reply("organa", 13, missing),
+        train_reply("organa", 12, good),  # node 12 does not host organa
+        message(None, MessageType.TRAIN, src=13, dst=0, error="out of memory"),
+        train_reply("blood", 11, good, examples=0.0),
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["sites-merged"] == 1
+    merged = wire.tensors_to_adapter(arrays.to_torch_state_dict())
+    torch.testing.assert_close(merged.factors["blocks.0.attn.qkv.v"].delta(),
+                               good.folded()["blocks.0.attn.qkv.v"].delta(), rtol=1e-5, atol=1e-5)
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    reasons = " | ".join(e["reason"] for e in events if e["event"] == "rejected")
+    for expected in ("NaN or Inf", "missing", "does not host", "out of memory", "positive number"):
+        assert expected in reasons
+
+
+def test_a_site_on_another_base_model_is_rejected(strategy):
+    replies = [train_reply("blood", 11, adapter(1)), train_reply("breast", 12, adapter(2)),
+               train_reply("organa", 13, adapter(3), base="other")]
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["sites-merged"] == 2
+
+
+def test_no_valid_reply_keeps_previous_state(strategy):
+    assert strategy.aggregate_train(1, [message(None, MessageType.TRAIN, src=11, dst=0, error="x")]) == (None, None)
+    assert list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid=None)) == []
+
+
+def test_evaluation_collects_specialist_and_merged_metrics(strategy):
+    def reply(site, node, acc, own):
+        metrics = MetricRecord({"acc": acc, "auc": 0.9, "f1": 0.5, "loss": 0.3, wire.NUM_EXAMPLES: 10.0,
+                                "specialist-acc": own, "specialist-auc": 0.95})
+        return message(RecordDict({wire.METRICS: metrics, wire.SITE_INFO: ConfigRecord({wire.SITE: site})}),
+                       MessageType.EVALUATE, src=node, dst=0)
+
+    mean = strategy.aggregate_evaluate(2, [reply("blood", 11, 0.6, 0.8), reply("breast", 12, 0.7, 0.7)])
+    assert mean["acc"] == pytest.approx(0.65)
+    assert strategy.specialist["blood"]["acc"] == 0.8 and strategy.merged["blood"]["acc"] == 0.6
+    summary = strategy.results.write_summary(strategy.specialist, strategy.merged)
+    assert summary["sites"]["blood"]["normalized_acc"] == pytest.approx(0.75)
+    assert summary["mean_normalized_acc"] == pytest.approx((0.75 + 1.0) / 2)
