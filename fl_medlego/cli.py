@@ -1,0 +1,88 @@
+"""The `fl-medlego` command line."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(soft_wrap=True)  # long paths in messages stay on one line
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"option {text!r} must look like key=value")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return key.strip().replace("-", "_"), parsed
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merging import get_merge, list_merges
+    from .offline_merge import merge_saved_adapters
+
+    if args.list:
+        table = Table(title="merge methods")
+        table.add_column("name")
+        table.add_column("options")
+        table.add_column("what it does")
+        for name in list_merges():
+            m = get_merge(name)
+            fields = ", ".join(f"{f}={v.default!r}" for f, v in m.options_type.__dataclass_fields__.items())
+            table.add_row(name, fields, m.summary)
+        console.print(table)
+        return 0
+    if len(args.adapters) < 1 or not args.output:
+        console.print("[red]merge needs at least one adapter folder and -o OUTPUT (or --list)[/red]")
+        return 2
+    options = dict(args.option or [])
+    if args.energy is not None:
+        options["energy"] = args.energy
+    if args.max_rank is not None:
+        options["max_rank"] = args.max_rank or None
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    merged = merge_saved_adapters(args.adapters, args.output, args.method, weights, **options)
+    ranks = sorted({f.rank for f in merged.factors.values()})
+    console.print(f"merged {len(args.adapters)} adapters with {args.method} -> {args.output} "
+                  f"({len(merged.factors)} matrices, ranks {ranks})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fl-medlego", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    merge = sub.add_parser("merge", help="merge saved adapters into one saved adapter (no data needed)")
+    merge.add_argument("adapters", nargs="*", help="adapter folders (adapter_config.json + adapter_model.safetensors)")
+    merge.add_argument("-o", "--output", help="folder for the merged adapter (must not hold one already)")
+    merge.add_argument("--method", default="medlego", help="a registered merge method (see --list)")
+    merge.add_argument("--energy", type=float, help="medlego: fraction v of singular-value mass to keep")
+    merge.add_argument("--max-rank", type=int, help="medlego: cap on the merged rank (0 = none)")
+    merge.add_argument("--weights", help="comma-separated site weights (default: uniform)")
+    merge.add_argument("-O", "--option", type=_parse_option, action="append", metavar="KEY=VALUE",
+                       help="any other option of the method, e.g. -O density=0.2")
+    merge.add_argument("--list", action="store_true", help="list the merge methods and their options")
+    merge.set_defaults(func=cmd_merge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Run a scenario with `flwr run` on a private local SuperLink, and always stop what was started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # flwr and flower-superlink of the running environment
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _superlink_pids(flwr_home: Path) -> list[int]:
+    """Local SuperLinks started for this FLWR_HOME (their --database lies under it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+def _stop(pid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM the process group the SuperLink leads (its ServerApp and simulation), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+
+@contextmanager
+def local_flower(tmp_path: Path):
+    """Environment for `flwr` with its own FLWR_HOME and ports; stops its SuperLink by pid, pass or fail."""
+    flwr_home = tmp_path / "flwr-home"
+    env = {**os.environ, "FLWR_HOME": str(flwr_home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+           # Everything the app needs is installed already; never resolve packages at run time.
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    try:
+        yield env
+    finally:
+        for pid in _superlink_pids(flwr_home):
+            _stop(pid)
+
+
+def flwr_run(env: dict, scenario: str, run_config: str, timeout_s: float, federation_config: str = "") -> dict:
+    """`flwr run SCENARIO --stream`, then the run's record from `flwr list` (status etc.) and the log."""
+    cmd = [str(BIN / "flwr"), "run", str(REPO / "scenarios" / scenario), "--stream", "--run-config", run_config]
+    if federation_config:
+        cmd += ["--federation-config", federation_config]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
+    log = proc.stdout + proc.stderr
+    listed = subprocess.run([str(BIN / "flwr"), "list", "--format", "json"], env=env, capture_output=True,
+                            text=True, timeout=60, cwd=REPO)
+    runs = json.loads(listed.stdout)["runs"]
+    run = max(runs, key=lambda r: r["pending-at"]) if runs else {}
+    return {"run": run, "log": log, "returncode": proc.returncode}
