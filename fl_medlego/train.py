@@ -84,8 +84,8 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, 
             loss.backward()
             optimizer.step()
         metrics = evaluate(model, val, task, image_size, cfg.batch_size * 4)
-        val = {f"val_{k}": v for k, v in metrics.items()}
-        history.append({"epoch": epoch, "train_loss": total / len(train), **val})
+        val_metrics = {f"val_{k}": v for k, v in metrics.items()}
+        history.append({"epoch": epoch, "train_loss": total / len(train), **val_metrics})
         log.info("epoch %d/%d: train loss %.4f, val acc %.4f", epoch, cfg.epochs, total / len(train), metrics["acc"])
         if metrics["acc"] > best_acc:
             best_acc, best_epoch, best_state = metrics["acc"], epoch, _trainable_state(model)
