@@ -48,7 +48,7 @@ DEFAULTS: dict[str, object] = {
 @dataclass
 class DataSettings:
     root: str = "bundled"
-    image_size: int = 28
+    image_size: int = 28  # the MedMNIST file size (28, 64, 128, 224); images are resized to the model's input
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
     max_train: int = 0

@@ -15,7 +15,7 @@ import torch
 from .config import RunConfig
 from .data import SiteData, load_site, parse_sites
 from .lora import Adapter, get_adapter, inject_svd_lora, set_adapter
-from .models import SiteModel, create_backbone, fingerprint
+from .models import SiteModel, create_backbone, fingerprint, preset_image_size
 from .train import evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,7 @@ def load_site_data(cfg: RunConfig, site_name: str, data_root: str | None = None)
 
 def build_site_model(cfg: RunConfig, num_classes: int, site_name: str = "") -> SiteModel:
     """Shared frozen base (same on every site: seeded or from a checkpoint) + adapter + the site's head."""
-    backbone = create_backbone(cfg.model_name, num_classes=0, pretrained=cfg.pretrained, seed=cfg.seed,
-                               img_size=cfg.data.image_size)
+    backbone = create_backbone(cfg.model_name, num_classes=0, pretrained=cfg.pretrained, seed=cfg.seed)
     base_fingerprint = fingerprint(backbone)
     # Adapter init and head differ by site, reproducibly.
     torch.manual_seed(cfg.seed * 7919 + zlib.crc32(site_name.encode()))
@@ -55,7 +54,7 @@ def build_site_model(cfg: RunConfig, num_classes: int, site_name: str = "") -> S
 def adapter_template(cfg: RunConfig) -> dict[str, tuple[int, int]]:
     """Matrix name -> (d_out, d_in) of every adapted matrix: what a valid site update must look like."""
     with torch.device("meta"):
-        backbone = create_backbone(cfg.model_name, num_classes=0, img_size=cfg.data.image_size)
+        backbone = create_backbone(cfg.model_name, num_classes=0)
         inject_svd_lora(backbone, cfg.lora)
     from .lora import adapter_updates
 
@@ -71,7 +70,7 @@ def train_site(cfg: RunConfig, data: SiteData, merged: Adapter | None, state: Si
     if merged is not None:
         set_adapter(model.backbone, merged)
     train_cfg = cfg.train if not progress else type(cfg.train)(**{**vars(cfg.train), "progress": True})
-    result = fit(model, data.train, data.val, data.task, cfg.data.image_size, train_cfg)
+    result = fit(model, data.train, data.val, data.task, preset_image_size(cfg.model_name), train_cfg)
     adapter = get_adapter(model.backbone, metadata={"site": data.site.name, "base": model.base_fingerprint})
     head = {k: v.clone() for k, v in model.head.state_dict().items()}
     if state is None:  # first training from scratch: this is the site's specialist
@@ -91,7 +90,7 @@ def evaluate_site(cfg: RunConfig, data: SiteData, adapter: Adapter, head: dict[s
     model = build_site_model(cfg, data.num_classes, data.site.name)
     model.head.load_state_dict(head)
     set_adapter(model.backbone, adapter)
-    return evaluate(model, data.test, data.task, cfg.data.image_size)
+    return evaluate(model, data.test, data.task, preset_image_size(cfg.model_name))
 
 
 def sites_for_node(cfg: RunConfig, node_config: dict) -> list[str]:

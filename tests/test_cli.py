@@ -1,11 +1,12 @@
 """`fl-medlego merge`: saved adapters of different ranks in, a merged saved adapter out."""
 
 import torch
-from conftest import random_factors
 
 from fl_medlego.cli import main
 from fl_medlego.lora import Adapter, load_adapter, save_adapter
 from fl_medlego.merging import merge_adapters
+
+from conftest import random_factors
 
 
 def test_merge_command_matches_the_python_call(tmp_path, rng):

@@ -1,13 +1,14 @@
 """The ClientApp handlers on mock messages: training, evaluation, site checks, state between rounds."""
 
 import pytest
-from flower_mocks import message
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
 
 from fl_medlego import wire
 from fl_medlego.clients.app import evaluate, query, train
 from fl_medlego.config import parse_run_config
 from fl_medlego.site import adapter_template
+
+from flower_mocks import message
 
 RUN_CONFIG = {"sites": "breast,pneumonia,blood", "train.local-epochs": 1, "data.max-train": 32,
               "data.max-eval": 32, "lora.rank": 2}

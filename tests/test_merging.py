@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from conftest import random_factors
 
 from fl_medlego.lora import Adapter, Factors
 from fl_medlego.merging import get_merge, list_merges, merge_adapters
 from fl_medlego.merging._lowrank import energy_rank, svd_of_sum
+
+from conftest import random_factors
 
 
 def dense_reference(factors, weights, energy, max_rank=None):

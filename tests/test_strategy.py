@@ -4,8 +4,6 @@ import json
 
 import pytest
 import torch
-from conftest import random_factors
-from flower_mocks import message, set_task_identity
 from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
 
 from fl_medlego import wire
@@ -13,6 +11,9 @@ from fl_medlego.lora import Adapter
 from fl_medlego.merging import merge_adapters
 from fl_medlego.results import RunResults
 from fl_medlego.server.strategy import LowRankMergeStrategy
+
+from conftest import random_factors
+from flower_mocks import message, set_task_identity
 
 TEMPLATE = {"blocks.0.attn.qkv.q": (8, 6), "blocks.0.attn.qkv.v": (8, 6)}
 SITES = {"blood": 11, "breast": 12, "organa": 13}

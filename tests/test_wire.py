@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from conftest import random_factors
 
 from fl_medlego import wire
 from fl_medlego.lora import Adapter
+
+from conftest import random_factors
 
 TEMPLATE = {"blocks.0.attn.qkv.q": (8, 8), "blocks.0.attn.qkv.v": (8, 8)}
 
