@@ -20,11 +20,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    epochs: int = 2
+    epochs: int = 5
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 0.01
     weight_decay: float = 0.01
-    orth_weight: float = 0.1
+    orth_weight: float = 0.01
     seed: int = 0
     progress: bool = False  # a tqdm bar per epoch (the CLI turns it on; Flower logs stay line-based)
 
