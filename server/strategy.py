@@ -13,7 +13,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fl_medlego import wire
 from fl_medlego.lora import Adapter
-from fl_medlego.merging import merge_adapters
+from fl_medlego.merging import merge_adapters, normalize_weights
 from fl_medlego.results import RunResults
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,9 @@ class LowRankMergeStrategy(FedAvg):
             log.warning("round %d: no valid site update; keeping the previous merged adapter", server_round)
             return None, None
         sites = sorted(accepted)
-        weights = [accepted[s][1][wire.NUM_EXAMPLES] for s in sites] if self.weighting == "examples" else None
+        weights = None  # uniform 1/N
+        if self.weighting == "examples":
+            weights = normalize_weights([accepted[s][1][wire.NUM_EXAMPLES] for s in sites], len(sites))
         merged = merge_adapters([accepted[s][0] for s in sites], self.method, weights, **self.options)
         path = self.results.save_merged(server_round, merged)
         ranks = sorted({f.rank for f in merged.factors.values()})

@@ -70,7 +70,7 @@ def test_medlego_of_one_site_returns_its_update(rng):
 
 def test_medlego_of_identical_sites_returns_their_update(rng):
     site = random_factors(24, 18, 3, rng, torch.float64)
-    merged = merge_one([site, site, site], weights=[1, 2, 3], energy=1.0 - 1e-9)
+    merged = merge_one([site, site, site], weights=[1 / 6, 2 / 6, 3 / 6], energy=1.0 - 1e-9)
     torch.testing.assert_close(merged.delta(), site.delta(), rtol=1e-9, atol=1e-9)
     assert merged.rank == 3
 
@@ -90,7 +90,7 @@ def test_medlego_dense_path_when_stacked_rank_is_large(rng):
 
 def test_lora_avg_averages_each_factor(rng):
     a, b = random_factors(8, 6, 3, rng), random_factors(8, 6, 3, rng)
-    merged = merge_adapters([Adapter({"m": a}), Adapter({"m": b})], "lora_avg", weights=[1, 3]).factors["m"]
+    merged = merge_adapters([Adapter({"m": a}), Adapter({"m": b})], "lora_avg", weights=[0.25, 0.75]).factors["m"]
     torch.testing.assert_close(merged.B, 0.25 * a.B + 0.75 * b.B)
     torch.testing.assert_close(merged.E, 0.25 * a.E + 0.75 * b.E)
     torch.testing.assert_close(merged.A, 0.25 * a.A + 0.75 * b.A)
@@ -116,12 +116,20 @@ def test_bad_option_values_are_refused():
         get_merge("medlego").make_options(energy=1.5)
 
 
+# Options under which every method must hand a single site's update back unchanged.
+IDENTITY_OPTIONS = {"energy": 1.0, "density": 1.0, "lam": 1.0, "drop": 0.0, "keep": 1.0}
+
+
+def identity_options(method: str) -> dict:
+    fields = get_merge(method).options_type.__dataclass_fields__
+    return {k: v for k, v in IDENTITY_OPTIONS.items() if k in fields}
+
+
 @pytest.mark.parametrize("method", list_merges())
 def test_every_method_merges_one_site_to_its_own_update(method, rng):
-    """Registry contract: a single site's adapter (energy 1 where it applies) comes back unchanged."""
+    """Registry contract: with neutral options, a single site's adapter comes back unchanged."""
     site = random_factors(12, 10, 3, rng, torch.float64)
-    options = {"energy": 1.0} if "energy" in get_merge(method).options_type.__dataclass_fields__ else {}
-    merged = merge_adapters([Adapter({"m": site})], method, **options)
+    merged = merge_adapters([Adapter({"m": site})], method, **identity_options(method))
     torch.testing.assert_close(merged.factors["m"].delta(), site.delta(), rtol=1e-9, atol=1e-9)
 
 

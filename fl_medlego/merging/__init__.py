@@ -11,20 +11,42 @@ from collections.abc import Sequence
 import torch
 
 from ..lora.factors import Adapter
-from . import lora_avg, medlego  # noqa: F401  (registers the methods)
+from . import (  # noqa: F401  (importing a method's module registers it)
+    core_space,
+    dare,
+    fedex,
+    flora,
+    knots,
+    lora_avg,
+    magmax,
+    medlego,
+    pem,
+    post_avg,
+    task_arithmetic,
+    ties,
+    tsv,
+)
 from ._registry import MergeMethod, get_merge, list_merges, register_merge
 
 
-def normalize_weights(weights: Sequence[float] | None, n: int) -> torch.Tensor:
-    """Uniform 1/N when None; else non-negative weights (e.g. example counts) scaled to sum to 1."""
+def normalize_weights(weights: Sequence[float], n: int) -> torch.Tensor:
+    """Non-negative weights (e.g. example counts) scaled to sum to 1."""
+    w = resolve_weights(weights, n)
+    if (w < 0).any():
+        raise ValueError(f"weights to normalize must be non-negative, got {w.tolist()}")
+    return w / w.sum()
+
+
+def resolve_weights(weights: Sequence[float] | None, n: int) -> torch.Tensor:
+    """Uniform 1/N when None; else the given weights as they are (a weight of -1 negates a site's update)."""
     if weights is None:
         return torch.full((n,), 1.0 / n, dtype=torch.float64)
     w = torch.as_tensor(list(weights), dtype=torch.float64)
     if w.numel() != n:
         raise ValueError(f"got {w.numel()} merge weights for {n} adapters")
-    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"merge weights must be finite, non-negative and not all zero, got {w.tolist()}")
-    return w / w.sum()
+    if not torch.isfinite(w).all() or not w.abs().sum() > 0:
+        raise ValueError(f"merge weights must be finite and not all zero, got {w.tolist()}")
+    return w
 
 
 def merge_adapters(
@@ -32,7 +54,9 @@ def merge_adapters(
 ) -> Adapter:
     """Merge whole adapters matrix by matrix with a registered method; the result has scale 1.
 
-    Every adapter must adapt the same matrices (ranks may differ where the method allows it).
+    weights: None for uniform 1/N, else used as given (normalize example counts with
+    `normalize_weights` first). Every adapter must adapt the same matrices (ranks may differ where
+    the method allows it).
     """
     if not adapters:
         raise ValueError("merge_adapters needs at least one adapter")
@@ -43,11 +67,12 @@ def merge_adapters(
         if set(adapter.factors) != names:
             diff = sorted(names.symmetric_difference(adapter.factors))
             raise ValueError(f"adapter {i} adapts other matrices than adapter 0 (differing: {diff[:5]})")
-    w = normalize_weights(weights, len(adapters))
+    w = resolve_weights(weights, len(adapters))
     folded = [a.folded() for a in adapters]
     merged = {name: merge.fn([f[name] for f in folded], w, opts) for name in sorted(names)}
     return Adapter(merged, scale=1.0, metadata={"merge": {"method": method, "options": vars(opts),
-                                                           "weights": w.tolist()}})
+                                                           "weights": w.tolist(), "dense": merge.dense}})
 
 
-__all__ = ["MergeMethod", "get_merge", "list_merges", "merge_adapters", "normalize_weights", "register_merge"]
+__all__ = ["MergeMethod", "get_merge", "list_merges", "merge_adapters", "normalize_weights", "register_merge",
+           "resolve_weights"]

@@ -1,8 +1,12 @@
 """Merge methods by name: each a pure function on one adapted matrix's per-site factors.
 
 A method is `fn(factors, weights, options) -> Factors`: `factors[i]` is site i's update
-D_i = B_i diag(E_i) A_i (scale already folded in), `weights` are float64, non-negative and sum to 1,
-and `options` is an instance of the method's own options dataclass.
+D_i = B_i diag(E_i) A_i (scale already folded in), `weights` are float64 (1/N each unless the
+caller chose others), and `options` is an instance of the method's own options dataclass.
+
+A method registered with dense=True yields a full-rank update (entry-wise methods such as TIES):
+it comes back as the exact SVD factors of that dense matrix (all min(d_out, d_in) triplets), and is
+truncated only when its `rank` option asks for it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class MergeMethod:
     fn: MergeFn
     options_type: type
     summary: str
+    dense: bool = False  # the update is full-rank (kept exactly unless the method's `rank` option is set)
 
     def make_options(self, **options) -> object:
         """Build the method's options; an unknown option names the method and the known ones."""
@@ -37,14 +42,14 @@ class MergeMethod:
 _REGISTRY: dict[str, MergeMethod] = {}
 
 
-def register_merge(name: str, options: type) -> Callable[[MergeFn], MergeFn]:
+def register_merge(name: str, options: type, dense: bool = False) -> Callable[[MergeFn], MergeFn]:
     """Decorator: register `fn` under `name` with its options dataclass; the docstring's first line is its summary."""
 
     def decorator(fn: MergeFn) -> MergeFn:
         if name in _REGISTRY:
             raise ValueError(f"merge method {name!r} is registered twice")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _REGISTRY[name] = MergeMethod(name, fn, options, summary)
+        _REGISTRY[name] = MergeMethod(name, fn, options, summary, dense)
         return fn
 
     return decorator

@@ -1,0 +1,45 @@
+"""Core-space merging (Panariello et al., NeurIPS 2025): merge in the span of all sites' factors.
+
+Orthonormal bases Q_B of span[B_1 E_1, ..., B_N E_N] and Q_A of span[A_1^T, ..., A_N^T] hold every
+update exactly: D_i = Q_B M_i Q_A^T with the small R x R core M_i = (Q_B^T B_i E_i)(A_i Q_A).
+Merge the cores (TIES or linear, lambda) and map back: D = Q_B M Q_A^T. With inner="linear" this is
+exactly task arithmetic, at the cost of R x R matrices instead of d_out x d_in ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..lora.factors import Factors
+from ._dense import linear_combine, ties_combine, trim
+from ._options import check_fraction, check_inner
+from ._registry import register_merge
+
+
+@dataclass
+class CoreSpaceOptions:
+    inner: str = "ties"  # merge of the cores: "ties" or "linear" (= task arithmetic)
+    density: float = 1.0  # TIES trim of each core (inner="ties")
+    lam: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_inner("core_space", self.inner)
+        check_fraction("core_space", "density", self.density)
+
+
+@register_merge("core_space", CoreSpaceOptions)
+def core_space(factors: list[Factors], weights: torch.Tensor, options: CoreSpaceOptions) -> Factors:
+    """Project every update into the shared core space, merge the small cores there, map back."""
+    Bs = [f.B.double() * f.E.double() for f in factors]
+    Q_b, _ = torch.linalg.qr(torch.cat(Bs, dim=1))
+    Q_a, _ = torch.linalg.qr(torch.cat([f.A.double() for f in factors], dim=0).T)
+    cores = torch.stack([(Q_b.T @ B) @ (f.A.double() @ Q_a) for B, f in zip(Bs, factors)])
+    if options.inner == "ties":
+        merged = ties_combine(trim(cores, options.density), weights)
+    else:
+        merged = linear_combine(cores, weights)
+    P, S, Th = torch.linalg.svd(options.lam * merged)
+    dtype = factors[0].B.dtype
+    return Factors((Q_b @ P).to(dtype), S.to(dtype), (Th @ Q_a.T).to(dtype).contiguous())

@@ -1,0 +1,47 @@
+"""DARE (Yu et al., ICML 2024, arXiv 2311.03099): drop and rescale, then task arithmetic or TIES.
+
+Each entry of each D_i is dropped with probability `drop` and the survivors are rescaled by
+1 / (1 - drop), so the update is unbiased; then the updates are combined linearly (lambda * sum) or
+with TIES (trim to `density`, elect, disjoint mean, lambda). Random but seeded. Dense result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..lora.factors import Factors
+from ._dense import dense_updates, linear_combine, ties_combine, to_factors, trim
+from ._options import check_fraction, check_inner, check_rank
+from ._registry import register_merge
+
+
+@dataclass
+class DareOptions:
+    drop: float = 0.5  # probability p of dropping an entry, in [0, 1)
+    inner: str = "linear"  # "linear" (task arithmetic) or "ties"
+    density: float = 1.0  # TIES trim after the drop (inner="ties" only)
+    lam: float = 0.3
+    seed: int = 0
+    rank: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fraction("dare", "drop", self.drop, allow_one=False)
+        check_fraction("dare", "density", self.density)
+        check_inner("dare", self.inner)
+        check_rank("dare", self.rank)
+
+
+@register_merge("dare", DareOptions, dense=True)
+def dare(factors: list[Factors], weights: torch.Tensor, options: DareOptions) -> Factors:
+    """Drop entries with probability p, rescale by 1/(1-p), then task arithmetic or TIES (dense)."""
+    updates = dense_updates(factors)
+    generator = torch.Generator().manual_seed(options.seed)
+    keep = torch.rand(updates.shape, generator=generator, dtype=torch.float64) >= options.drop
+    updates = updates * keep / (1.0 - options.drop)
+    if options.inner == "ties":
+        merged = ties_combine(trim(updates, options.density), weights)
+    else:
+        merged = linear_combine(updates, weights)
+    return to_factors(options.lam * merged, options.rank, factors[0].B.dtype)

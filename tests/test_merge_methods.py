@@ -1,0 +1,170 @@
+"""Each merge method's defining property, on small random inputs (non-zero factors so tests can fail)."""
+
+import pytest
+import torch
+
+from fl_medlego.lora import Adapter, Factors
+from fl_medlego.merging import get_merge, list_merges, merge_adapters
+
+from conftest import random_factors
+
+D_OUT, D_IN = 14, 11
+
+
+def merge(factors, method, weights=None, **options):
+    return merge_adapters([Adapter({"m": f}) for f in factors], method, weights, **options).factors["m"]
+
+
+def sites(rng, ranks=(2, 3, 2)):
+    return [random_factors(D_OUT, D_IN, r, rng, torch.float64) for r in ranks]
+
+
+def close(a, b, tol=1e-8):
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+LINEAR = {  # methods that are linear in the updates under these options
+    "medlego": {"energy": 1.0}, "post_avg": {}, "task_arithmetic": {"lam": 1.0}, "flora": {},
+    "core_space": {"inner": "linear", "lam": 1.0}, "knots": {"inner": "linear", "lam": 1.0}, "fedex": {},
+}
+
+
+@pytest.mark.parametrize("method", sorted(LINEAR) + ["ties", "magmax", "tsv", "dare"])
+def test_weight_minus_one_negates(method, rng):
+    site = sites(rng, (3,))[0]
+    options = {**LINEAR.get(method, {}), **({"density": 1.0} if method == "ties" else {}),
+               **({"keep": 1.0} if method == "tsv" else {}), **({"drop": 0.0, "lam": 1.0} if method == "dare" else {})}
+    close(merge([site], method, [-1.0], **options).delta(), -site.delta())
+
+
+@pytest.mark.parametrize("method", sorted(LINEAR))
+def test_plus_and_minus_the_same_adapter_cancel(method, rng):
+    site = sites(rng, (3,))[0]
+    close(merge([site, site], method, [1.0, -1.0], **LINEAR[method]).delta(),
+          torch.zeros(D_OUT, D_IN, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method", ["post_avg", "flora", "fedex"])
+def test_exact_weighted_mean(method, rng):
+    factors = sites(rng, (3, 3, 3))
+    expected = sum(f.delta() for f in factors) / 3
+    close(merge(factors, method).delta(), expected)
+
+
+def test_flora_stacking_is_exact_and_keeps_every_rank(rng):
+    factors = sites(rng)
+    merged = merge(factors, "flora", [0.2, 0.3, 0.5])
+    assert merged.rank == 7
+    close(merged.delta(), sum(w * f.delta() for w, f in zip([0.2, 0.3, 0.5], factors)))
+
+
+def test_fedex_is_lora_avg_plus_residual(rng):
+    factors = sites(rng, (3, 3, 3))
+    merged = merge(factors, "fedex")
+    avg = merge(factors, "lora_avg")
+    close(Factors(merged.B[:, :3], merged.E[:3], merged.A[:3]).delta(), avg.delta())
+    assert not torch.allclose(avg.delta(), merged.delta())  # averaging factors alone is not exact
+
+
+def test_task_arithmetic_is_lambda_times_sum(rng):
+    factors = sites(rng)
+    close(merge(factors, "task_arithmetic", lam=0.4).delta(), 0.4 * sum(f.delta() for f in factors))
+
+
+def test_core_space_equals_full_space_task_arithmetic(rng):
+    factors = sites(rng)
+    core = merge(factors, "core_space", inner="linear", lam=0.7)
+    close(core.delta(), merge(factors, "task_arithmetic", lam=0.7).delta())
+
+
+def test_knots_linear_equals_task_arithmetic(rng):
+    factors = sites(rng)
+    close(merge(factors, "knots", inner="linear", lam=0.5).delta(), 0.5 * sum(f.delta() for f in factors))
+
+
+def positive_sites(rng, n=3):
+    return [Factors(torch.rand(D_OUT, 2, generator=rng, dtype=torch.float64) + 0.1,
+                    torch.rand(2, generator=rng, dtype=torch.float64) + 0.1,
+                    torch.rand(2, D_IN, generator=rng, dtype=torch.float64) + 0.1) for _ in range(n)]
+
+
+def test_ties_with_density_one_and_no_sign_conflict_is_the_mean(rng):
+    factors = positive_sites(rng)
+    close(merge(factors, "ties", density=1.0, lam=1.0).delta(), sum(f.delta() for f in factors) / 3)
+
+
+def test_ties_drops_the_minority_sign_and_trims():
+    a = Factors(torch.eye(2, dtype=torch.float64), torch.tensor([3.0, 1.0], dtype=torch.float64),
+                torch.eye(2, dtype=torch.float64))  # diag(3, 1)
+    b = Factors(torch.eye(2, dtype=torch.float64), torch.tensor([-1.0, 2.0], dtype=torch.float64),
+                torch.eye(2, dtype=torch.float64))  # diag(-1, 2)
+    merged = merge([a, b], "ties", density=1.0, lam=1.0).delta()
+    close(merged, torch.diag(torch.tensor([3.0, 1.5], dtype=torch.float64)))  # entry 0: + wins, -1 is dropped
+    trimmed = merge([a, b], "ties", density=0.25, lam=1.0).delta()  # keeps 1 of 4 entries per update
+    close(trimmed, torch.diag(torch.tensor([3.0, 2.0], dtype=torch.float64)))
+
+
+def test_magmax_picks_the_largest_magnitude_per_entry(rng):
+    factors = sites(rng)
+    dense = torch.stack([f.delta() for f in factors])
+    expected = dense.gather(0, dense.abs().argmax(0, keepdim=True)).squeeze(0)
+    close(merge(factors, "magmax").delta(), expected)
+
+
+def test_dare_without_drop_is_task_arithmetic_and_drop_keeps_the_expectation(rng):
+    factors = sites(rng)
+    close(merge(factors, "dare", drop=0.0, lam=1.0).delta(), sum(f.delta() for f in factors))
+    draws = torch.stack([merge(factors, "dare", drop=0.5, lam=1.0, seed=s).delta() for s in range(400)])
+    total = sum(f.delta() for f in factors)
+    assert (draws.mean(0) - total).abs().max() < 0.25 * total.abs().max()
+    one = merge(factors[:1], "dare", drop=0.9, lam=1.0, seed=1)
+    assert one.rank == min(D_OUT, D_IN)  # dense result, kept exactly
+
+
+def test_dare_drops_about_p_of_the_entries():
+    f = Factors(torch.eye(40, dtype=torch.float64), torch.ones(40, dtype=torch.float64),
+                torch.ones(40, 40, dtype=torch.float64))  # every entry of D is 1
+    dropped = (merge([f], "dare", drop=0.3, lam=1.0, seed=3).delta().abs() < 1e-9).double().mean().item()
+    assert 0.25 < dropped < 0.35
+
+
+def test_tsv_on_orthogonal_tasks_is_their_sum():
+    Q_out = torch.linalg.qr(torch.randn(D_OUT, 4, dtype=torch.float64))[0]
+    Q_in = torch.linalg.qr(torch.randn(D_IN, 4, dtype=torch.float64))[0]
+    a = Factors(Q_out[:, :2], torch.tensor([3.0, 1.0], dtype=torch.float64), Q_in[:, :2].T)
+    b = Factors(Q_out[:, 2:], torch.tensor([2.0, 0.5], dtype=torch.float64), Q_in[:, 2:].T)
+    close(merge([a, b], "tsv", keep=1.0).delta(), a.delta() + b.delta())
+    assert merge([a, b], "tsv").rank == 2  # default keep = 1/N: one triplet of each
+
+
+def test_tsv_output_bases_are_orthonormal(rng):
+    merged = merge(sites(rng), "tsv", keep=1.0)
+    close(merged.B.T @ merged.B, torch.eye(merged.rank, dtype=torch.float64))
+    close(merged.A @ merged.A.T, torch.eye(merged.rank, dtype=torch.float64))
+
+
+def test_pem_adds_plain_lora_factors(rng):
+    a, b = sites(rng, (2, 2))
+    merged = merge([a, b], "pem", [0.5, 0.5], lam=2.0)
+    B = 0.5 * (a.B * a.E + b.B * b.E)
+    A = 0.5 * (a.A + b.A)
+    close(merged.delta(), 2.0 * B @ A)
+
+
+def test_dense_methods_say_so_and_truncate_only_when_asked(rng):
+    factors = sites(rng)
+    for method in ("ties", "dare", "magmax"):
+        assert get_merge(method).dense
+        assert merge(factors, method).rank == min(D_OUT, D_IN)
+        assert merge(factors, method, rank=3).rank == 3
+    assert merge_adapters([Adapter({"m": f}) for f in factors], "ties").metadata["merge"]["dense"] is True
+
+
+@pytest.mark.parametrize("method, option", [(m, f) for m in list_merges()
+                                             for f in ("density", "drop", "keep", "energy")
+                                             if f in get_merge(m).options_type.__dataclass_fields__])
+def test_fractions_outside_zero_one_are_refused(method, option):
+    with pytest.raises(ValueError, match=option):
+        get_merge(method).make_options(**{option: 1.5})
+    with pytest.raises(ValueError, match=option):
+        get_merge(method).make_options(**{option: -0.1})
