@@ -6,6 +6,8 @@ import argparse
 import ast
 import logging
 import sys
+import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -55,6 +57,41 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.markdown import Markdown
+
+    from .compare import Comparison, all_strategies
+    from .scenario import load_scenario_config
+
+    run_config = load_scenario_config(args.scenario, args.run_config or "")
+    strategies = args.strategies.split(",") if args.strategies else all_strategies()
+    seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
+    name = Path(args.scenario).resolve().name
+    out = Path(args.output or Path("outputs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    console.print(f"comparing {len(strategies)} strategies on {name}, seeds {seeds} -> {out}")
+    results = Comparison(run_config, strategies, seeds, out, Path(args.cache).expanduser(), progress=True).run()
+    console.print(Markdown((out / "table.md").read_text()))
+    console.print(f"wrote {out / 'table.md'}, table.csv, table.png and results.json ({results['wall_time_s']} s)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from .compare import render_comparison
+    from .results import render_run
+
+    run_dir = Path(args.run_dir)
+    if (run_dir / "results.json").is_file():
+        paths = render_comparison(json.loads((run_dir / "results.json").read_text()), run_dir)
+    elif (run_dir / "summary.json").is_file():
+        paths = render_run(run_dir)
+    else:
+        raise FileNotFoundError(f"{run_dir} holds neither results.json (a comparison) nor summary.json (a run)")
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl-medlego", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -71,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="any other option of the method, e.g. -O density=0.2")
     merge.add_argument("--list", action="store_true", help="list the merge methods and their options")
     merge.set_defaults(func=cmd_merge)
+
+    compare = sub.add_parser("compare", help="every strategy on the same specialists: Table 1 layout")
+    compare.add_argument("scenario", help="a scenario folder, e.g. scenarios/cross_domain")
+    compare.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1 (mean ± std)")
+    compare.add_argument("--seed-list", help="explicit comma-separated seeds instead of --seeds")
+    compare.add_argument("--strategies", help="comma-separated subset (default: every merge + vit_avg + multitask)")
+    compare.add_argument("--run-config", help="overrides of the scenario's knobs, as for flwr run")
+    compare.add_argument("-o", "--output", help="output folder (default: outputs/compare-SCENARIO-TIME)")
+    compare.add_argument("--cache", default="~/.cache/fl-medlego/specialists",
+                         help="where trained specialists are kept for reuse (default: %(default)s)")
+    compare.set_defaults(func=cmd_compare)
+
+    report = sub.add_parser("report", help="re-render the tables and figures of a run or comparison folder")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -36,6 +36,7 @@ DEFAULTS: dict[str, object] = {
     "train.batch-size": 64,
     "train.lr": 0.01,
     "train.weight-decay": 0.01,
+    "train.full-lr": 0.001,
     "data.root": "bundled",
     "data.image-size": 28,
     "data.partition": "iid",
@@ -86,6 +87,7 @@ class RunConfig:
     merge: MergeSettings
     train: TrainConfig
     data: DataSettings = field(default_factory=DataSettings)
+    full_lr: float = 0.001  # learning rate for full fine-tuning (the non-adapter baselines)
 
     def output_path(self, run_name: str) -> Path:
         """Absolute. Flower runs apps in processes whose working directory is not the user's, so a
@@ -122,6 +124,7 @@ def parse_run_config(run_config: dict) -> RunConfig:
             data=DataSettings(root=str(c["data.root"]), image_size=int(c["data.image-size"]),
                               partition=str(c["data.partition"]), dirichlet_alpha=float(c["data.dirichlet-alpha"]),
                               max_train=int(c["data.max-train"]), max_eval=int(c["data.max-eval"])),
+            full_lr=float(c["train.full-lr"]),
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"invalid run config: {err}") from err

@@ -46,3 +46,35 @@ def summary_table(summary: dict) -> Table:
     for row in summary_rows(summary):
         table.add_row(*row)
     return table
+
+
+def run_figure(summary: dict, evaluations: list[dict], path) -> None:
+    """Left: specialist vs merged test ACC per site. Right: merged test ACC per site over the rounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sites = list(summary["sites"])
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.arange(len(sites))
+    own = [summary["sites"][s]["specialist"].get("acc", np.nan) for s in sites]
+    mix = [summary["sites"][s]["merged"].get("acc", np.nan) for s in sites]
+    bars.bar(x - 0.2, own, 0.4, label="specialist")
+    bars.bar(x + 0.2, mix, 0.4, label=f"merged ({summary.get('strategy')})")
+    bars.set_xticks(x, sites)
+    bars.set_ylim(0, 1)
+    bars.set_ylabel("test ACC")
+    bars.legend()
+    for site in sites:
+        points = sorted((e["round"], e["acc"]) for e in evaluations if e.get("site") == site)
+        if points:
+            curves.plot(*zip(*points), marker="o", label=site)
+    curves.set_xlabel("round")
+    curves.set_ylabel("merged adapter test ACC")
+    curves.set_ylim(0, 1)
+    curves.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .lora import Adapter, save_adapter
 from .metrics import normalized_accuracy
-from .report import summary_markdown
+from .report import run_figure, summary_markdown
 
 
 class RunResults:
@@ -46,8 +46,20 @@ class RunResults:
         norm = [s["normalized_acc"] for s in sites.values() if not math.isnan(s["normalized_acc"])]
         summary["mean_normalized_acc"] = sum(norm) / len(norm) if norm else math.nan
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_safe))
-        (self.run_dir / "summary.md").write_text(summary_markdown(summary))
+        render_run(self.run_dir, summary)
         return summary
+
+
+def render_run(run_dir: Path, summary: dict | None = None) -> list[Path]:
+    """(Re)write summary.md and summary.png of a run folder from its saved summary and metrics."""
+    run_dir = Path(run_dir)
+    summary = summary or json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.md").write_text(summary_markdown(summary) + "\n![summary](summary.png)\n")
+    events = []
+    if (run_dir / "metrics.jsonl").is_file():
+        events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    run_figure(summary, [e for e in events if e.get("event") == "evaluate"], run_dir / "summary.png")
+    return [run_dir / "summary.md", run_dir / "summary.png"]
 
 
 def _json_safe(value):

@@ -85,12 +85,13 @@ def train_site(cfg: RunConfig, data: SiteData, merged: Adapter | None, state: Si
     return adapter, state, metrics
 
 
-def evaluate_site(cfg: RunConfig, data: SiteData, adapter: Adapter, head: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Test metrics of `adapter` with the given head of this site."""
+def evaluate_site(cfg: RunConfig, data: SiteData, adapter: Adapter, head: dict[str, torch.Tensor],
+                  split: str = "test") -> dict[str, float]:
+    """Metrics of `adapter` with the given head of this site on one of its splits (test by default)."""
     model = build_site_model(cfg, data.num_classes, data.site.name)
     model.head.load_state_dict(head)
     set_adapter(model.backbone, adapter)
-    return evaluate(model, data.test, data.task, preset_image_size(cfg.model_name))
+    return evaluate(model, getattr(data, split), data.task, preset_image_size(cfg.model_name))
 
 
 def sites_for_node(cfg: RunConfig, node_config: dict) -> list[str]:

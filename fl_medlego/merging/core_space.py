@@ -9,6 +9,7 @@ exactly task arithmetic, at the cost of R x R matrices instead of d_out x d_in o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -20,6 +21,8 @@ from ._registry import register_merge
 
 @dataclass
 class CoreSpaceOptions:
+    # Values tried on the sites' validation splits by `fl-medlego compare` (never on test).
+    search_space: ClassVar[dict] = {"density": [0.5, 1.0], "lam": [0.5, 1.0]}
     inner: str = "ties"  # merge of the cores: "ties" or "linear" (= task arithmetic)
     density: float = 1.0  # TIES trim of each core (inner="ties")
     lam: float = 1.0

@@ -8,6 +8,7 @@ with TIES (trim to `density`, elect, disjoint mean, lambda). Random but seeded. 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -19,6 +20,8 @@ from ._registry import register_merge
 
 @dataclass
 class DareOptions:
+    # Values tried on the sites' validation splits by `fl-medlego compare` (never on test).
+    search_space: ClassVar[dict] = {"drop": [0.3, 0.7], "lam": [0.3, 0.7, 1.0]}
     drop: float = 0.5  # probability p of dropping an entry, in [0, 1)
     inner: str = "linear"  # "linear" (task arithmetic) or "ties"
     density: float = 1.0  # TIES trim after the drop (inner="ties" only)

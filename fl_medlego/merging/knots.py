@@ -9,6 +9,7 @@ an R x (N d_in) matrix, never the d_out x d_in updates. Low-rank result (rank <=
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -20,6 +21,8 @@ from ._registry import register_merge
 
 @dataclass
 class KnotsOptions:
+    # Values tried on the sites' validation splits by `fl-medlego compare` (never on test).
+    search_space: ClassVar[dict] = {"density": [0.5, 1.0], "lam": [0.5, 1.0]}
     inner: str = "ties"  # how the aligned coordinates V_i are merged: "ties" or "linear"
     density: float = 1.0  # TIES trim of each V_i (inner="ties")
     lam: float = 1.0

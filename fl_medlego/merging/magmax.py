@@ -7,6 +7,7 @@ in absolute value; scale by lambda. Dense result.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -18,6 +19,8 @@ from ._registry import register_merge
 
 @dataclass
 class MagMaxOptions:
+    # Values tried on the sites' validation splits by `fl-medlego compare` (never on test).
+    search_space: ClassVar[dict] = {"lam": [0.5, 1.0]}
     lam: float = 1.0
     rank: int | None = None
 

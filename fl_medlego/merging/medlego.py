@@ -8,6 +8,7 @@ E' = sigma_1..k, A' = V_k^T. Computed through the small QR core, never forming D
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -18,6 +19,8 @@ from ._registry import register_merge
 
 @dataclass
 class MedLegoOptions:
+    # Values tried on the sites' validation splits by `fl-medlego compare` (never on test).
+    search_space: ClassVar[dict] = {"energy": [0.8, 0.9, 0.95, 1.0]}
     energy: float = 0.9  # v in (0, 1]: fraction of the singular-value mass to keep
     max_rank: int | None = None  # optional cap on k; None keeps what the energy asks for
 

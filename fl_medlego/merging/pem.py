@@ -9,6 +9,7 @@ vectors are not averaged on their own; the product is scaled by lambda. Approxim
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -18,6 +19,8 @@ from ._registry import register_merge
 
 @dataclass
 class PemOptions:
+    # Values tried on the sites' validation splits by `fl-medlego compare` (never on test).
+    search_space: ClassVar[dict] = {"lam": [0.5, 1.0, 2.0]}
     lam: float = 1.0  # scale of the composed update; tuned on validation data by `fl-medlego compare`
 
 

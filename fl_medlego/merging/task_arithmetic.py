@@ -7,6 +7,7 @@ negates a task). Exact and low-rank (rank <= sum r_i), computed through the QR c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -19,6 +20,8 @@ from .post_avg import truncated
 
 @dataclass
 class TaskArithmeticOptions:
+    # Values tried on the sites' validation splits by `fl-medlego compare` (never on test).
+    search_space: ClassVar[dict] = {"lam": [0.1, 0.3, 0.5, 0.7, 1.0]}
     lam: float = 0.3  # scaling lambda; tuned on validation data by `fl-medlego compare`
     rank: int | None = None
 

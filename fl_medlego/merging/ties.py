@@ -9,6 +9,7 @@ in percent differs). The result is dense: returned as its exact SVD factors unle
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -20,6 +21,8 @@ from ._registry import register_merge
 
 @dataclass
 class TiesOptions:
+    # Values tried on the sites' validation splits by `fl-medlego compare` (never on test).
+    search_space: ClassVar[dict] = {"density": [0.2, 0.5, 1.0], "lam": [0.5, 1.0]}
     density: float = 0.2  # fraction of each update's entries kept
     lam: float = 1.0
     rank: int | None = None  # truncate the dense result to this rank; None keeps it exact

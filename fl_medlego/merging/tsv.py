@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -20,6 +21,8 @@ from ._registry import register_merge
 
 @dataclass
 class TsvOptions:
+    # Values tried on the sites' validation splits by `fl-medlego compare` (never on test).
+    search_space: ClassVar[dict] = {"lam": [0.5, 1.0]}
     keep: float | None = None  # fraction of each task's triplets kept; None = 1/N as in the paper
     lam: float = 1.0
 

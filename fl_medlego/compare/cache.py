@@ -1,0 +1,62 @@
+"""Trained specialists on disk, so that a comparison trains each one once and can resume.
+
+    CACHE/<settings hash>/seed-<s>/<site>/svd_lora/   adapter/ + head.safetensors + metrics.json
+    CACHE/<settings hash>/seed-<s>/<site>/full/       backbone.safetensors + head.safetensors + metrics.json
+    CACHE/<settings hash>/seed-<s>/multitask/         model.safetensors + metrics.json
+
+metrics.json is written last: an entry without it is incomplete and is trained again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import RunConfig, settings_table
+
+# Settings that do not change what a specialist learns.
+_IRRELEVANT = ("strategy", "num_rounds", "output_dir", "round_timeout", "node_wait_timeout", "merge", "seed")
+
+
+def settings_hash(cfg: RunConfig) -> str:
+    relevant = {k: v for k, v in settings_table(cfg).items() if k not in _IRRELEVANT}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class SpecialistCache:
+    def __init__(self, root: Path, cfg: RunConfig) -> None:
+        self.root = Path(root) / settings_hash(cfg) / f"seed-{cfg.seed}"
+
+    def entry(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    @staticmethod
+    def complete(entry: Path) -> bool:
+        return (entry / "metrics.json").is_file()
+
+    @staticmethod
+    def write(entry: Path, tensors: dict[str, dict[str, torch.Tensor]], metrics: dict, extra=None) -> None:
+        """Write into a temporary folder, then move it in place: a crash never leaves a half entry."""
+        tmp = entry.with_name(entry.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, state in tensors.items():
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
+        if extra is not None:
+            extra(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        shutil.rmtree(entry, ignore_errors=True)
+        tmp.rename(entry)
+
+    @staticmethod
+    def read(entry: Path, name: str) -> dict[str, torch.Tensor]:
+        return load_file(str(entry / f"{name}.safetensors"))
+
+    @staticmethod
+    def metrics(entry: Path) -> dict:
+        return json.loads((entry / "metrics.json").read_text())

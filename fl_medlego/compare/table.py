@@ -1,0 +1,139 @@
+"""The paper's Table 1 layout from a comparison's results.json: Markdown, CSV and a heatmap PNG.
+
+Rows are strategies, columns each task's ACC and AUC and the mean normalized ACC (merged ACC /
+SVD-LoRA specialist ACC of the same seed and site, averaged over sites). With several seeds every
+cell is mean ± std over seeds. Best is bold and second underlined among the assembled models
+(merges and ViT averaging); the specialist and multi-task rows are references, not ranked.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+SPECIALIST_ROWS = ("specialists (SVD-LoRA)", "specialists (full fine-tune)")
+REFERENCE_ROWS = (*SPECIALIST_ROWS, "multitask")
+NORMALIZED = "mean norm. ACC"
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else 0.0
+
+
+def summarize(results: dict) -> dict[str, dict[str, tuple[float, float]]]:
+    """row -> column -> (mean, std) over seeds; columns are '<site> ACC', '<site> AUC' and NORMALIZED."""
+    sites, rows = results["sites"], results["rows"]
+    reference = rows.get(SPECIALIST_ROWS[0], {})
+    table = {}
+    for row, by_seed in rows.items():
+        runs = [r for r in by_seed.values() if r.get("test")]
+        if not runs:
+            continue
+        cells = {}
+        for site in sites:
+            cells[f"{site} ACC"] = _stats([r["test"][site]["acc"] for r in runs])
+            cells[f"{site} AUC"] = _stats([r["test"][site]["auc"] for r in runs])
+        normalized = []
+        for seed, r in by_seed.items():
+            ref = reference.get(seed, {}).get("test")
+            if r.get("test") and ref:
+                normalized.append(float(np.mean([r["test"][s]["acc"] / ref[s]["acc"] for s in sites])))
+        cells[NORMALIZED] = _stats(normalized)
+        table[row] = cells
+    return table
+
+
+def columns(results: dict) -> list[str]:
+    return [f"{s} {m}" for s in results["sites"] for m in ("ACC", "AUC")] + [NORMALIZED]
+
+
+def _ranks(table: dict, column: str) -> dict[str, int]:
+    """1 for the best, 2 for the second among the ranked rows (ties share a place)."""
+    scores = sorted({round(c[column][0], 6) for r, c in table.items() if r not in REFERENCE_ROWS
+                     and not math.isnan(c[column][0])}, reverse=True)
+    return {r: scores.index(round(c[column][0], 6)) + 1 for r, c in table.items()
+            if r not in REFERENCE_ROWS and not math.isnan(c[column][0]) and scores.index(round(c[column][0], 6)) < 2}
+
+
+def _cell(mean: float, std: float, seeds: int) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.3f} ± {std:.3f}" if seeds > 1 else f"{mean:.3f}"
+
+
+def to_markdown(results: dict) -> str:
+    table, cols, seeds = summarize(results), columns(results), len(results["seeds"])
+    ranks = {c: _ranks(table, c) for c in cols}
+    lines = ["| strategy | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for row, cells in table.items():
+        out = []
+        for c in cols:
+            text = _cell(*cells[c], seeds)
+            place = ranks[c].get(row)
+            out.append(f"**{text}**" if place == 1 else f"<u>{text}</u>" if place == 2 else text)
+        lines.append(f"| {row} | " + " | ".join(out) + " |")
+    errors = [f"- `{row}` (seed {seed}): {r['error']}" for row, by_seed in results["rows"].items()
+              for seed, r in by_seed.items() if r.get("error")]
+    options = [f"- `{row}`: " + "; ".join(f"seed {seed}: {r.get('options')}" for seed, r in by_seed.items())
+               for row, by_seed in results["rows"].items() if any(r.get("options") for r in by_seed.values())]
+    text = [f"# Comparison: {', '.join(results['sites'])} ({seeds} seed{'s' * (seeds > 1)})", "",
+            "Test ACC / AUC per task, each merged model evaluated with each site's own head. "
+            f"`{NORMALIZED}` = mean over tasks of merged ACC / SVD-LoRA specialist ACC. "
+            "Best **bold**, second <u>underlined</u> among the assembled models; specialists and the "
+            "(centralised) multi-task model are references." + (" Cells: mean ± std over seeds." if seeds > 1 else ""),
+            "", *lines, "", "Options chosen on the validation splits:", *options]
+    if errors:
+        text += ["", "Strategies that could not merge these specialists:", *errors]
+    text += ["", f"Wall time: {results.get('wall_time_s', 'n/a')} s"]
+    return "\n".join(text) + "\n"
+
+
+def to_csv(results: dict, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["strategy", "seed", "site", "acc", "auc", "f1", "loss", "options"])
+        for row, by_seed in results["rows"].items():
+            for seed, r in by_seed.items():
+                for site, m in r.get("test", {}).items():
+                    writer.writerow([row, seed, site, m["acc"], m["auc"], m["f1"], m["loss"], r.get("options", "")])
+
+
+def heatmap(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summarize(results)
+    cols = [f"{s} ACC" for s in results["sites"]] + [NORMALIZED]
+    rows = list(table)
+    values = np.array([[table[r][c][0] for c in cols] for r in rows])
+    fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 2.5, 0.45 * len(rows) + 1.5))
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(1.0, np.nanmax(values)), aspect="auto")
+    ax.set_xticks(range(len(cols)), [c.replace(" ACC", "") for c in cols], rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if not math.isnan(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
+                        color="white" if values[i, j] < 0.6 else "black", fontsize=8)
+    ax.set_title("test ACC (mean over seeds)")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def render_comparison(results: dict, out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    paths = [out_dir / "table.md", out_dir / "table.csv", out_dir / "table.png"]
+    paths[0].write_text(to_markdown(results))
+    to_csv(results, paths[1])
+    heatmap(results, paths[2])
+    return paths

@@ -1,0 +1,87 @@
+"""The two non-adapter baselines of the paper's table: fully fine-tuned specialists (averaged into
+"ViT averaging", a model soup) and one multi-task model fine-tuned on every task at once.
+
+The multi-task model is centralised: it needs every site's data in one place, which a federation
+cannot do. It is a reference row, not a federated method.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import RunConfig
+from .data import SiteData
+from .models import SiteModel, create_backbone, preset_image_size
+from .train import TrainConfig, evaluate, fit, task_loss, to_model_input
+
+log = logging.getLogger(__name__)
+
+
+def full_train_config(cfg: RunConfig, progress: bool = False) -> TrainConfig:
+    return TrainConfig(epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.full_lr,
+                       weight_decay=cfg.train.weight_decay, orth_weight=0.0, seed=cfg.seed, progress=progress)
+
+
+def train_full_site(cfg: RunConfig, data: SiteData, progress: bool = False) -> SiteModel:
+    """Fine-tune every backbone weight and the head on one site; the best validation epoch is kept."""
+    backbone = create_backbone(cfg.model_name, num_classes=0, pretrained=cfg.pretrained, seed=cfg.seed)
+    model = SiteModel(backbone, data.num_classes)
+    fit(model, data.train, data.val, data.task, preset_image_size(cfg.model_name), full_train_config(cfg, progress))
+    return model
+
+
+def average_backbones(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Uniform average of full backbone weights (model soup / FedAvg of fully fine-tuned models)."""
+    return {k: torch.stack([s[k].double() for s in states]).mean(0).to(states[0][k].dtype) for k in states[0]}
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: dict[str, int]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict({site: nn.Linear(backbone.num_features, n) for site, n in num_classes.items()})
+
+    def site_model(self, site: str) -> SiteModel:
+        """A view with one task's head (shares the backbone)."""
+        view = SiteModel.__new__(SiteModel)
+        nn.Module.__init__(view)
+        view.backbone, view.head = self.backbone, self.heads[site]
+        return view
+
+
+def train_multitask(cfg: RunConfig, sites: dict[str, SiteData], progress: bool = False) -> MultiTaskModel:
+    """Fine-tune one backbone on all tasks, one head per task, batches of the tasks interleaved at random.
+
+    The epoch kept is the one with the best mean validation ACC over the tasks.
+    """
+    size = preset_image_size(cfg.model_name)
+    backbone = create_backbone(cfg.model_name, num_classes=0, pretrained=cfg.pretrained, seed=cfg.seed)
+    model = MultiTaskModel(backbone, {s: d.num_classes for s, d in sites.items()})
+    tc = full_train_config(cfg, progress)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    generator = torch.Generator().manual_seed(tc.seed)
+    best, best_state = -1.0, None
+    for epoch in range(1, tc.epochs + 1):
+        model.train()
+        batches = [(s, b) for s, d in sites.items()
+                   for b in torch.randperm(len(d.train), generator=generator).split(tc.batch_size)]
+        order = torch.randperm(len(batches), generator=generator).tolist()
+        for i in tqdm(order, desc=f"multi-task epoch {epoch}/{tc.epochs}", disable=not progress, leave=False):
+            site, batch = batches[i]
+            d = sites[site]
+            logits = model.heads[site](model.backbone(to_model_input(d.train.images[batch], size)))
+            loss = task_loss(logits, d.train.labels[batch], d.task)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        val = [evaluate(model.site_model(s), d.val, d.task, size)["acc"] for s, d in sites.items()]
+        mean_val = sum(val) / len(val)
+        log.info("multi-task epoch %d: mean val acc %.4f", epoch, mean_val)
+        if mean_val > best:
+            best, best_state = mean_val, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return model

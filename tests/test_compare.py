@@ -1,0 +1,74 @@
+"""`fl-medlego compare`: options tuned on validation only, cached specialists, the Table 1 outputs."""
+
+import json
+
+import pytest
+
+from fl_medlego.cli import main
+from fl_medlego.compare import Comparison
+from fl_medlego.compare import run as compare_run
+from fl_medlego.compare.table import summarize, to_markdown
+from fl_medlego.scenario import load_scenario_config, parse_overrides
+
+TINY = ("sites='breast,pneumonia' data.max-train=40 data.max-eval=40 train.local-epochs=1 lora.rank=2")
+
+
+def tiny_config():
+    return load_scenario_config("scenarios/cross_domain", TINY)
+
+
+def test_overrides_follow_flower_syntax_and_refuse_undeclared_keys():
+    assert parse_overrides("num-rounds=5 sites='a,b' merge.energy=0.95") == {
+        "num-rounds": 5, "sites": "a,b", "merge.energy": 0.95}
+    with pytest.raises(ValueError, match="not declared"):
+        load_scenario_config("scenarios/cross_domain", "num-round=5")
+    assert load_scenario_config("scenarios/cross_domain")["lora.rank"] == 4
+
+
+def test_tuning_uses_validation_only_and_specialists_are_cached(tmp_path, monkeypatch):
+    calls = []
+    real = compare_run.evaluate_site
+
+    def spy(cfg, data, adapter, head, split="test"):
+        calls.append((data.site.name, split, adapter.metadata.get("merge", {}).get("options")))
+        return real(cfg, data, adapter, head, split)
+
+    monkeypatch.setattr(compare_run, "evaluate_site", spy)
+    results = Comparison(tiny_config(), ["medlego", "ties"], [0], tmp_path / "out", tmp_path / "cache").run()
+    test_options = {str(o) for _, split, o in calls if split == "test" and o is not None}
+    chosen = {str({**results["rows"][m]["0"]["options"]}) for m in ("medlego", "ties")}
+    assert test_options == chosen  # test data only ever sees the option set chosen on validation
+    n_val = sum(split == "val" for _, split, _ in calls)
+    assert n_val == 2 * (4 + 6)  # two sites x (medlego's 4 + ties' 6 candidate settings)
+    for name in ("table.md", "table.csv", "table.png", "results.json"):
+        assert (tmp_path / "out" / name).is_file()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached specialist was trained again")
+
+    monkeypatch.setattr(compare_run, "train_site", no_training)
+    again = Comparison(tiny_config(), ["post_avg"], [0], tmp_path / "out2", tmp_path / "cache").run()
+    assert set(again["rows"]) == {"specialists (SVD-LoRA)", "post_avg"}
+
+
+def test_table_ranks_and_normalizes():
+    results = {"sites": ["a", "b"], "seeds": [0, 1], "rows": {}}
+    def row(accs_by_seed):
+        return {str(s): {"test": {site: {"acc": acc, "auc": 0.5, "f1": 0, "loss": 0} for site, acc in accs.items()}}
+                for s, accs in accs_by_seed.items()}
+    results["rows"]["specialists (SVD-LoRA)"] = row({0: {"a": 1.0, "b": 0.8}, 1: {"a": 1.0, "b": 0.8}})
+    results["rows"]["x"] = row({0: {"a": 0.5, "b": 0.4}, 1: {"a": 0.7, "b": 0.4}})
+    results["rows"]["y"] = row({0: {"a": 0.9, "b": 0.8}, 1: {"a": 0.9, "b": 0.8}})
+    table = summarize(results)
+    assert table["x"]["a ACC"] == pytest.approx((0.6, 0.1))
+    assert table["y"]["mean norm. ACC"][0] == pytest.approx((0.9 + 1.0) / 2)
+    md = to_markdown(results)
+    assert "**0.900 ± 0.000**" in md and "<u>0.600 ± 0.100</u>" in md
+
+
+def test_report_rerenders_a_comparison(tmp_path):
+    results = {"sites": ["a"], "seeds": [0], "rows": {"specialists (SVD-LoRA)": {"0": {"test": {
+        "a": {"acc": 0.9, "auc": 0.8, "f1": 0.5, "loss": 0.1}}}}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "table.png").is_file() and "0.900" in (tmp_path / "table.md").read_text()
