@@ -10,7 +10,7 @@ from flwr.clientapp import ClientApp
 
 from fl_medlego import wire
 from fl_medlego.config import parse_run_config
-from fl_medlego.site import evaluate_site, load_site_data, sites_for_node, train_site
+from fl_medlego.site import evaluate_site, learning_curve, load_site_data, sites_for_node, train_site
 
 from .state import load_state, save_state
 
@@ -41,6 +41,12 @@ def train(msg: Message, context: Context) -> Message:
     data = load_site_data(cfg, site, context.node_config.get("data-root"))
     tensors = msg.content[wire.ARRAYS].to_torch_state_dict()
     merged = wire.tensors_to_adapter(tensors) if tensors else None  # round 1: train from scratch
+    if msg.content[wire.CONFIG].get(wire.LEARNING_CURVE, False):
+        epochs = int(msg.content[wire.CONFIG][wire.CURVE_EPOCHS])
+        curve = learning_curve(cfg, data, merged, epochs)
+        metrics = MetricRecord({wire.NUM_EXAMPLES: float(len(data.train)), **curve})
+        return Message(RecordDict({wire.METRICS: metrics, wire.SITE_INFO: ConfigRecord({wire.SITE: site})}),
+                       reply_to=msg)
     adapter, state, metrics = train_site(cfg, data, merged, load_state(context.state, site))
     save_state(context.state, site, state)
     info = ConfigRecord({wire.SITE: site, wire.BASE_FINGERPRINT: adapter.metadata["base"],

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .lora import SVDLoRAConfig
+from .scenario import parse_overrides
 from .train import TrainConfig
 
 # Every knob, with its default. A scenario may override any of them in [tool.flwr.app.config].
@@ -29,9 +30,11 @@ DEFAULTS: dict[str, object] = {
     "lora.targets": "attn.qkv",
     "lora.init-std": 0.09,
     "lora.orth-weight": 0.01,
+    "lora.site-ranks": "",
     "merge.energy": 0.9,
     "merge.max-rank": 16,
     "merge.weighting": "uniform",
+    "merge.options": "",
     "train.local-epochs": 5,
     "train.batch-size": 64,
     "train.lr": 0.01,
@@ -43,6 +46,8 @@ DEFAULTS: dict[str, object] = {
     "data.dirichlet-alpha": 0.5,
     "data.max-train": 0,
     "data.max-eval": 0,
+    "new-task.site": "",
+    "new-task.epochs": 8,
 }
 
 
@@ -61,15 +66,16 @@ class MergeSettings:
     energy: float = 0.9
     max_rank: int | None = 16  # 0 in the run config means no cap
     weighting: str = "uniform"  # or "examples": weight each site by its number of training examples
+    options: dict = field(default_factory=dict)  # method-specific options, e.g. {"density": 0.5, "lam": 0.7}
 
     def __post_init__(self) -> None:
         if self.weighting not in ("uniform", "examples"):
             raise ValueError(f"merge.weighting must be 'uniform' or 'examples', got {self.weighting!r}")
 
     def options_for(self, option_names: list[str]) -> dict:
-        """The subset of these settings that a merge method takes (each method has its own options)."""
+        """The options a merge method takes: energy / max-rank where it has them, plus merge.options."""
         values = {"energy": self.energy, "max_rank": self.max_rank}
-        return {k: v for k, v in values.items() if k in option_names}
+        return {**{k: v for k, v in values.items() if k in option_names}, **self.options}
 
 
 @dataclass
@@ -88,6 +94,13 @@ class RunConfig:
     train: TrainConfig
     data: DataSettings = field(default_factory=DataSettings)
     full_lr: float = 0.001  # learning rate for full fine-tuning (the non-adapter baselines)
+    site_ranks: list[int] = field(default_factory=list)  # per-site adapter ranks, cycled over the sites
+    new_task_site: str = ""  # new_task scenario: the site held out of the merge
+    new_task_epochs: int = 8
+
+    def rank_of(self, site_index: int) -> int:
+        """Adapter rank of the i-th site of the scenario: lora.rank unless lora.site-ranks is set."""
+        return self.site_ranks[site_index % len(self.site_ranks)] if self.site_ranks else self.lora.rank
 
     def output_path(self, run_name: str) -> Path:
         """Absolute. Flower runs apps in processes whose working directory is not the user's, so a
@@ -117,7 +130,9 @@ def parse_run_config(run_config: dict) -> RunConfig:
             node_wait_timeout=float(c["node-wait-timeout"]),
             model_name=str(c["model.name"]), pretrained=str(c["model.pretrained"]), lora=lora,
             merge=MergeSettings(float(c["merge.energy"]), max_rank if max_rank > 0 else None,
-                                str(c["merge.weighting"])),
+                                str(c["merge.weighting"]), parse_overrides(str(c["merge.options"]))),
+            site_ranks=[int(r) for r in str(c["lora.site-ranks"]).split(",") if r.strip()],
+            new_task_site=str(c["new-task.site"]), new_task_epochs=int(c["new-task.epochs"]),
             train=TrainConfig(epochs=int(c["train.local-epochs"]), batch_size=int(c["train.batch-size"]),
                               lr=float(c["train.lr"]), weight_decay=float(c["train.weight-decay"]),
                               orth_weight=lora.orth_weight, seed=int(c["seed"])),

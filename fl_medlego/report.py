@@ -78,3 +78,23 @@ def run_figure(summary: dict, evaluations: list[dict], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def learning_curve_figure(site: str, curves: dict[str, dict[str, list[float]]], path) -> None:
+    """Accuracy per epoch of a new task, started from different adapters (Med-LEGO Fig. 2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key in zip(axes, ("val-acc", "test-acc")):
+        for label, curve in curves.items():
+            ax.plot(range(1, len(curve[key]) + 1), curve[key], marker="o", label=label)
+        ax.set_title(f"{site}: {key.replace('-acc', '')} ACC per epoch")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    axes[0].set_ylabel("ACC")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -6,6 +6,7 @@ state and adapters in and out of messages; everything else happens here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zlib
 from dataclasses import dataclass
@@ -45,10 +46,15 @@ def build_site_model(cfg: RunConfig, num_classes: int, site_name: str = "") -> S
     base_fingerprint = fingerprint(backbone)
     # Adapter init and head differ by site, reproducibly.
     torch.manual_seed(cfg.seed * 7919 + zlib.crc32(site_name.encode()))
-    inject_svd_lora(backbone, cfg.lora)
+    inject_svd_lora(backbone, dataclasses.replace(cfg.lora, rank=site_rank(cfg, site_name)))
     model = SiteModel(backbone, num_classes)
     model.base_fingerprint = base_fingerprint
     return model
+
+
+def site_rank(cfg: RunConfig, site_name: str) -> int:
+    names = [s.name for s in parse_sites(cfg.sites)]
+    return cfg.rank_of(names.index(site_name)) if site_name in names else cfg.lora.rank
 
 
 def adapter_template(cfg: RunConfig) -> dict[str, tuple[int, int]]:
@@ -111,3 +117,14 @@ def sites_for_node(cfg: RunConfig, node_config: dict) -> list[str]:
     if "partition-id" in node_config:
         return all_sites[int(node_config["partition-id"])::int(node_config["num-partitions"])]
     raise ValueError("this node names no site: start the SuperNode with --node-config \"site='NAME'\"")
+
+
+def learning_curve(cfg: RunConfig, data: SiteData, start: Adapter | None, epochs: int) -> dict[str, list[float]]:
+    """Fine-tune a new task from `start` (e.g. a merged adapter) or from the bare base (None), with a fresh
+    head, and record validation and test ACC after every epoch (Med-LEGO Fig. 2). Keeps no state."""
+    model = build_site_model(cfg, data.num_classes, data.site.name)
+    if start is not None:
+        set_adapter(model.backbone, start)
+    train_cfg = dataclasses.replace(cfg.train, epochs=epochs)
+    result = fit(model, data.train, data.val, data.task, preset_image_size(cfg.model_name), train_cfg, watch=data.test)
+    return {"val-acc": [h["val_acc"] for h in result.history], "test-acc": [h["watch_acc"] for h in result.history]}

@@ -61,8 +61,12 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, cfg: TrainConfig) -> FitResult:
-    """Train the trainable parameters (adapter + head); keep the epoch with the best validation ACC."""
+def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, cfg: TrainConfig,
+        watch: Split | None = None) -> FitResult:
+    """Train the trainable parameters (adapter + head); keep the epoch with the best validation ACC.
+
+    `watch`, if given, is evaluated after every epoch for learning curves only: it never picks the epoch.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -85,6 +89,8 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, 
             optimizer.step()
         metrics = evaluate(model, val, task, image_size, cfg.batch_size * 4)
         val_metrics = {f"val_{k}": v for k, v in metrics.items()}
+        if watch is not None:
+            val_metrics["watch_acc"] = evaluate(model, watch, task, image_size, cfg.batch_size * 4)["acc"]
         history.append({"epoch": epoch, "train_loss": total / len(train), **val_metrics})
         log.info("epoch %d/%d: train loss %.4f, val acc %.4f", epoch, cfg.epochs, total / len(train), metrics["acc"])
         if metrics["acc"] > best_acc:

@@ -23,6 +23,8 @@ SITE = "site"
 SITES = "sites"  # a node's answer to the site query: comma-separated site names
 SERVER_ROUND = "server-round"
 WITH_SPECIALIST = "with-specialist"
+LEARNING_CURVE = "learning-curve"  # train message: fine-tune from the given adapter, report per-epoch ACC
+CURVE_EPOCHS = "curve-epochs"
 BASE_FINGERPRINT = "base-fingerprint"
 DATA_SOURCE = "data-source"  # where the site's images came from (a description, never the data)
 
