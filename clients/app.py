@@ -10,7 +10,14 @@ from flwr.clientapp import ClientApp
 
 from fl_medlego import wire
 from fl_medlego.config import parse_run_config
-from fl_medlego.site import evaluate_site, learning_curve, load_site_data, sites_for_node, train_site
+from fl_medlego.site import (
+    adapter_template,
+    evaluate_site,
+    learning_curve,
+    load_site_data,
+    sites_for_node,
+    train_site,
+)
 
 from .state import load_state, save_state
 
@@ -40,7 +47,7 @@ def train(msg: Message, context: Context) -> Message:
     site = _site_of(msg, context)
     data = load_site_data(cfg, site, context.node_config.get("data-root"))
     tensors = msg.content[wire.ARRAYS].to_torch_state_dict()
-    merged = wire.tensors_to_adapter(tensors) if tensors else None  # round 1: train from scratch
+    merged = wire.decode(tensors, adapter_template(cfg)) if tensors else None  # round 1: train from scratch
     if msg.content[wire.CONFIG].get(wire.LEARNING_CURVE, False):
         epochs = int(msg.content[wire.CONFIG][wire.CURVE_EPOCHS])
         curve = learning_curve(cfg, data, merged, epochs)
@@ -51,7 +58,7 @@ def train(msg: Message, context: Context) -> Message:
     save_state(context.state, site, state)
     info = ConfigRecord({wire.SITE: site, wire.BASE_FINGERPRINT: adapter.metadata["base"],
                          wire.DATA_SOURCE: data.source})
-    content = RecordDict({wire.ARRAYS: ArrayRecord(wire.adapter_to_tensors(adapter)),
+    content = RecordDict({wire.ARRAYS: ArrayRecord(wire.encode(adapter)),
                           wire.METRICS: MetricRecord(metrics), wire.SITE_INFO: info})
     return Message(content, reply_to=msg)
 
@@ -65,7 +72,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     if state is None:
         raise ValueError(f"site {site!r} has not trained yet: it has no head to evaluate with")
     data = load_site_data(cfg, site, context.node_config.get("data-root"))
-    adapter = wire.tensors_to_adapter(msg.content[wire.ARRAYS].to_torch_state_dict())
+    adapter = wire.decode(msg.content[wire.ARRAYS].to_torch_state_dict(), adapter_template(cfg))
     metrics = evaluate_site(cfg, data, adapter, state.head)
     if msg.content[wire.CONFIG].get(wire.WITH_SPECIALIST, False):
         own = evaluate_site(cfg, data, state.specialist, state.specialist_head)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord, RecordDict
 
-from fl_medlego import wire
+from fl_medlego.lora import Adapter
 from fl_medlego.site import SiteState
 
 
@@ -13,12 +13,13 @@ def load_state(state: RecordDict, site: str) -> SiteState | None:
         return None
     return SiteState(
         head=state[f"{site}.head"].to_torch_state_dict(),
-        specialist=wire.tensors_to_adapter(state[f"{site}.specialist"].to_torch_state_dict()),
+        specialist=Adapter.from_tensors(state[f"{site}.specialist"].to_torch_state_dict()),
         specialist_head=state[f"{site}.specialist-head"].to_torch_state_dict(),
     )
 
 
 def save_state(state: RecordDict, site: str, site_state: SiteState) -> None:
     state[f"{site}.head"] = ArrayRecord(site_state.head)
-    state[f"{site}.specialist"] = ArrayRecord(wire.adapter_to_tensors(site_state.specialist))
+    # Scale folded into E: the same update, stored without extra metadata.
+    state[f"{site}.specialist"] = ArrayRecord(Adapter(site_state.specialist.folded()).to_tensors())
     state[f"{site}.specialist-head"] = ArrayRecord(site_state.specialist_head)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from .lora import Adapter, Factors
-from .lora.factors import FACTOR_SUFFIXES
 
 # RecordDict keys
 ARRAYS = "arrays"  # the adapter factors (Flower FedAvg's default ArrayRecord key)
@@ -38,39 +37,51 @@ class InvalidUpdate(ValueError):
     """A site's reply that must not be merged; the message says why."""
 
 
-def adapter_to_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:
-    """The adapter as wire tensors (scale folded into E)."""
-    return Adapter(adapter.folded(), scale=1.0).to_tensors()
+# ArrayRecord entries: all factors packed in one float32 vector, in the order of the sorted matrix names
+# of the shared adapter template, each matrix as B (row-major), E, A (row-major); and the ranks. One
+# array instead of three per matrix keeps Flower's per-array framing to a few hundred bytes in total.
+PACKED = "factors"
+RANKS = "ranks"
 
 
-def tensors_to_adapter(tensors: dict[str, torch.Tensor]) -> Adapter:
-    return Adapter.from_tensors(tensors, scale=1.0)
+def encode(adapter: Adapter) -> dict[str, torch.Tensor]:
+    """The adapter as wire tensors: packed factors (scale folded into E) and their ranks."""
+    folded = adapter.folded()
+    names = sorted(folded)
+    parts = [t.reshape(-1).float() for n in names for t in (folded[n].B, folded[n].E, folded[n].A)]
+    return {PACKED: torch.cat(parts), RANKS: torch.tensor([folded[n].rank for n in names], dtype=torch.int64)}
 
 
-def validate_update(tensors: dict[str, torch.Tensor], template: dict[str, tuple[int, int]]) -> Adapter:
+def decode(tensors: dict[str, torch.Tensor], template: dict[str, tuple[int, int]]) -> Adapter:
     """The adapter in `tensors` if it fits the template (matrix name -> (d_out, d_in)); else InvalidUpdate.
 
-    Checks: exactly the template's matrices, each with B, E and A; floating dtypes; consistent ranks
-    between 1 and min(d_out, d_in); the right outer shapes; only finite values.
+    Checks: exactly the two expected entries; integer ranks, one per template matrix, each between 1
+    and min(d_out, d_in); a floating-point vector of exactly the implied length; only finite values.
     """
-    expected_keys = {f"{name}.{suffix}" for name in template for suffix in FACTOR_SUFFIXES}
-    missing, extra = sorted(expected_keys - set(tensors)), sorted(set(tensors) - expected_keys)
-    if missing or extra:
-        raise InvalidUpdate(f"wrong tensor keys: missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
-                            f"unexpected {extra[:4]}{'...' if len(extra) > 4 else ''}")
-    factors = {}
-    for name, (d_out, d_in) in template.items():
-        B, E, A = (tensors[f"{name}.{s}"] for s in FACTOR_SUFFIXES)
-        for key, t in zip(FACTOR_SUFFIXES, (B, E, A)):
-            if not t.is_floating_point():
-                raise InvalidUpdate(f"{name}.{key} has dtype {t.dtype}, expected a floating-point tensor")
-            if not torch.isfinite(t).all():
-                raise InvalidUpdate(f"{name}.{key} holds NaN or Inf values")
-        r = E.shape[0] if E.dim() == 1 else -1
-        if not (B.dim() == 2 and A.dim() == 2 and B.shape == (d_out, r) and A.shape == (r, d_in)):
-            raise InvalidUpdate(f"{name}: shapes B {tuple(B.shape)}, E {tuple(E.shape)}, A {tuple(A.shape)} do not "
-                                f"fit a {d_out} x {d_in} matrix (expected B ({d_out}, r), E (r,), A (r, {d_in}))")
+    if set(tensors) != {PACKED, RANKS}:
+        raise InvalidUpdate(f"wrong tensor keys {sorted(tensors)}: expected {sorted([PACKED, RANKS])}")
+    packed, ranks = tensors[PACKED], tensors[RANKS]
+    names = sorted(template)
+    if ranks.is_floating_point() or ranks.dim() != 1 or ranks.numel() != len(names):
+        raise InvalidUpdate(f"'{RANKS}' must hold {len(names)} integers (one per adapted matrix), "
+                            f"got {ranks.dtype} of shape {tuple(ranks.shape)}")
+    if not packed.is_floating_point() or packed.dim() != 1:
+        raise InvalidUpdate(f"'{PACKED}' must be a floating-point vector, got {packed.dtype} {tuple(packed.shape)}")
+    sizes = []
+    for name, r in zip(names, ranks.tolist()):
+        d_out, d_in = template[name]
         if not 1 <= r <= min(d_out, d_in):
             raise InvalidUpdate(f"{name}: rank {r} outside [1, {min(d_out, d_in)}]")
-        factors[name] = Factors(B.float(), E.float(), A.float())
+        sizes += [d_out * r, r, r * d_in]
+    if packed.numel() != sum(sizes):
+        raise InvalidUpdate(f"'{PACKED}' holds {packed.numel()} values where these ranks need {sum(sizes)}: "
+                            "the update does not fit the adapted matrices (a missing layer or a wrong shape)")
+    if not torch.isfinite(packed).all():
+        raise InvalidUpdate(f"'{PACKED}' holds NaN or Inf values")
+    pieces = iter(packed.float().split(sizes))
+    factors = {}
+    for name, r in zip(names, ranks.tolist()):
+        d_out, d_in = template[name]
+        factors[name] = Factors(next(pieces).reshape(d_out, r).clone(), next(pieces).clone(),
+                                next(pieces).reshape(r, d_in).clone())
     return Adapter(factors, scale=1.0)

@@ -80,7 +80,7 @@ class LowRankMergeStrategy(FedAvg):
         if not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
             raise wire.InvalidUpdate(f"site {site}: '{wire.NUM_EXAMPLES}' must be a positive number, got {n!r}")
         try:
-            adapter = wire.validate_update(msg.content[wire.ARRAYS].to_torch_state_dict(), self.template)
+            adapter = wire.decode(msg.content[wire.ARRAYS].to_torch_state_dict(), self.template)
         except wire.InvalidUpdate as err:
             raise wire.InvalidUpdate(f"site {site}: {err}") from None
         adapter.metadata = {k: msg.content[wire.SITE_INFO].get(k) for k in (wire.BASE_FINGERPRINT, wire.DATA_SOURCE)}
@@ -114,7 +114,7 @@ class LowRankMergeStrategy(FedAvg):
             self.results.log("train", round=server_round, site=site, data_source=accepted[site][0].metadata.get(
                 wire.DATA_SOURCE), **accepted[site][1])
         mean = {k: sum(accepted[s][1][k] for s in sites) / len(sites) for k in ("val-acc", "train-loss")}
-        return (ArrayRecord(wire.adapter_to_tensors(merged)),
+        return (ArrayRecord(wire.encode(merged)),
                 MetricRecord({**mean, "sites-merged": len(sites), "merged-max-rank": max(ranks)}))
 
     def _same_base(self, server_round: int, accepted: dict[str, tuple[Adapter, dict]]) -> dict:

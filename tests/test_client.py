@@ -36,7 +36,7 @@ def test_train_then_evaluate_keeps_head_and_data_at_the_site():
     ctx = context(0)
     reply = train(request(MessageType.TRAIN, "breast"), ctx)
     tensors = reply.content[wire.ARRAYS].to_torch_state_dict()
-    adapter = wire.validate_update(tensors, adapter_template(parse_run_config(RUN_CONFIG)))  # only factors
+    adapter = wire.decode(tensors, adapter_template(parse_run_config(RUN_CONFIG)))  # only factors
     assert all(f.rank == 2 for f in adapter.factors.values())
     metrics = reply.content[wire.METRICS]
     assert metrics[wire.NUM_EXAMPLES] == 32 and 0 <= metrics["val-acc"] <= 1

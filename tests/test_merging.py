@@ -139,3 +139,25 @@ def test_every_method_keeps_dtype_and_shape(method, rng):
     merged = merge_adapters(sites, method).factors["m"]
     assert merged.shape == (12, 10) and merged.B.dtype == torch.float32
     assert torch.isfinite(merged.delta()).all()
+
+
+def test_batched_medlego_equals_per_matrix(rng):
+    from fl_medlego.merging import get_merge
+    from fl_medlego.merging.medlego import MedLegoOptions
+
+    matrices = [[random_factors(30, 20, r, rng, torch.float64) for r in (2, 3)] for _ in range(5)]
+    weights = torch.tensor([0.4, 0.6], dtype=torch.float64)
+    options = MedLegoOptions(energy=0.85, max_rank=4)
+    batched = get_merge("medlego").batched(matrices, weights, options)
+    for factors, got in zip(matrices, batched):
+        expected = get_merge("medlego").fn(factors, weights, options)
+        assert got.rank == expected.rank
+        torch.testing.assert_close(got.delta(), expected.delta(), rtol=1e-10, atol=1e-10)
+
+
+def test_merge_adapters_batches_in_bounded_groups(rng):
+    adapters = [Adapter({f"m{i}": random_factors(16, 12, 2, rng, torch.float64) for i in range(7)}) for _ in range(3)]
+    small = merge_adapters(adapters, "medlego", energy=1.0, max_batch_bytes=1)  # one matrix per batch
+    large = merge_adapters(adapters, "medlego", energy=1.0)
+    for name in small.factors:
+        torch.testing.assert_close(small.factors[name].delta(), large.factors[name].delta(), rtol=1e-10, atol=1e-10)

@@ -3,9 +3,10 @@
 import json
 
 import pytest
-from flower_run import flwr_run, local_flower
 
 from fl_medlego.scenario import load_scenario_config
+
+from flower_run import flwr_run, local_flower
 
 
 @pytest.mark.parametrize("scenario", ["cross_domain", "in_domain", "new_task", "many_sites"])

@@ -33,7 +33,7 @@ def adapter(seed):
 
 def train_reply(site, node, a, base="abc", examples=100.0):
     content = RecordDict({
-        wire.ARRAYS: ArrayRecord(wire.adapter_to_tensors(a)),
+        wire.ARRAYS: ArrayRecord(wire.encode(a)),
         wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: examples, "val-acc": 0.5, "train-loss": 1.0}),
         wire.SITE_INFO: ConfigRecord({wire.SITE: site, wire.BASE_FINGERPRINT: base, wire.DATA_SOURCE: "test"}),
     })
@@ -50,7 +50,7 @@ def test_configure_train_addresses_each_site_on_its_node(strategy):
 def test_valid_replies_are_merged_exactly(strategy, tmp_path):
     a, b = adapter(1), adapter(2)
     arrays, metrics = strategy.aggregate_train(1, [train_reply("blood", 11, a), train_reply("breast", 12, b)])
-    merged = wire.tensors_to_adapter(arrays.to_torch_state_dict())
+    merged = wire.decode(arrays.to_torch_state_dict(), TEMPLATE)
     expected = merge_adapters([a, b], "medlego", energy=1.0)
     for name in TEMPLATE:
         torch.testing.assert_close(merged.factors[name].delta(), expected.factors[name].delta())
@@ -73,12 +73,12 @@ def test_invalid_replies_are_rejected_and_the_round_goes_on(strategy, tmp_path):
     ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert metrics["sites-merged"] == 1
-    merged = wire.tensors_to_adapter(arrays.to_torch_state_dict())
+    merged = wire.decode(arrays.to_torch_state_dict(), TEMPLATE)
     torch.testing.assert_close(merged.factors["blocks.0.attn.qkv.v"].delta(),
                                good.folded()["blocks.0.attn.qkv.v"].delta(), rtol=1e-5, atol=1e-5)
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     reasons = " | ".join(e["reason"] for e in events if e["event"] == "rejected")
-    for expected in ("NaN or Inf", "missing", "does not host", "out of memory", "positive number"):
+    for expected in ("NaN or Inf", "one per adapted matrix", "does not host", "out of memory", "positive number"):
         assert expected in reasons
 
 

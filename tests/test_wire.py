@@ -1,4 +1,4 @@
-"""Reply validation: what the server refuses to merge, and why."""
+"""The wire format and reply validation: what the server refuses to merge, and why."""
 
 import pytest
 import torch
@@ -8,41 +8,48 @@ from fl_medlego.lora import Adapter
 
 from conftest import random_factors
 
-TEMPLATE = {"blocks.0.attn.qkv.q": (8, 8), "blocks.0.attn.qkv.v": (8, 8)}
+TEMPLATE = {"blocks.0.attn.qkv.q": (8, 6), "blocks.0.attn.qkv.v": (8, 6)}
 
 
-def good_tensors(rng, rank=2):
-    return wire.adapter_to_tensors(Adapter({n: random_factors(*s, rank, rng) for n, s in TEMPLATE.items()}, scale=2.0))
+def adapter(rng, rank=2, scale=2.0):
+    return Adapter({n: random_factors(*s, rank, rng) for n, s in TEMPLATE.items()}, scale=scale)
 
 
-def test_valid_update_passes_with_scale_folded(rng):
-    tensors = good_tensors(rng)
-    adapter = wire.validate_update(tensors, TEMPLATE)
-    assert adapter.scale == 1.0 and set(adapter.factors) == set(TEMPLATE)
+def test_round_trip_folds_the_scale_and_keeps_ranks(rng):
+    a = Adapter({"blocks.0.attn.qkv.q": random_factors(8, 6, 2, rng), "blocks.0.attn.qkv.v": random_factors(8, 6, 3, rng)},
+                scale=2.0)
+    back = wire.decode(wire.encode(a), TEMPLATE)
+    assert back.scale == 1.0
+    for name, f in a.factors.items():
+        assert back.factors[name].rank == f.rank
+        torch.testing.assert_close(back.factors[name].delta(), 2.0 * f.delta())
 
 
-def test_scale_is_folded_into_e(rng):
-    f = random_factors(8, 8, 2, rng)
-    tensors = wire.adapter_to_tensors(Adapter({"m": f}, scale=2.0))
-    torch.testing.assert_close(tensors["m.lora_E"], 2.0 * f.E)
+def test_the_wire_carries_two_arrays_only(rng):
+    tensors = wire.encode(adapter(rng))
+    assert set(tensors) == {wire.PACKED, wire.RANKS}
+    assert tensors[wire.PACKED].numel() == 2 * (8 * 2 + 2 + 2 * 6)
+
+
+def _set(key, value):
+    return lambda t: t.__setitem__(key, value)
 
 
 @pytest.mark.parametrize("corrupt, reason", [
-    (lambda t: t.pop("blocks.0.attn.qkv.v.lora_A"), "missing"),
-    (lambda t: t.update({"blocks.9.attn.qkv.q.lora_A": torch.zeros(2, 8)}), "unexpected"),
-    (lambda t: t.update({"blocks.0.attn.qkv.q.lora_B": torch.zeros(7, 2)}), "do not fit"),
-    (lambda t: t.update({"blocks.0.attn.qkv.q.lora_E": torch.zeros(3)}), "do not fit"),
-    (lambda t: t["blocks.0.attn.qkv.q.lora_A"].__setitem__((0, 0), float("nan")), "NaN or Inf"),
-    (lambda t: t["blocks.0.attn.qkv.v.lora_B"].__setitem__((1, 1), float("inf")), "NaN or Inf"),
-    (lambda t: t.update({"blocks.0.attn.qkv.q.lora_E": torch.ones(2, dtype=torch.int64)}), "floating-point"),
+    (lambda t: t.pop(wire.RANKS), "wrong tensor keys"),
+    (_set("extra", torch.zeros(1)), "wrong tensor keys"),
+    (lambda t: t.__setitem__(wire.PACKED, t[wire.PACKED][:-6]), "does not fit"),  # a layer short
+    (_set(wire.RANKS, torch.tensor([2, 2, 2])), "one per adapted matrix"),
+    (_set(wire.RANKS, torch.tensor([2.0, 2.0])), "integers"),
+    (_set(wire.RANKS, torch.tensor([9, 2])), "rank 9 outside"),
+    (_set(wire.RANKS, torch.tensor([0, 2])), "rank 0 outside"),
+    (_set(wire.RANKS, torch.tensor([3, 2])), "does not fit"),  # ranks that do not match the vector's length
+    (lambda t: t[wire.PACKED].__setitem__(0, float("nan")), "NaN or Inf"),
+    (lambda t: t[wire.PACKED].__setitem__(5, float("inf")), "NaN or Inf"),
+    (lambda t: t.__setitem__(wire.PACKED, t[wire.PACKED].to(torch.int64)), "floating-point"),
 ])
 def test_invalid_updates_are_rejected_with_a_reason(rng, corrupt, reason):
-    tensors = good_tensors(rng)
+    tensors = wire.encode(adapter(rng))
     corrupt(tensors)
     with pytest.raises(wire.InvalidUpdate, match=reason):
-        wire.validate_update(tensors, TEMPLATE)
-
-
-def test_rank_above_matrix_size_is_rejected(rng):
-    with pytest.raises(wire.InvalidUpdate, match="rank 9 outside"):
-        wire.validate_update(good_tensors(rng, rank=9), TEMPLATE)
+        wire.decode(tensors, TEMPLATE)

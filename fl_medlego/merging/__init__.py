@@ -49,8 +49,22 @@ def resolve_weights(weights: Sequence[float] | None, n: int) -> torch.Tensor:
     return w
 
 
+def _same_shape_groups(per_matrix: dict[str, list], max_batch_bytes: int) -> list[list[str]]:
+    """Matrix names grouped by (shape, per-site ranks), each group small enough to stack in float64."""
+    groups: dict[tuple, list[str]] = {}
+    for name, factors in per_matrix.items():
+        groups.setdefault((factors[0].shape, tuple(f.rank for f in factors)), []).append(name)
+    batches = []
+    for (shape, ranks), names in groups.items():
+        per_matrix_bytes = 8 * sum(ranks) * (shape[0] + shape[1])
+        size = max(1, max_batch_bytes // max(per_matrix_bytes, 1))
+        batches += [names[i:i + size] for i in range(0, len(names), size)]
+    return batches
+
+
 def merge_adapters(
-    adapters: Sequence[Adapter], method: str = "medlego", weights: Sequence[float] | None = None, **options
+    adapters: Sequence[Adapter], method: str = "medlego", weights: Sequence[float] | None = None,
+    max_batch_bytes: int = 256 * 2**20, **options
 ) -> Adapter:
     """Merge whole adapters matrix by matrix with a registered method; the result has scale 1.
 
@@ -69,7 +83,15 @@ def merge_adapters(
             raise ValueError(f"adapter {i} adapts other matrices than adapter 0 (differing: {diff[:5]})")
     w = resolve_weights(weights, len(adapters))
     folded = [a.folded() for a in adapters]
-    merged = {name: merge.fn([f[name] for f in folded], w, opts) for name in sorted(names)}
+    per_matrix = {name: [f[name] for f in folded] for name in sorted(names)}
+    if merge.batched is None:
+        merged = {name: merge.fn(factors, w, opts) for name, factors in per_matrix.items()}
+    else:
+        merged = {}
+        for group in _same_shape_groups(per_matrix, max_batch_bytes):
+            for name, result in zip(group, merge.batched([per_matrix[n] for n in group], w, opts)):
+                merged[name] = result
+        merged = {name: merged[name] for name in per_matrix}
     return Adapter(merged, scale=1.0, metadata={"merge": {"method": method, "options": vars(opts),
                                                            "weights": w.tolist(), "dense": merge.dense}})
 

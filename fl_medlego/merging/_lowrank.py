@@ -22,15 +22,19 @@ def stack_factors(factors: list[Factors], weights: torch.Tensor) -> tuple[torch.
 
 def svd_of_sum(factors: list[Factors], weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin SVD (U, S, Vh) of sum_i w_i D_i, float64, with at most R = sum r_i triplets."""
-    U, V = stack_factors(factors, weights)
-    R = U.shape[1]
-    if R >= min(U.shape[0], V.shape[1]):
+    return svd_of_product(*stack_factors(factors, weights))
+
+
+def svd_of_product(U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of U V for U (..., d_out, R) and V (..., R, d_in); leading dimensions batch matrices."""
+    R = U.shape[-1]
+    if R >= min(U.shape[-2], V.shape[-1]):
         # The stacked rank is no smaller than the matrix: the dense SVD costs no more.
         return torch.linalg.svd(U @ V, full_matrices=False)
     Q_u, R_u = torch.linalg.qr(U)
-    Q_v, R_v = torch.linalg.qr(V.T)
-    P, S, Th = torch.linalg.svd(R_u @ R_v.T)
-    return Q_u @ P, S, Th @ Q_v.T
+    Q_v, R_v = torch.linalg.qr(V.mT)
+    P, S, Th = torch.linalg.svd(R_u @ R_v.mT)
+    return Q_u @ P, S, Th @ Q_v.mT
 
 
 def energy_rank(singular_values: torch.Tensor, energy: float, max_rank: int | None = None) -> int:

@@ -29,6 +29,8 @@ class MergeMethod:
     options_type: type
     summary: str
     dense: bool = False  # the update is full-rank (kept exactly unless the method's `rank` option is set)
+    # Optional: the same merge for a batch of matrices of one shape and rank pattern (faster, same result).
+    batched: Callable[[list[list[Factors]], torch.Tensor, object], list[Factors]] | None = None
 
     def make_options(self, **options) -> object:
         """Build the method's options; an unknown option names the method and the known ones."""
@@ -42,14 +44,14 @@ class MergeMethod:
 _REGISTRY: dict[str, MergeMethod] = {}
 
 
-def register_merge(name: str, options: type, dense: bool = False) -> Callable[[MergeFn], MergeFn]:
+def register_merge(name: str, options: type, dense: bool = False, batched=None) -> Callable[[MergeFn], MergeFn]:
     """Decorator: register `fn` under `name` with its options dataclass; the docstring's first line is its summary."""
 
     def decorator(fn: MergeFn) -> MergeFn:
         if name in _REGISTRY:
             raise ValueError(f"merge method {name!r} is registered twice")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _REGISTRY[name] = MergeMethod(name, fn, options, summary, dense)
+        _REGISTRY[name] = MergeMethod(name, fn, options, summary, dense, batched)
         return fn
 
     return decorator

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from ..lora.factors import Factors
-from ._lowrank import energy_rank, svd_of_sum
+from ._lowrank import energy_rank, stack_factors, svd_of_product, svd_of_sum
 from ._registry import register_merge
 
 
@@ -31,10 +31,20 @@ class MedLegoOptions:
             raise ValueError(f"medlego max_rank must be >= 1 or None, got {self.max_rank}")
 
 
-@register_merge("medlego", MedLegoOptions)
+def _truncate(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, options: MedLegoOptions, dtype) -> Factors:
+    k = energy_rank(S, options.energy, options.max_rank)
+    return Factors(U[:, :k].to(dtype).contiguous(), S[:k].to(dtype).contiguous(), Vh[:k].to(dtype).contiguous())
+
+
+def medlego_batched(matrices: list[list[Factors]], weights: torch.Tensor, options: MedLegoOptions) -> list[Factors]:
+    """The same merge for many matrices of one shape and rank pattern at once (batched QR and SVD)."""
+    stacked = [stack_factors(factors, weights) for factors in matrices]
+    U, S, Vh = svd_of_product(torch.stack([u for u, _ in stacked]), torch.stack([v for _, v in stacked]))
+    dtype = matrices[0][0].B.dtype
+    return [_truncate(U[i], S[i], Vh[i], options, dtype) for i in range(len(matrices))]
+
+
+@register_merge("medlego", MedLegoOptions, batched=medlego_batched)
 def medlego(factors: list[Factors], weights: torch.Tensor, options: MedLegoOptions) -> Factors:
     """Exact SVD of the weighted mean update, truncated by the energy threshold v."""
-    U, S, Vh = svd_of_sum(factors, weights)
-    k = energy_rank(S, options.energy, options.max_rank)
-    dtype = factors[0].B.dtype
-    return Factors(U[:, :k].to(dtype).contiguous(), S[:k].to(dtype).contiguous(), Vh[:k].to(dtype).contiguous())
+    return _truncate(*svd_of_sum(factors, weights), options, factors[0].B.dtype)

@@ -1,0 +1,43 @@
+"""Run one measurement in a fresh Python process and return its timing and peak memory.
+
+Peak memory is the child's peak RSS minus its RSS just before the measured call (inputs already
+built), so allocator caches of earlier cases never leak into a number.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(fn, *args) -> dict:
+    """Call fn(*args) once in this process: seconds and peak extra memory (MB)."""
+    before = current_rss_mb()
+    start = time.perf_counter()
+    result = fn(*args)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_mb": max(peak_rss_mb() - before, 0.0), "result": result}
+
+
+def run_child(module: str, case: dict, timeout_s: float = 1800) -> dict:
+    """`python -m MODULE --child JSON` in a fresh process; the child prints one JSON line last."""
+    proc = subprocess.run([sys.executable, "-m", module, "--child", json.dumps(case)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} child failed for {case}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,0 +1,183 @@
+"""Merge benchmark: the project's `medlego` merge (QR core) vs. the dense path vs. PEFT's svd combination.
+
+    python -m benchmarks.merge            # the full grid (about 15 minutes on 2 cores)
+    python -m benchmarks.merge --quick    # d = 768 only
+
+Dense path = what PEFT's add_weighted_adapter(..., "svd") and FusionBench do: form the d x d update,
+full SVD, truncate. Every case runs in a fresh process (time, peak extra RSS). Relative error of the
+merged update against the float64 dense reference is measured where the dense reference fits.
+Writes benchmarks/results/merge.csv and merge.png and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+
+import torch
+
+from benchmarks._isolate import ROOT, measure, run_child
+
+RESULTS = ROOT / "benchmarks" / "results"
+ENERGY = 0.9
+DENSE_LIMIT_D = 4096  # a float64 SVD of 8192 x 8192 takes many minutes here: the dense path stops at 4096
+FACTOR_BYTES_LIMIT = 3 * 2**30  # stacked float64 factors above this are not run (memory of this machine)
+
+
+def make_factors(d: int, ranks: list[int], seed: int = 0):
+    from fl_medlego.lora import Factors
+
+    g = torch.Generator().manual_seed(seed)
+    return [Factors(torch.randn(d, r, generator=g) / math.sqrt(d), torch.rand(r, generator=g) + 0.1,
+                    torch.randn(r, d, generator=g) / math.sqrt(d)) for r in ranks]
+
+
+def medlego_merge(factors):
+    from fl_medlego.merging import get_merge
+    from fl_medlego.merging.medlego import MedLegoOptions
+
+    n = len(factors)
+    return get_merge("medlego").fn(factors, torch.full((n,), 1.0 / n, dtype=torch.float64), MedLegoOptions(ENERGY))
+
+
+def dense_merge(factors):
+    """Form the update, full SVD, truncate by the same energy rule (float64, as a careful reference)."""
+    from fl_medlego.merging._lowrank import energy_rank
+
+    D = sum((f.B.double() * f.E.double()) @ f.A.double() for f in factors) / len(factors)
+    U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+    k = energy_rank(S, ENERGY)
+    return U[:, :k], S[:k], Vh[:k]
+
+
+def peft_merge(factors):
+    """PEFT's own svd combination on a one-layer model holding the sites' adapters."""
+    sys.path.insert(0, str(__import__("pathlib").Path.home() / ".cache" / "fl-medlego" / "peft-lib"))
+    from peft import LoraConfig, get_peft_model
+
+    d = factors[0].B.shape[0]
+    model = torch.nn.Sequential(torch.nn.Linear(d, d, bias=False))
+    ranks = [f.rank for f in factors]
+    peft_model = get_peft_model(model, LoraConfig(r=ranks[0], lora_alpha=ranks[0], target_modules=["0"]), "s0")
+    for i, f in enumerate(factors):
+        name = f"s{i}"
+        if i:
+            peft_model.add_adapter(name, LoraConfig(r=f.rank, lora_alpha=f.rank, target_modules=["0"]))
+        layer = peft_model.base_model.model[0]
+        layer.lora_A[name].weight.data = f.A.clone()
+        layer.lora_B[name].weight.data = (f.B * f.E).clone()
+    names = [f"s{i}" for i in range(len(factors))]
+    result = measure(peft_model.add_weighted_adapter, names, [1.0 / len(factors)] * len(factors), "merged", "svd",
+                     max(ranks))
+    return result
+
+
+def child(case: dict) -> None:
+    torch.set_num_threads(2)
+    # Warm up: load the linear-algebra kernels on a tiny problem so the measure is the merge alone.
+    medlego_merge(make_factors(64, [2, 2], seed=1))
+    dense_merge(make_factors(64, [2, 2], seed=1))
+    factors = make_factors(case["d"], case["ranks"])
+    if case["method"] == "peft":
+        out = peft_merge(factors)
+    else:
+        out = measure(medlego_merge if case["method"] == "medlego" else dense_merge, factors)
+    print(json.dumps({"seconds": out["seconds"], "peak_mb": out["peak_mb"]}))
+
+
+def relative_error(d: int, ranks: list[int]) -> float:
+    factors = make_factors(d, ranks)
+    merged = medlego_merge(factors)
+    U, S, Vh = dense_merge([type(f)(f.B.double(), f.E.double(), f.A.double()) for f in factors])
+    reference = (U * S) @ Vh
+    return float(torch.linalg.norm(merged.delta().double() - reference) / torch.linalg.norm(reference))
+
+
+def cases(quick: bool) -> list[dict]:
+    grid = []
+    for d in ([768] if quick else [768, 4096, 8192]):
+        for n in (2, 16, 64, 256, 1024):
+            patterns = {f"{r}": [r] * n for r in (4, 16, 64)}
+            patterns["mixed 4/8/16"] = [(4, 8, 16)[i % 3] for i in range(n)]
+            if d == 4096 and n == 16:
+                patterns["8"] = [8] * n  # the target case
+            for label, ranks in patterns.items():
+                grid.append({"d": d, "n": n, "rank": label, "ranks": ranks})
+    return grid
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--peft", action="store_true", help="also time PEFT's svd combination (needs peft)")
+    args = parser.parse_args()
+    if args.child:
+        return child(json.loads(args.child))
+    rows = []
+    for case in cases(args.quick):
+        d, R = case["d"], sum(case["ranks"])
+        row = {"d": d, "n": case["n"], "rank": case["rank"], "R": R}
+        if 8 * 2 * d * R > FACTOR_BYTES_LIMIT:
+            row["note"] = f"skipped: stacked factors need {16 * d * R / 2**30:.1f} GiB"
+            rows.append(row)
+            print(row, flush=True)
+            continue
+        ours = run_child("benchmarks.merge", {**case, "method": "medlego"})
+        row.update(medlego_s=ours["seconds"], medlego_mb=ours["peak_mb"])
+        if d <= DENSE_LIMIT_D:
+            dense = run_child("benchmarks.merge", {**case, "method": "dense"})
+            row.update(dense_s=dense["seconds"], dense_mb=dense["peak_mb"], speedup=dense["seconds"] / ours["seconds"],
+                       rel_error=relative_error(d, case["ranks"]))
+            if args.peft and case["n"] <= 64:
+                peft = run_child("benchmarks.merge", {**case, "method": "peft"})
+                row.update(peft_s=peft["seconds"], peft_mb=peft["peak_mb"])
+        else:
+            row["note"] = f"dense path not run at d={d} (float64 SVD of {d}x{d}: many minutes here)"
+        rows.append(row)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    write(rows)
+
+
+def write(rows: list[dict]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fields = ["d", "n", "rank", "R", "medlego_s", "dense_s", "peft_s", "speedup", "medlego_mb", "dense_mb",
+              "peft_mb", "rel_error", "note"]
+    with open(RESULTS / "merge.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if "medlego_s" in r]
+    fig, (t, m) = plt.subplots(1, 2, figsize=(11, 4))
+    for d in sorted({r["d"] for r in done}):
+        sel = [r for r in done if r["d"] == d]
+        t.scatter([r["R"] for r in sel], [r["medlego_s"] for r in sel], label=f"medlego d={d}", marker="o")
+        dense = [r for r in sel if "dense_s" in r]
+        if dense:
+            t.scatter([r["R"] for r in dense], [r["dense_s"] for r in dense], label=f"dense d={d}", marker="x")
+        m.scatter([d * r["R"] for r in sel], [max(r["medlego_mb"], 0.1) for r in sel], label=f"medlego d={d}")
+        if dense:
+            m.scatter([d * d for r in dense], [max(r["dense_mb"], 0.1) for r in dense], marker="x",
+                      label=f"dense d={d} (at d^2)")
+    for ax in (t, m):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    t.set_xlabel("stacked rank R = sum of site ranks")
+    t.set_ylabel("seconds")
+    m.set_xlabel("d * R (medlego) or d^2 (dense)")
+    m.set_ylabel("peak extra memory (MB)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "merge.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
