@@ -19,7 +19,7 @@ from fl_medlego.results import RunResults
 from fl_medlego.site import adapter_template
 
 from .discovery import discover_sites
-from .strategy import LowRankMergeStrategy
+from .strategy import LowRankMergeStrategy, peak_rss_mb
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -53,7 +53,7 @@ def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = ())
 
     summary = results.write_summary(strategy.specialist, strategy.merged,
                                     extra={"sites_missing": [s for s in declared if s not in site_nodes],
-                                           "sites_held_out": list(held_out)})
+                                           "sites_held_out": list(held_out), "server_peak_rss_mb": peak_rss_mb()})
     Console(width=120).print(summary_table(summary))
     print(f"fl-medlego: summary written to {run_dir / 'summary.md'} and {run_dir / 'summary.json'}", flush=True)
     return Federation(cfg, run_dir, site_nodes, strategy, result.arrays)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
+import time
 from collections import Counter
 from collections.abc import Iterable
 
@@ -17,6 +19,11 @@ from fl_medlego.merging import merge_adapters, normalize_weights
 from fl_medlego.results import RunResults
 
 log = logging.getLogger(__name__)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this (server) process so far, in MB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 class LowRankMergeStrategy(FedAvg):
@@ -35,6 +42,7 @@ class LowRankMergeStrategy(FedAvg):
         self.base_fingerprint: str | None = None
         self.specialist: dict[str, dict] = {}
         self.merged: dict[str, dict] = {}
+        self.round_started = time.monotonic()
 
     def summary(self) -> None:
         log.info("\t├──> sites: %s", self.site_nodes)
@@ -50,6 +58,7 @@ class LowRankMergeStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        self.round_started = time.monotonic()
         return self._messages(arrays, config, server_round, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -149,6 +158,8 @@ class LowRankMergeStrategy(FedAvg):
             self.merged[site] = {k: v for k, v in metrics.items() if not k.startswith(wire.SPECIALIST_PREFIX)}
             self.merged[site]["round"] = server_round
             self.results.log("evaluate", round=server_round, site=site, **metrics)
+        self.results.log("round", round=server_round, seconds=round(time.monotonic() - self.round_started, 3),
+                         server_peak_rss_mb=peak_rss_mb())
         if not per_site:
             return None
         keys = [k for k in wire.EVAL_METRICS if all(k in m for m in per_site.values())]

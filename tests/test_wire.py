@@ -16,8 +16,8 @@ def adapter(rng, rank=2, scale=2.0):
 
 
 def test_round_trip_folds_the_scale_and_keeps_ranks(rng):
-    a = Adapter({"blocks.0.attn.qkv.q": random_factors(8, 6, 2, rng), "blocks.0.attn.qkv.v": random_factors(8, 6, 3, rng)},
-                scale=2.0)
+    a = Adapter({"blocks.0.attn.qkv.q": random_factors(8, 6, 2, rng),
+                 "blocks.0.attn.qkv.v": random_factors(8, 6, 3, rng)}, scale=2.0)
     back = wire.decode(wire.encode(a), TEMPLATE)
     assert back.scale == 1.0
     for name, f in a.factors.items():

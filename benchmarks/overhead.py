@@ -1,0 +1,79 @@
+"""Flower + Ray overhead: the default cross_domain simulation vs. the same work in a plain Python loop.
+
+    python -m benchmarks.overhead [--run-config "..."]
+
+Both sides do the same work with the same library calls: every round each site trains (from scratch,
+then from the merged adapter), the server decodes, validates and merges the packed factors, and every
+site evaluates the merged adapter and its specialist. Timed in one process, one after the other;
+the Flower side includes starting the local SuperLink and Ray, as a user's `flwr run` does.
+Writes results/overhead.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks._flower import flwr_run, local_flower
+from benchmarks._isolate import ROOT
+from fl_medlego import wire
+from fl_medlego.config import parse_run_config
+from fl_medlego.data import parse_sites
+from fl_medlego.merging import merge_adapters
+from fl_medlego.scenario import load_scenario_config
+from fl_medlego.site import adapter_template, evaluate_site, load_site_data, train_site
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def plain_loop(run_config: dict) -> float:
+    cfg = parse_run_config(run_config)
+    template = adapter_template(cfg)
+    start = time.perf_counter()
+    sites = [s.name for s in parse_sites(cfg.sites)]
+    states, merged = dict.fromkeys(sites), None
+    options = {"energy": cfg.merge.energy, "max_rank": cfg.merge.max_rank}
+    for _ in range(cfg.num_rounds):
+        updates = []
+        for site in sites:
+            data = load_site_data(cfg, site)
+            adapter, states[site], _ = train_site(cfg, data, merged, states[site])
+            updates.append(wire.decode(wire.encode(adapter), template))
+        merged = wire.decode(wire.encode(merge_adapters(updates, cfg.strategy, **options)), template)
+        for site in sites:
+            data = load_site_data(cfg, site)
+            evaluate_site(cfg, data, merged, states[site].head)
+            evaluate_site(cfg, data, states[site].specialist, states[site].specialist_head)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-config", default="")
+    args = parser.parse_args()
+    run_config = load_scenario_config(ROOT / "scenarios" / "cross_domain", args.run_config)
+    loop_s = plain_loop(run_config)
+    print(f"plain loop: {loop_s:.1f} s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = f"{args.run_config} output-dir='{tmp}/outputs'".strip()
+        with local_flower(Path(tmp)) as env:
+            start = time.perf_counter()
+            result = flwr_run(env, "cross_domain", overrides, timeout_s=1800)
+            flower_s = time.perf_counter() - start
+    status = result["run"].get("status")
+    print(f"flwr run: {flower_s:.1f} s ({status})", flush=True)
+    row = {"plain_loop_s": round(loop_s, 1), "flower_ray_s": round(flower_s, 1), "ratio": round(flower_s / loop_s, 3),
+           "status": status, "run_config": args.run_config or "(defaults)"}
+    print(row)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "overhead.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(row))
+        writer.writeheader()
+        writer.writerow(row)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Scale: round time and server memory with 10, 100 and 1000 simulated sites (tiny shards).
+
+    python -m benchmarks.scale --data-root PATH_TO_MEDMNIST [--sites 10,100,1000]
+
+Each run is one `flwr run scenarios/many_sites` round over organA split into N sites (16 training
+and 8 validation / test images per site, rank 4), on 4 simulated nodes. Round time and the
+ServerApp's peak RSS come from the run's metrics.jsonl ("round" event). Writes results/scale.csv/png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks._flower import flwr_run, local_flower
+from benchmarks._isolate import ROOT
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def one(n: int, data_root: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = (f"sites='organa:{n}' data.root='{data_root}' data.max-train=16 data.max-eval=8 num-rounds=1 "
+                  f"train.local-epochs=1 lora.site-ranks='' output-dir='{tmp}/outputs'")
+        with local_flower(Path(tmp)) as env:
+            start = time.perf_counter()
+            result = flwr_run(env, "many_sites", config, timeout_s=5400,
+                              federation_config="num-supernodes=4 client-resources-num-cpus=1")
+            total = time.perf_counter() - start
+        status = result["run"].get("status")
+        if status != "finished:completed":
+            raise RuntimeError(f"{n} sites: run ended {status}: {result['log'][-2000:]}")
+        (run_dir,) = Path(tmp, "outputs").iterdir()
+        events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rounds = [e for e in events if e["event"] == "round"]
+        return {"sites": n, "round_s": rounds[-1]["seconds"], "server_peak_rss_mb": rounds[-1]["server_peak_rss_mb"],
+                "run_wall_s": round(total, 1), "merged": sum(e["event"] == "train" for e in events)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-root", required=True, help="folder with organamnist.npz (full MedMNIST)")
+    parser.add_argument("--sites", default="10,100,1000")
+    args = parser.parse_args()
+    rows = []
+    for n in [int(s) for s in args.sites.split(",")]:
+        rows.append(one(n, str(Path(args.data_root).resolve())))
+        print(rows[-1], flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "scale.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (t, m) = plt.subplots(1, 2, figsize=(10, 4))
+    t.plot([r["sites"] for r in rows], [r["round_s"] for r in rows], marker="o")
+    m.plot([r["sites"] for r in rows], [r["server_peak_rss_mb"] for r in rows], marker="o")
+    for ax, label in ((t, "round time (s)"), (m, "ServerApp peak RSS (MB)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("simulated sites")
+        ax.set_ylabel(label)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "scale.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
