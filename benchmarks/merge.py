@@ -75,8 +75,32 @@ def peft_merge(factors):
     return result
 
 
+def vit_b_sites(n: int):
+    """n site adapters of ViT-B/16's shapes (Q and V of 12 blocks, 768 x 768), rank 4, float32."""
+    from fl_medlego.config import parse_run_config
+    from fl_medlego.lora import Adapter, Factors
+    from fl_medlego.site import adapter_template
+
+    template = adapter_template(parse_run_config({"model.name": "vit_base_patch16_224"}))
+    g = torch.Generator().manual_seed(0)
+    return [Adapter({name: Factors(torch.randn(o, 4, generator=g) / 28, torch.rand(4, generator=g),
+                                   torch.randn(4, i, generator=g) / 28) for name, (o, i) in template.items()},
+                    scale=2.0) for _ in range(n)]
+
+
+def merge_many(adapters):
+    from fl_medlego.merging import merge_adapters
+
+    return merge_adapters(adapters, "medlego", energy=ENERGY)
+
+
 def child(case: dict) -> None:
     torch.set_num_threads(2)
+    if case["method"] == "vit_b":
+        merge_many(vit_b_sites(2))  # warm-up
+        out = measure(merge_many, vit_b_sites(case["n"]))
+        print(json.dumps({"seconds": out["seconds"], "peak_mb": out["peak_mb"]}))
+        return
     # Warm up: load the linear-algebra kernels on a tiny problem so the measure is the merge alone.
     medlego_merge(make_factors(64, [2, 2], seed=1))
     dense_merge(make_factors(64, [2, 2], seed=1))
@@ -114,9 +138,18 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--peft", action="store_true", help="also time PEFT's svd combination (needs peft)")
+    parser.add_argument("--vit-b-sites", type=int, default=1000, help="sites in the ViT-B/16 many-site case")
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child))
+    many = run_child("benchmarks.merge", {"method": "vit_b", "n": args.vit_b_sites})
+    dense_gb = args.vit_b_sites * 24 * 768 * 768 * 4 / 2**30
+    print(f"medlego, {args.vit_b_sites} ViT-B/16 rank-4 adapters (24 matrices of 768 x 768): "
+          f"{many['seconds']:.2f} s, peak extra memory {many['peak_mb']:.0f} MB "
+          f"(their dense updates would take {dense_gb:.0f} GiB)", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "merge_vit_b.json").write_text(json.dumps({"sites": args.vit_b_sites, **many,
+                                                          "dense_updates_gib": dense_gb}, indent=2))
     rows = []
     for case in cases(args.quick):
         d, R = case["d"], sum(case["ranks"])

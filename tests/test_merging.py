@@ -161,3 +161,13 @@ def test_merge_adapters_batches_in_bounded_groups(rng):
     large = merge_adapters(adapters, "medlego", energy=1.0)
     for name in small.factors:
         torch.testing.assert_close(small.factors[name].delta(), large.factors[name].delta(), rtol=1e-10, atol=1e-10)
+
+
+def test_batched_medlego_in_the_dense_regime(rng):
+    from fl_medlego.merging import get_merge
+    from fl_medlego.merging.medlego import MedLegoOptions
+
+    matrices = [[random_factors(6, 5, 3, rng, torch.float64) for _ in range(3)] for _ in range(4)]  # R = 9 >= 5
+    weights = torch.full((3,), 1 / 3, dtype=torch.float64)
+    for factors, got in zip(matrices, get_merge("medlego").batched(matrices, weights, MedLegoOptions(energy=1.0))):
+        torch.testing.assert_close(got.delta(), dense_reference(factors, weights.tolist(), 1.0), rtol=1e-9, atol=1e-9)

@@ -56,7 +56,7 @@ def _same_shape_groups(per_matrix: dict[str, list], max_batch_bytes: int) -> lis
         groups.setdefault((factors[0].shape, tuple(f.rank for f in factors)), []).append(name)
     batches = []
     for (shape, ranks), names in groups.items():
-        per_matrix_bytes = 8 * sum(ranks) * (shape[0] + shape[1])
+        per_matrix_bytes = 8 * min(sum(ranks) * (shape[0] + shape[1]), shape[0] * shape[1] + sum(ranks) * shape[0])
         size = max(1, max_batch_bytes // max(per_matrix_bytes, 1))
         batches += [names[i:i + size] for i in range(0, len(names), size)]
     return batches

@@ -15,9 +15,18 @@ from ..lora.factors import Factors
 
 def stack_factors(factors: list[Factors], weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """U (d_out x R) and V (R x d_in), float64, with sum_i w_i D_i = U V."""
-    U = torch.cat([f.B.double() * (w * f.E.double()) for f, w in zip(factors, weights.double())], dim=1)
-    V = torch.cat([f.A.double() for f in factors], dim=0)
+    # One concatenation, then one conversion and one column scaling: per-site work stays O(1) calls,
+    # which matters with a thousand sites.
+    ranks = torch.tensor([f.rank for f in factors])
+    column_scale = torch.cat([f.E for f in factors]).double() * weights.double().repeat_interleave(ranks)
+    U = torch.cat([f.B for f in factors], dim=1).double() * column_scale
+    V = torch.cat([f.A for f in factors], dim=0).double()
     return U, V
+
+
+def is_dense_regime(d_out: int, d_in: int, stacked_rank: int) -> bool:
+    """The stacked rank is no smaller than the matrix: forming it and a dense SVD cost no more."""
+    return stacked_rank >= min(d_out, d_in)
 
 
 def svd_of_sum(factors: list[Factors], weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -27,9 +36,7 @@ def svd_of_sum(factors: list[Factors], weights: torch.Tensor) -> tuple[torch.Ten
 
 def svd_of_product(U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin SVD of U V for U (..., d_out, R) and V (..., R, d_in); leading dimensions batch matrices."""
-    R = U.shape[-1]
-    if R >= min(U.shape[-2], V.shape[-1]):
-        # The stacked rank is no smaller than the matrix: the dense SVD costs no more.
+    if is_dense_regime(U.shape[-2], V.shape[-1], U.shape[-1]):
         return torch.linalg.svd(U @ V, full_matrices=False)
     Q_u, R_u = torch.linalg.qr(U)
     Q_v, R_v = torch.linalg.qr(V.mT)

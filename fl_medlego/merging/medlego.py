@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from ..lora.factors import Factors
-from ._lowrank import energy_rank, stack_factors, svd_of_product, svd_of_sum
+from ._lowrank import energy_rank, is_dense_regime, stack_factors, svd_of_product, svd_of_sum
 from ._registry import register_merge
 
 
@@ -38,8 +38,14 @@ def _truncate(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, options: MedLe
 
 def medlego_batched(matrices: list[list[Factors]], weights: torch.Tensor, options: MedLegoOptions) -> list[Factors]:
     """The same merge for many matrices of one shape and rank pattern at once (batched QR and SVD)."""
-    stacked = [stack_factors(factors, weights) for factors in matrices]
-    U, S, Vh = svd_of_product(torch.stack([u for u, _ in stacked]), torch.stack([v for _, v in stacked]))
+    d_out, d_in = matrices[0][0].shape
+    if is_dense_regime(d_out, d_in, sum(f.rank for f in matrices[0])):
+        # Form each d_out x d_in sum from its stacked factors (never the N per-site updates), SVD them together.
+        dense = torch.stack([torch.matmul(*stack_factors(factors, weights)) for factors in matrices])
+        U, S, Vh = torch.linalg.svd(dense, full_matrices=False)
+    else:
+        stacked = [stack_factors(factors, weights) for factors in matrices]
+        U, S, Vh = svd_of_product(torch.stack([u for u, _ in stacked]), torch.stack([v for _, v in stacked]))
     dtype = matrices[0][0].B.dtype
     return [_truncate(U[i], S[i], Vh[i], options, dtype) for i in range(len(matrices))]
 
