@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="re-render the tables and figures of a run or comparison folder")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+
+    from .cli_deploy import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, TimeoutError) as err:
         console.print(f"[red]error:[/red] {err}")
         return 2
 

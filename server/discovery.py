@@ -13,11 +13,13 @@ from fl_medlego import wire
 log = logging.getLogger(__name__)
 
 
-def discover_sites(grid: Grid, declared: list[str], wait_s: float, poll_s: float = 2.0) -> dict[str, int]:
+def discover_sites(grid: Grid, declared: list[str], wait_s: float, poll_s: float = 2.0,
+                   answer_s: float = 120.0) -> dict[str, int]:
     """Site name -> node id for the declared sites, waiting up to `wait_s` for all of them.
 
     Goes on with the sites found when the wait ends (a missing hospital should not stop the others);
-    raises when none is found. A site claimed by two nodes keeps its first node.
+    raises when none is found. A site claimed by two nodes keeps its first node. A connected node
+    gets at least `answer_s` to answer: a cold ClientApp process can take many seconds to start.
     """
     deadline = time.monotonic() + wait_s
     site_nodes: dict[str, int] = {}
@@ -27,7 +29,7 @@ def discover_sites(grid: Grid, declared: list[str], wait_s: float, poll_s: float
         if new_nodes:
             queries = [Message(RecordDict({wire.CONFIG: ConfigRecord()}), message_type=MessageType.QUERY,
                                dst_node_id=n) for n in new_nodes]
-            for reply in grid.send_and_receive(queries, timeout=max(deadline - time.monotonic(), 5.0)):
+            for reply in grid.send_and_receive(queries, timeout=max(deadline - time.monotonic(), answer_s)):
                 node = reply.metadata.src_node_id
                 asked.add(node)
                 if reply.has_error():

@@ -1,0 +1,85 @@
+"""What a hospital site runs: its configuration, its key pair, and the command that starts its SuperNode.
+
+A site configuration (TOML) names the site, where its data lives and how to reach the coordinator;
+nothing in it leaves the site. Example:
+
+    site = "blood"                      # as declared in the scenario's `sites`
+    data-root = "/data/medmnist"        # folder with bloodmnist.npz (or "bundled" for a dry run)
+    superlink = "coordinator.example.org:8000"
+    root-certificates = "ca.crt"        # the federation's CA certificate, from the coordinator
+    private-key = "blood_key"           # made by `fl-medlego site keys`
+    port = 9094                         # this SuperNode's local port (one per SuperNode on a host)
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomllib
+
+from fl_medlego.data import canonical_flag, load_medmnist
+from fl_medlego.security import make_site_keys
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class SiteNodeConfig:
+    site: str
+    data_root: str
+    superlink: str
+    root_certificates: str
+    private_key: str
+    port: int = 9094
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SiteNodeConfig:
+        path = Path(path)
+        data = tomllib.loads(path.read_text())
+        keys = {"site", "data-root", "superlink", "root-certificates", "private-key", "port"}
+        unknown, missing = sorted(set(data) - keys), sorted(keys - {"port"} - set(data))
+        if unknown or missing:
+            raise ValueError(f"{path}: unknown keys {unknown}, missing keys {missing}; "
+                             f"a site config has {sorted(keys)}")
+        base = path.parent
+
+        def local(value: str) -> str:  # paths in the file are relative to the file
+            return str((base / value).resolve()) if value not in ("bundled", "") else value
+
+        return cls(site=data["site"], data_root=local(data["data-root"]), superlink=data["superlink"],
+                   root_certificates=local(data["root-certificates"]), private_key=local(data["private-key"]),
+                   port=int(data.get("port", 9094)))
+
+
+def modality_of(site: str) -> str:
+    """'pneumonia-2' -> 'pneumoniamnist': a site name is its modality, numbered when a modality has several."""
+    return canonical_flag(re.sub(r"-\d+$", "", site))
+
+
+def check_site(config: SiteNodeConfig) -> str:
+    """Refuse to start a site whose data, certificate or key is missing or unreadable; returns the data source."""
+    for label, path in (("CA certificate (root-certificates)", config.root_certificates),
+                        ("private key (private-key)", config.private_key)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"site {config.site}: {label} {path} not found")
+    try:
+        loaded = load_medmnist(modality_of(config.site), config.data_root)
+    except (FileNotFoundError, OSError, ValueError) as err:
+        raise FileNotFoundError(f"site {config.site} cannot read its data: {err}") from err
+    return loaded.source
+
+
+def create_site_keys(directory: str | Path, site: str) -> tuple[Path, Path]:
+    """The site's EC P-384 key pair: keep the private key at the site, send the .pub to the coordinator."""
+    return make_site_keys(directory, site)
+
+
+def supernode_command(config: SiteNodeConfig) -> list[str]:
+    """`flower-supernode` with the CA certificate, the site's key and its name and data root as node config."""
+    return [str(BIN / "flower-supernode"), "--superlink", config.superlink,
+            "--root-certificates", config.root_certificates,
+            "--auth-supernode-private-key", config.private_key, "--port", str(config.port),
+            "--node-config", f"site='{config.site}' data-root='{config.data_root}'"]

@@ -1,0 +1,123 @@
+"""`fl-medlego` commands for real deployments: coordinator, site, and a loopback dry-run federation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(soft_wrap=True)
+
+
+def cmd_coordinator_tls(args) -> int:
+    from .server.coordinator import create_tls
+
+    paths = create_tls(args.dir, args.host)
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())}; give ca.crt (only) to every site")
+    return 0
+
+
+def cmd_coordinator_start(args) -> int:
+    from .server.coordinator import superlink_command
+
+    command = superlink_command(args.tls_dir, args.database, args.host, args.port, args.log_file)
+    console.print("starting: " + " ".join(command))
+    os.execv(command[0], command)  # become the SuperLink: signals and exit codes are Flower's own
+
+
+def cmd_coordinator_register(args) -> int:
+    from .server.coordinator import register_site
+
+    node = register_site(args.flwr_home, args.connection, args.public_key)
+    console.print(f"registered {args.public_key} as node {node}")
+    return 0
+
+
+def cmd_site_keys(args) -> int:
+    from .clients.site_node import create_site_keys
+
+    private, public = create_site_keys(args.dir, args.site)
+    console.print(f"wrote {private} (keep it at the site) and {public} (send it to the coordinator)")
+    return 0
+
+
+def cmd_site_start(args) -> int:
+    from .clients.site_node import SiteNodeConfig, check_site, supernode_command
+
+    config = SiteNodeConfig.from_file(args.config)
+    source = check_site(config)  # refuses to start without readable data, certificate and key
+    console.print(f"site {config.site}: data {source}")
+    command = supernode_command(config)
+    if args.dry_run:
+        console.print(" ".join(command))
+        return 0
+    os.execv(command[0], command)
+
+
+def cmd_federation_up(args) -> int:
+    from .data import parse_sites
+    from .loopback import up
+    from .scenario import load_scenario_config
+
+    sites = args.sites.split(",") if args.sites else [
+        s.name for s in parse_sites(load_scenario_config(args.scenario)["sites"])]
+    state = up(args.workdir, sites, args.data_root)
+    console.print(json.dumps(state, indent=2))
+    console.print(f"\nrun the scenario against it:\n  FLWR_HOME={state['flwr_home']} flwr run {args.scenario} "
+                  f"--stream --run-config \"sites='{','.join(sites)}'\"\nstop it:\n  fl-medlego federation down "
+                  f"--workdir {args.workdir}")
+    return 0
+
+
+def cmd_federation_down(args) -> int:
+    from .loopback import down
+
+    stopped = down(args.workdir)
+    console.print(f"stopped {len(stopped)} processes: {stopped}" if stopped else "no federation was running there")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    coordinator = sub.add_parser("coordinator", help="what the coordinator runs").add_subparsers(dest="action",
+                                                                                                 required=True)
+    tls = coordinator.add_parser("tls", help="create the CA and the SuperLink certificate")
+    tls.add_argument("--dir", required=True)
+    tls.add_argument("--host", action="append", required=True, help="a name or IP sites dial (repeatable)")
+    tls.set_defaults(func=cmd_coordinator_tls)
+    start = coordinator.add_parser("start", help="start flower-superlink with TLS, site auth and a database")
+    start.add_argument("--tls-dir", required=True)
+    start.add_argument("--database", required=True)
+    start.add_argument("--host", default="0.0.0.0")
+    start.add_argument("--port", type=int, default=8000)
+    start.add_argument("--log-file")
+    start.set_defaults(func=cmd_coordinator_start)
+    register = coordinator.add_parser("register", help="register a site's public key")
+    register.add_argument("public_key")
+    register.add_argument("--connection", required=True, help="SuperLink connection name in FLWR_HOME/config.toml")
+    register.add_argument("--flwr-home", default=os.environ.get("FLWR_HOME", str(Path.home() / ".flwr")))
+    register.set_defaults(func=cmd_coordinator_register)
+
+    site = sub.add_parser("site", help="what a hospital site runs").add_subparsers(dest="action", required=True)
+    keys = site.add_parser("keys", help="create the site's EC P-384 key pair")
+    keys.add_argument("--site", required=True)
+    keys.add_argument("--dir", default=".")
+    keys.set_defaults(func=cmd_site_keys)
+    site_start = site.add_parser("start", help="check the site's data, then start its SuperNode")
+    site_start.add_argument("config", help="the site's TOML configuration")
+    site_start.add_argument("--dry-run", action="store_true", help="check and print the command only")
+    site_start.set_defaults(func=cmd_site_start)
+
+    federation = sub.add_parser("federation", help="a loopback federation for a dry run").add_subparsers(
+        dest="action", required=True)
+    fed_up = federation.add_parser("up", help="SuperLink + one authenticated SuperNode per site, with TLS")
+    fed_up.add_argument("scenario")
+    fed_up.add_argument("--workdir", required=True)
+    fed_up.add_argument("--sites", help="comma-separated (default: the scenario's sites)")
+    fed_up.add_argument("--data-root", default="bundled")
+    fed_up.set_defaults(func=cmd_federation_up)
+    fed_down = federation.add_parser("down", help="stop every process `up` started, by pid")
+    fed_down.add_argument("--workdir", required=True)
+    fed_down.set_defaults(func=cmd_federation_down)

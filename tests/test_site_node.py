@@ -1,0 +1,49 @@
+"""A site refuses to start without readable data, certificate and key, and says which."""
+
+import pytest
+
+from fl_medlego.cli import main
+from fl_medlego.clients.site_node import SiteNodeConfig, check_site, create_site_keys, supernode_command
+
+
+def write_config(tmp_path, data_root="bundled", site="blood"):
+    key, _ = create_site_keys(tmp_path, site)
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    path = tmp_path / "site.toml"
+    path.write_text(f'site = "{site}"\ndata-root = "{data_root}"\nsuperlink = "127.0.0.1:8000"\n'
+                    f'root-certificates = "ca.crt"\nprivate-key = "{key.name}"\nport = 9100\n')
+    return path
+
+
+def test_a_good_site_config_builds_the_supernode_command(tmp_path):
+    config = SiteNodeConfig.from_file(write_config(tmp_path))
+    assert "bundled sample of bloodmnist" in check_site(config)
+    command = " ".join(supernode_command(config))
+    assert "--auth-supernode-private-key" in command and "site='blood'" in command and "--root-certificates" in command
+
+
+def test_missing_data_refuses_to_start(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDMNIST_ROOT", str(tmp_path / "nowhere"))
+    monkeypatch.setattr("medmnist.dataset.DEFAULT_ROOT", str(tmp_path / "nowhere-either"))
+    config = SiteNodeConfig.from_file(write_config(tmp_path, data_root=str(tmp_path / "empty")))
+    with pytest.raises(FileNotFoundError, match="site blood cannot read its data"):
+        check_site(config)
+    assert main(["site", "start", str(tmp_path / "site.toml")]) == 2
+    assert "cannot read its data" in capsys.readouterr().out
+
+
+def test_missing_key_or_unknown_keys_are_named(tmp_path):
+    path = write_config(tmp_path)
+    (tmp_path / "blood_key").unlink()
+    with pytest.raises(FileNotFoundError, match="private key"):
+        check_site(SiteNodeConfig.from_file(path))
+    path.write_text(path.read_text() + 'colour = "red"\n')
+    with pytest.raises(ValueError, match="unknown keys \\['colour'\\]"):
+        SiteNodeConfig.from_file(path)
+
+
+def test_private_keys_are_never_overwritten(tmp_path):
+    create_site_keys(tmp_path, "breast")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        create_site_keys(tmp_path, "breast")
+    assert oct((tmp_path / "breast_key").stat().st_mode)[-3:] == "600"
