@@ -55,24 +55,23 @@ def _flwr(flwr_home: str | Path, *args: str, timeout: float = 60) -> subprocess.
     return subprocess.run([str(BIN / "flwr"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def register_site(flwr_home: str | Path, connection: str, public_key: str | Path) -> int:
-    """Register a site's public key with the SuperLink; returns the node id it will have."""
-    proc = _flwr(flwr_home, "supernode", "register", str(public_key), connection, "--format", "json")
+def _flwr_json(flwr_home: str | Path, what: str, *args: str) -> dict:
+    """A `flwr ... --format json` answer; a failure raises with Flower's own message."""
+    proc = _flwr(flwr_home, *args, "--format", "json")
     try:
         answer = json.loads(proc.stdout)
     except json.JSONDecodeError:
         answer = {}
     if proc.returncode != 0 or not answer.get("success", False):
-        raise RuntimeError(f"registering {public_key} failed: {proc.stdout[-1000:]} {proc.stderr[-1000:]}")
+        raise RuntimeError(f"{what} failed: {answer.get('error-message', proc.stdout[-1000:] + proc.stderr[-1000:])}")
+    return answer
+
+
+def register_site(flwr_home: str | Path, connection: str, public_key: str | Path) -> int:
+    """Register a site's public key with the SuperLink; returns the node id it will have."""
+    answer = _flwr_json(flwr_home, f"registering {public_key}", "supernode", "register", str(public_key), connection)
     return int(answer["node-id"])
 
 
 def registered_nodes(flwr_home: str | Path, connection: str) -> list[dict]:
-    proc = _flwr(flwr_home, "supernode", "list", connection, "--format", "json")
-    try:
-        answer = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        answer = {}
-    if proc.returncode != 0 or not answer.get("success", False):
-        raise RuntimeError(f"listing SuperNodes failed: {answer.get('error-message', proc.stdout[-1000:])}")
-    return answer["nodes"]
+    return _flwr_json(flwr_home, "listing SuperNodes", "supernode", "list", connection)["nodes"]

@@ -45,3 +45,10 @@ def ties_combine(updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def linear_combine(updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Task arithmetic's sum: N * sum_i w_i D_i, which is sum_i D_i for uniform weights."""
     return len(weights) * torch.einsum("n,n...->...", weights, updates)
+
+
+def combine(updates: torch.Tensor, weights: torch.Tensor, inner: str, density: float) -> torch.Tensor:
+    """The inner merge of DARE, KnOTS and core space: TIES (trim to `density`, elect, disjoint mean) or linear."""
+    if inner == "ties":
+        return ties_combine(trim(updates, density), weights)
+    return linear_combine(updates, weights)

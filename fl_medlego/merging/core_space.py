@@ -14,22 +14,14 @@ from typing import ClassVar
 import torch
 
 from ..lora.factors import Factors
-from ._dense import linear_combine, ties_combine, trim
-from ._options import check_fraction, check_inner
+from ._dense import combine
+from ._options import InnerMergeOptions
 from ._registry import register_merge
 
 
 @dataclass
-class CoreSpaceOptions:
-    # Values tried on the sites' validation splits by `fl-medlego compare` (never on test).
-    search_space: ClassVar[dict] = {"density": [0.5, 1.0], "lam": [0.5, 1.0]}
-    inner: str = "ties"  # merge of the cores: "ties" or "linear" (= task arithmetic)
-    density: float = 1.0  # TIES trim of each core (inner="ties")
-    lam: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_inner("core_space", self.inner)
-        check_fraction("core_space", "density", self.density)
+class CoreSpaceOptions(InnerMergeOptions):
+    method: ClassVar[str] = "core_space"
 
 
 @register_merge("core_space", CoreSpaceOptions)
@@ -39,10 +31,7 @@ def core_space(factors: list[Factors], weights: torch.Tensor, options: CoreSpace
     Q_b, _ = torch.linalg.qr(torch.cat(Bs, dim=1))
     Q_a, _ = torch.linalg.qr(torch.cat([f.A.double() for f in factors], dim=0).T)
     cores = torch.stack([(Q_b.T @ B) @ (f.A.double() @ Q_a) for B, f in zip(Bs, factors)])
-    if options.inner == "ties":
-        merged = ties_combine(trim(cores, options.density), weights)
-    else:
-        merged = linear_combine(cores, weights)
+    merged = combine(cores, weights, options.inner, options.density)
     P, S, Th = torch.linalg.svd(options.lam * merged)
     dtype = factors[0].B.dtype
     return Factors((Q_b @ P).to(dtype), S.to(dtype), (Th @ Q_a.T).to(dtype).contiguous())

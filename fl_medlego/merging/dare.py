@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from ..lora.factors import Factors
-from ._dense import dense_updates, linear_combine, ties_combine, to_factors, trim
+from ._dense import combine, dense_updates, to_factors
 from ._options import check_fraction, check_inner, check_rank
 from ._registry import register_merge
 
@@ -43,8 +43,5 @@ def dare(factors: list[Factors], weights: torch.Tensor, options: DareOptions) ->
     generator = torch.Generator().manual_seed(options.seed)
     keep = torch.rand(updates.shape, generator=generator, dtype=torch.float64) >= options.drop
     updates = updates * keep / (1.0 - options.drop)
-    if options.inner == "ties":
-        merged = ties_combine(trim(updates, options.density), weights)
-    else:
-        merged = linear_combine(updates, weights)
+    merged = combine(updates, weights, options.inner, options.density)
     return to_factors(options.lam * merged, options.rank, factors[0].B.dtype)

@@ -14,22 +14,14 @@ from typing import ClassVar
 import torch
 
 from ..lora.factors import Factors
-from ._dense import linear_combine, ties_combine, trim
-from ._options import check_fraction, check_inner
+from ._dense import combine
+from ._options import InnerMergeOptions
 from ._registry import register_merge
 
 
 @dataclass
-class KnotsOptions:
-    # Values tried on the sites' validation splits by `fl-medlego compare` (never on test).
-    search_space: ClassVar[dict] = {"density": [0.5, 1.0], "lam": [0.5, 1.0]}
-    inner: str = "ties"  # how the aligned coordinates V_i are merged: "ties" or "linear"
-    density: float = 1.0  # TIES trim of each V_i (inner="ties")
-    lam: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_inner("knots", self.inner)
-        check_fraction("knots", "density", self.density)
+class KnotsOptions(InnerMergeOptions):
+    method: ClassVar[str] = "knots"
 
 
 @register_merge("knots", KnotsOptions)
@@ -40,9 +32,6 @@ def knots(factors: list[Factors], weights: torch.Tensor, options: KnotsOptions) 
     blocks = torch.block_diag(*[f.A.double() for f in factors])  # R x (N d_in)
     P, S, Vt = torch.linalg.svd(R_u @ blocks, full_matrices=False)
     coords = Vt.reshape(Vt.shape[0], len(factors), d_in).permute(1, 0, 2)  # (N, k, d_in): D_i = U S coords_i
-    if options.inner == "ties":
-        merged = ties_combine(trim(coords, options.density), weights)
-    else:
-        merged = linear_combine(coords, weights)
+    merged = combine(coords, weights, options.inner, options.density)
     dtype = factors[0].B.dtype
     return Factors((Q @ P).to(dtype), (options.lam * S).to(dtype), merged.to(dtype).contiguous())

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..lora.factors import Factors
+from ._options import require_equal_ranks
 from ._registry import register_merge
 
 
@@ -22,9 +23,7 @@ class LoraAvgOptions:
 @register_merge("lora_avg", LoraAvgOptions)
 def lora_avg(factors: list[Factors], weights: torch.Tensor, options: LoraAvgOptions) -> Factors:
     """Average B, E and A separately (FedIT); needs equal ranks."""
-    ranks = sorted({f.rank for f in factors})
-    if len(ranks) > 1:
-        raise ValueError(f"lora_avg needs every site at the same rank, got ranks {ranks}; use medlego for mixed ranks")
+    require_equal_ranks("lora_avg", [f.rank for f in factors])
     dtype = factors[0].B.dtype
 
     def mean(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 
 from ..lora.factors import Factors
+from ._options import require_equal_ranks
 from ._registry import register_merge
 
 
@@ -27,10 +28,8 @@ class PemOptions:
 @register_merge("pem", PemOptions)
 def pem(factors: list[Factors], weights: torch.Tensor, options: PemOptions) -> Factors:
     """Weighted sums of the plain-LoRA factors B_i E_i and A_i, scaled by lambda."""
-    ranks = sorted({f.rank for f in factors})
-    if len(ranks) > 1:
-        raise ValueError(f"pem needs every site at the same rank, got ranks {ranks}; use medlego for mixed ranks")
+    rank = require_equal_ranks("pem", [f.rank for f in factors])
     dtype = factors[0].B.dtype
     B = sum(w * f.B.double() * f.E.double() for w, f in zip(weights, factors))
     A = sum(w * f.A.double() for w, f in zip(weights, factors))
-    return Factors(B.to(dtype), torch.full((ranks[0],), options.lam, dtype=dtype), A.to(dtype))
+    return Factors(B.to(dtype), torch.full((rank,), options.lam, dtype=dtype), A.to(dtype))
