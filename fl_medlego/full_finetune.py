@@ -8,6 +8,7 @@ cannot do. It is a reference row, not a federated method.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from .models import SiteModel, create_backbone, preset_image_size
 from .train import TrainConfig, evaluate, fit, task_loss, to_model_input
 
 log = logging.getLogger(__name__)
+
+# The strategy name that switches sites from adapters to full fine-tuning with weight averaging.
+FULL_WEIGHT_STRATEGY = "vit_avg"
 
 
 def full_train_config(cfg: RunConfig, progress: bool = False) -> TrainConfig:
@@ -34,9 +38,62 @@ def train_full_site(cfg: RunConfig, data: SiteData, progress: bool = False) -> S
     return model
 
 
-def average_backbones(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Uniform average of full backbone weights (model soup / FedAvg of fully fine-tuned models)."""
-    return {k: torch.stack([s[k].double() for s in states]).mean(0).to(states[0][k].dtype) for k in states[0]}
+def average_backbones(states: list[dict[str, torch.Tensor]], weights: list[float] | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """Weighted (default: uniform) average of full backbone weights (model soup / FedAvg of full models)."""
+    w = torch.tensor(weights if weights is not None else [1.0 / len(states)] * len(states), dtype=torch.float64)
+    return {k: torch.einsum("n,n...->...", w, torch.stack([s[k].double() for s in states])).to(states[0][k].dtype)
+            for k in states[0]}
+
+
+@dataclass
+class FullSiteState:
+    """What a fully fine-tuning site keeps between rounds (never sent anywhere)."""
+
+    head: dict[str, torch.Tensor]
+    specialist_backbone: dict[str, torch.Tensor]  # trained from the base in the site's first round
+    specialist_head: dict[str, torch.Tensor]
+
+
+def backbone_template(cfg: RunConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of the shared backbone: what a valid full-weight update must look like."""
+    with torch.device("meta"):
+        backbone = create_backbone(cfg.model_name, num_classes=0)
+    return {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+
+
+def train_full_round(cfg: RunConfig, data: SiteData, backbone: dict[str, torch.Tensor] | None,
+                     state: FullSiteState | None) -> tuple[dict[str, torch.Tensor], FullSiteState, dict, str]:
+    """One round of full fine-tuning from the averaged backbone (or the base in round 1).
+
+    Returns the trained backbone weights, the new site state, metrics, and the base fingerprint.
+    """
+    from .models import fingerprint
+
+    base = create_backbone(cfg.model_name, num_classes=0, pretrained=cfg.pretrained, seed=cfg.seed)
+    base_fingerprint = fingerprint(base)
+    model = SiteModel(base, data.num_classes)
+    if backbone is not None:
+        model.backbone.load_state_dict(backbone)
+    if state is not None:
+        model.head.load_state_dict(state.head)
+    result = fit(model, data.train, data.val, data.task, preset_image_size(cfg.model_name), full_train_config(cfg))
+    trained = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+    head = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+    state = state or FullSiteState(head, trained, head)
+    state = FullSiteState(head, state.specialist_backbone, state.specialist_head)
+    metrics = {"val-acc": result.best_val_acc, "best-epoch": float(result.best_epoch),
+               "train-loss": result.history[result.best_epoch - 1]["train_loss"],
+               "num-examples": float(result.num_examples)}
+    return trained, state, metrics, base_fingerprint
+
+
+def evaluate_full(cfg: RunConfig, data: SiteData, backbone: dict[str, torch.Tensor],
+                  head: dict[str, torch.Tensor]) -> dict[str, float]:
+    model = SiteModel(create_backbone(cfg.model_name, num_classes=0, seed=cfg.seed), data.num_classes)
+    model.backbone.load_state_dict(backbone)
+    model.head.load_state_dict(head)
+    return evaluate(model, data.test, data.task, preset_image_size(cfg.model_name))
 
 
 class MultiTaskModel(nn.Module):

@@ -34,6 +34,15 @@ class RunResults:
     def save_merged(self, server_round: int, adapter: Adapter) -> Path:
         return save_adapter(adapter, self.run_dir / f"round-{server_round:03d}" / "adapter")
 
+    def save_backbone(self, server_round: int, weights: dict) -> Path:
+        """The averaged full backbone (strategy vit_avg)."""
+        from safetensors.torch import save_file
+
+        path = self.run_dir / f"round-{server_round:03d}" / "backbone.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
+        return path
+
     def write_summary(self, specialist: dict[str, dict], merged: dict[str, dict], extra: dict | None = None) -> dict:
         """Per site: the specialist's and the merged model's test metrics and merged / specialist ACC."""
         sites = {}

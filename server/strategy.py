@@ -9,11 +9,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fl_medlego import wire
+from fl_medlego.full_finetune import average_backbones
 from fl_medlego.lora import Adapter
 from fl_medlego.merging import merge_adapters, normalize_weights
 from fl_medlego.results import RunResults
@@ -80,7 +82,20 @@ class LowRankMergeStrategy(FedAvg):
                                      f"which it does not host")
         return site
 
-    def _check_train_reply(self, msg: Message) -> tuple[str, Adapter, dict[str, float]]:
+    def decode_update(self, tensors: dict[str, torch.Tensor]) -> Adapter:
+        """A site's update from the wire (raises wire.InvalidUpdate)."""
+        return wire.decode(tensors, self.template)
+
+    def merge_updates(self, server_round: int, updates: list[Adapter], weights) -> tuple[ArrayRecord, dict]:
+        """The merged model to send back, and numbers about it; saves it in the run folder."""
+        merged = merge_adapters(updates, self.method, weights, **self.options)
+        path = self.results.save_merged(server_round, merged)
+        ranks = sorted({f.rank for f in merged.factors.values()})
+        log.info("round %d: merged %d sites with %s -> ranks %s, saved %s", server_round, len(updates), self.method,
+                 ranks, path)
+        return ArrayRecord(wire.encode(merged)), {"merged-max-rank": max(ranks)}
+
+    def _check_train_reply(self, msg: Message) -> tuple[str, object, dict[str, float], dict]:
         site = self._site_of_reply(msg)
         if wire.METRICS not in msg.content or wire.ARRAYS not in msg.content:
             raise wire.InvalidUpdate(f"site {site}: reply lacks '{wire.ARRAYS}' or '{wire.METRICS}'")
@@ -89,46 +104,41 @@ class LowRankMergeStrategy(FedAvg):
         if not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
             raise wire.InvalidUpdate(f"site {site}: '{wire.NUM_EXAMPLES}' must be a positive number, got {n!r}")
         try:
-            adapter = wire.decode(msg.content[wire.ARRAYS].to_torch_state_dict(), self.template)
+            update = self.decode_update(msg.content[wire.ARRAYS].to_torch_state_dict())
         except wire.InvalidUpdate as err:
             raise wire.InvalidUpdate(f"site {site}: {err}") from None
-        adapter.metadata = {k: msg.content[wire.SITE_INFO].get(k) for k in (wire.BASE_FINGERPRINT, wire.DATA_SOURCE)}
-        return site, adapter, metrics
+        info = {k: msg.content[wire.SITE_INFO].get(k) for k in (wire.BASE_FINGERPRINT, wire.DATA_SOURCE)}
+        return site, update, metrics, info
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
                                                                                       MetricRecord | None]:
-        accepted: dict[str, tuple[Adapter, dict]] = {}
+        accepted: dict[str, tuple[object, dict, dict]] = {}
         for msg in replies:
             try:
-                site, adapter, metrics = self._check_train_reply(msg)
+                site, update, metrics, info = self._check_train_reply(msg)
             except wire.InvalidUpdate as err:
                 log.warning("round %d: rejected a reply from node %d: %s", server_round, msg.metadata.src_node_id, err)
                 self.results.log("rejected", round=server_round, node=msg.metadata.src_node_id, reason=str(err))
                 continue
-            accepted[site] = (adapter, metrics)
+            accepted[site] = (update, metrics, info)
         accepted = self._same_base(server_round, accepted)
         if not accepted:
-            log.warning("round %d: no valid site update; keeping the previous merged adapter", server_round)
+            log.warning("round %d: no valid site update; keeping the previous merged model", server_round)
             return None, None
         sites = sorted(accepted)
         weights = None  # uniform 1/N
         if self.weighting == "examples":
             weights = normalize_weights([accepted[s][1][wire.NUM_EXAMPLES] for s in sites], len(sites))
-        merged = merge_adapters([accepted[s][0] for s in sites], self.method, weights, **self.options)
-        path = self.results.save_merged(server_round, merged)
-        ranks = sorted({f.rank for f in merged.factors.values()})
-        log.info("round %d: merged %d sites with %s -> ranks %s, saved %s", server_round, len(sites), self.method,
-                 ranks, path)
+        arrays, about = self.merge_updates(server_round, [accepted[s][0] for s in sites], weights)
         for site in sites:
-            self.results.log("train", round=server_round, site=site, data_source=accepted[site][0].metadata.get(
-                wire.DATA_SOURCE), **accepted[site][1])
+            self.results.log("train", round=server_round, site=site, data_source=accepted[site][2][wire.DATA_SOURCE],
+                             **accepted[site][1])
         mean = {k: sum(accepted[s][1][k] for s in sites) / len(sites) for k in ("val-acc", "train-loss")}
-        return (ArrayRecord(wire.encode(merged)),
-                MetricRecord({**mean, "sites-merged": len(sites), "merged-max-rank": max(ranks)}))
+        return arrays, MetricRecord({**mean, "sites-merged": len(sites), **about})
 
-    def _same_base(self, server_round: int, accepted: dict[str, tuple[Adapter, dict]]) -> dict:
-        """Adapters only merge over the same frozen base: pin the majority fingerprint, drop the rest."""
-        prints = {site: a.metadata.get(wire.BASE_FINGERPRINT) for site, (a, _) in accepted.items()}
+    def _same_base(self, server_round: int, accepted: dict[str, tuple[object, dict, dict]]) -> dict:
+        """Updates only merge over the same base model: pin the majority fingerprint, drop the rest."""
+        prints = {site: info.get(wire.BASE_FINGERPRINT) for site, (_, _, info) in accepted.items()}
         if self.base_fingerprint is None and prints:
             self.base_fingerprint = Counter(prints.values()).most_common(1)[0][0]
         kept = {}
@@ -164,3 +174,30 @@ class LowRankMergeStrategy(FedAvg):
             return None
         keys = [k for k in wire.EVAL_METRICS if all(k in m for m in per_site.values())]
         return MetricRecord({k: sum(m[k] for m in per_site.values()) / len(per_site) for k in keys})
+
+
+class FullWeightStrategy(LowRankMergeStrategy):
+    """ViT averaging: sites fine-tune the whole backbone and the server averages the weights (FedAvg / a
+    model soup). The non-adapter baseline of the paper's table, with the same site addressing, reply
+    checks and summary as the adapter strategies.
+
+    template: tensor name -> shape of the backbone's state dict.
+    """
+
+    def decode_update(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing, extra = sorted(set(self.template) - set(tensors)), sorted(set(tensors) - set(self.template))
+        if missing or extra:
+            raise wire.InvalidUpdate(f"backbone keys do not fit: missing {missing[:4]}, unexpected {extra[:4]}")
+        for key, shape in self.template.items():
+            tensor = tensors[key]
+            if tuple(tensor.shape) != shape or not tensor.is_floating_point():
+                raise wire.InvalidUpdate(f"{key}: {tensor.dtype} {tuple(tensor.shape)}, expected float {shape}")
+            if not torch.isfinite(tensor).all():
+                raise wire.InvalidUpdate(f"{key} holds NaN or Inf values")
+        return tensors
+
+    def merge_updates(self, server_round: int, updates: list[dict], weights) -> tuple[ArrayRecord, dict]:
+        averaged = average_backbones(updates, None if weights is None else weights.tolist())
+        path = self.results.save_backbone(server_round, averaged)
+        log.info("round %d: averaged %d full backbones, saved %s", server_round, len(updates), path)
+        return ArrayRecord(averaged), {}

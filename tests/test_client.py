@@ -71,3 +71,18 @@ def test_deployment_node_names_its_site():
     bad = Context(run_id=1, node_id=5, node_config={"site": "derma"}, state=RecordDict(), run_config=RUN_CONFIG)
     with pytest.raises(ValueError, match="does not declare"):
         query(message(RecordDict(), MessageType.QUERY, dst=5), bad)
+
+
+def test_full_weight_mode_sends_the_backbone_and_keeps_its_specialist():
+    from fl_medlego.full_finetune import backbone_template
+
+    ctx = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                  run_config={**RUN_CONFIG, "strategy": "vit_avg"})
+    reply = train(request(MessageType.TRAIN, "breast"), ctx)
+    backbone = reply.content[wire.ARRAYS].to_torch_state_dict()
+    template = backbone_template(parse_run_config({**RUN_CONFIG, "strategy": "vit_avg"}))
+    assert {k: tuple(v.shape) for k, v in backbone.items()} == template
+    assert "breast.specialist-backbone" in ctx.state
+    ev = evaluate(request(MessageType.EVALUATE, "breast", reply.content[wire.ARRAYS], **{wire.WITH_SPECIALIST: True}),
+                  ctx)
+    assert ev.content[wire.METRICS]["acc"] == pytest.approx(ev.content[wire.METRICS]["specialist-acc"])

@@ -107,3 +107,28 @@ def test_evaluation_collects_specialist_and_merged_metrics(strategy):
     summary = strategy.results.write_summary(strategy.specialist, strategy.merged)
     assert summary["sites"]["blood"]["normalized_acc"] == pytest.approx(0.75)
     assert summary["mean_normalized_acc"] == pytest.approx((0.75 + 1.0) / 2)
+
+
+def test_full_weight_strategy_averages_backbones_and_rejects_bad_ones(tmp_path):
+    from fl_medlego.server.strategy import FullWeightStrategy
+
+    set_task_identity()
+    template = {"w": (2, 3), "b": (3,)}
+    strategy = FullWeightStrategy(SITES, template, "vit_avg", {}, "uniform", RunResults(tmp_path, {}))
+
+    def reply(site, node, value):
+        state = {"w": torch.full((2, 3), value), "b": torch.full((3,), value)}
+        content = RecordDict({
+            wire.ARRAYS: ArrayRecord(state),
+            wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 10.0, "val-acc": 0.5, "train-loss": 1.0}),
+            wire.SITE_INFO: ConfigRecord({wire.SITE: site, wire.BASE_FINGERPRINT: "abc", wire.DATA_SOURCE: "x"}),
+        })
+        return message(content, MessageType.TRAIN, src=node, dst=0)
+
+    arrays, metrics = strategy.aggregate_train(1, [reply("blood", 11, 1.0), reply("breast", 12, 3.0),
+                                                   reply("organa", 13, float("nan"))])
+    assert metrics["sites-merged"] == 2
+    averaged = arrays.to_torch_state_dict()
+    assert torch.equal(averaged["w"], torch.full((2, 3), 2.0)) and torch.equal(averaged["b"], torch.full((3,), 2.0))
+    assert (tmp_path / "round-001" / "backbone.safetensors").is_file()
+    assert "NaN or Inf" in (tmp_path / "metrics.jsonl").read_text()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import parse_run_config, settings_table
 from ..data import parse_sites
-from ..full_finetune import MultiTaskModel, average_backbones, train_full_site, train_multitask
+from ..full_finetune import FULL_WEIGHT_STRATEGY, MultiTaskModel, average_backbones, train_full_site, train_multitask
 from ..lora import load_adapter, save_adapter
 from ..merging import get_merge, list_merges, merge_adapters
 from ..models import SiteModel, create_backbone, preset_image_size
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 SPECIALISTS = "specialists (SVD-LoRA)"
 FULL_SPECIALISTS = "specialists (full fine-tune)"
-NON_ADAPTER = ("vit_avg", "multitask")
+NON_ADAPTER = (FULL_WEIGHT_STRATEGY, "multitask")
 
 
 def all_strategies() -> list[str]:
@@ -78,7 +78,7 @@ class Comparison:
                     continue
                 log.info("seed %d: %s", seed, strategy)
                 t0 = time.time()
-                if strategy == "vit_avg":
+                if strategy == FULL_WEIGHT_STRATEGY:
                     self._vit_avg(cfg, cache, sites, seed)
                 elif strategy == "multitask":
                     self._multitask(cfg, cache, sites, seed)
@@ -139,7 +139,7 @@ class Comparison:
             model.backbone.load_state_dict(soup)
             model.head.load_state_dict(full[s][1])
             test[s] = evaluate(model, d.test, d.task, preset_image_size(cfg.model_name))
-        self._record("vit_avg", seed, test)
+        self._record(FULL_WEIGHT_STRATEGY, seed, test)
 
     def _multitask(self, cfg, cache, sites, seed: int) -> None:
         entry = cache.entry("multitask")
