@@ -15,7 +15,7 @@ import torch
 
 from .config import RunConfig
 from .data import SiteData, load_site, parse_sites
-from .lora import Adapter, get_adapter, inject_svd_lora, set_adapter
+from .lora import Adapter, adapter_updates, get_adapter, inject_svd_lora, set_adapter
 from .models import SiteModel, create_backbone, fingerprint, preset_image_size
 from .train import evaluate, fit
 
@@ -44,10 +44,11 @@ def build_site_model(cfg: RunConfig, num_classes: int, site_name: str = "") -> S
     """Shared frozen base (same on every site: seeded or from a checkpoint) + adapter + the site's head."""
     backbone = create_backbone(cfg.model_name, num_classes=0, pretrained=cfg.pretrained, seed=cfg.seed)
     base_fingerprint = fingerprint(backbone)
-    # Adapter init and head differ by site, reproducibly.
-    torch.manual_seed(cfg.seed * 7919 + zlib.crc32(site_name.encode()))
-    inject_svd_lora(backbone, dataclasses.replace(cfg.lora, rank=site_rank(cfg, site_name)))
-    model = SiteModel(backbone, num_classes)
+    # Adapter init and head differ by site, reproducibly, without touching the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed * 7919 + zlib.crc32(site_name.encode()))
+        inject_svd_lora(backbone, dataclasses.replace(cfg.lora, rank=site_rank(cfg, site_name)))
+        model = SiteModel(backbone, num_classes)
     model.base_fingerprint = base_fingerprint
     return model
 
@@ -62,8 +63,6 @@ def adapter_template(cfg: RunConfig) -> dict[str, tuple[int, int]]:
     with torch.device("meta"):
         backbone = create_backbone(cfg.model_name, num_classes=0)
         inject_svd_lora(backbone, cfg.lora)
-    from .lora import adapter_updates
-
     return {name: (u.lora_B.shape[0], u.lora_A.shape[1]) for name, u in adapter_updates(backbone).items()}
 
 
