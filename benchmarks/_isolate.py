@@ -1,7 +1,7 @@
 """Run one measurement in a fresh Python process and return its timing and peak memory.
 
-Peak memory is the child's peak RSS minus its RSS just before the measured call (inputs already
-built), so allocator caches of earlier cases never leak into a number.
+Peak memory is the child's RSS high-water mark minus its RSS just before the measured call (inputs
+already built), so neither the parent nor earlier cases leak into a number.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ def current_rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's RSS high-water mark (VmHWM). Not ru_maxrss: Linux carries that one across fork and
+    exec, so a child would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def measure(fn, *args) -> dict:
