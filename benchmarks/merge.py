@@ -1,7 +1,7 @@
 """Merge benchmark: the project's `medlego` merge (QR core) vs. the dense path vs. PEFT's svd combination.
 
     python -m benchmarks.merge            # the full grid (about 15 minutes on 2 cores)
-    python -m benchmarks.merge --quick    # d = 768 only
+    python -m benchmarks.merge --quick    # d = 768 with up to 64 sites, and the d = 4096, N = 16, r = 8 target
 
 Dense path = what PEFT's add_weighted_adapter(..., "svd") and FusionBench do: form the d x d update,
 full SVD, truncate. Every case runs in a fresh process (time, peak extra RSS). Relative error of the
@@ -124,7 +124,10 @@ def relative_error(d: int, ranks: list[int]) -> float:
 
 def cases(quick: bool) -> list[dict]:
     grid = []
-    for d in ([768] if quick else [768, 4096, 8192]):
+    if quick:  # d = 768 with few sites, and the target case
+        return [{"d": 768, "n": n, "rank": str(r), "ranks": [r] * n} for n in (2, 16, 64) for r in (4, 16)] + [
+            {"d": 4096, "n": 16, "rank": "8", "ranks": [8] * 16}]
+    for d in (768, 4096, 8192):
         for n in (2, 16, 64, 256, 1024):
             patterns = {f"{r}": [r] * n for r in (4, 16, 64)}
             patterns["mixed 4/8/16"] = [(4, 8, 16)[i % 3] for i in range(n)]
