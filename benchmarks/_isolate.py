@@ -7,28 +7,14 @@ already built), so neither the parent nor earlier cases leak into a number.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from fl_medlego.memory import current_rss_mb, peak_rss_mb
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def peak_rss_mb() -> float:
-    """This process's RSS high-water mark (VmHWM). Not ru_maxrss: Linux carries that one across fork and
-    exec, so a child would report its parent's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def measure(fn, *args) -> dict:

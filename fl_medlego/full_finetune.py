@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .data import SiteData
-from .models import SiteModel, create_backbone, preset_image_size
+from .models import SiteModel, create_backbone, preset_image_size, shared_base
 from .train import TrainConfig, evaluate, fit, task_loss, to_model_input
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def full_train_config(cfg: RunConfig, progress: bool = False) -> TrainConfig:
 
 def train_full_site(cfg: RunConfig, data: SiteData, progress: bool = False) -> SiteModel:
     """Fine-tune every backbone weight and the head on one site; the best validation epoch is kept."""
-    backbone = create_backbone(cfg.model_name, num_classes=0, pretrained=cfg.pretrained, seed=cfg.seed)
+    backbone, _ = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
     model = SiteModel(backbone, data.num_classes)
     fit(model, data.train, data.val, data.task, preset_image_size(cfg.model_name), full_train_config(cfg, progress))
     return model
@@ -68,10 +68,7 @@ def train_full_round(cfg: RunConfig, data: SiteData, backbone: dict[str, torch.T
 
     Returns the trained backbone weights, the new site state, metrics, and the base fingerprint.
     """
-    from .models import fingerprint
-
-    base = create_backbone(cfg.model_name, num_classes=0, pretrained=cfg.pretrained, seed=cfg.seed)
-    base_fingerprint = fingerprint(base)
+    base, base_fingerprint = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
     model = SiteModel(base, data.num_classes)
     if backbone is not None:
         model.backbone.load_state_dict(backbone)
@@ -116,7 +113,7 @@ def train_multitask(cfg: RunConfig, sites: dict[str, SiteData], progress: bool =
     The epoch kept is the one with the best mean validation ACC over the tasks.
     """
     size = preset_image_size(cfg.model_name)
-    backbone = create_backbone(cfg.model_name, num_classes=0, pretrained=cfg.pretrained, seed=cfg.seed)
+    backbone, _ = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
     model = MultiTaskModel(backbone, {s: d.num_classes for s, d in sites.items()})
     tc = full_train_config(cfg, progress)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)

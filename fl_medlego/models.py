@@ -8,6 +8,8 @@ Any other timm model name is passed to `timm.create_model` as it is.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -15,6 +17,8 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn
+
+from .bases import BUNDLED, bundled_base
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ def create_backbone(
     """Create a timm backbone by preset or timm name.
 
     pretrained: "none" (random init drawn from `seed`, so every site builds the same base),
+    "bundled" (the base this package ships for the preset, see fl_medlego.bases),
     "timm" (timm's hub weights: needs the internet), or the path of a local checkpoint
     (.safetensors or a torch state dict; classifier-head keys that do not fit are skipped).
     num_classes=0 returns pooled features (the site model adds its own head).
@@ -50,19 +55,39 @@ def create_backbone(
     kwargs.update(overrides)
     if pretrained == "timm":
         return timm.create_model(model_name, pretrained=True, num_classes=num_classes, **kwargs)
+    checkpoint = bundled_base(name) if pretrained == BUNDLED else pretrained  # fails early if none is shipped
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
-    if pretrained not in ("none", "", None):
-        load_checkpoint(model, pretrained)
+    if checkpoint not in ("none", "", None):
+        load_checkpoint(model, checkpoint)
     return model
+
+
+def shared_base(name: str, pretrained: str = "none", seed: int = 0) -> tuple[nn.Module, str]:
+    """A fresh copy of the shared frozen base and its fingerprint.
+
+    Built once per process and copied after: timm's initialisation, the checkpoint read and the hash are
+    the slow part of every site message for large backbones (seconds for ViT-B/16).
+    """
+    path = Path(pretrained).expanduser()
+    version = path.stat().st_mtime_ns if path.is_file() else 0  # a rewritten checkpoint is a new base
+    base, base_fingerprint = _cached_base(name, pretrained, seed, version)
+    return copy.deepcopy(base), base_fingerprint
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_base(name: str, pretrained: str, seed: int, version: int) -> tuple[nn.Module, str]:
+    model = create_backbone(name, num_classes=0, pretrained=pretrained, seed=seed)
+    return model, fingerprint(model)
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
-            f"backbone checkpoint {path} not found: set model.pretrained to 'none', 'timm' or an existing file"
+            f"backbone checkpoint {path} not found: "
+            "set model.pretrained to 'bundled', 'none', 'timm' or an existing file"
         )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file

@@ -16,7 +16,7 @@ import torch
 from .config import RunConfig
 from .data import SiteData, load_site, parse_sites
 from .lora import Adapter, adapter_updates, get_adapter, inject_svd_lora, set_adapter
-from .models import SiteModel, create_backbone, fingerprint, preset_image_size
+from .models import SiteModel, create_backbone, preset_image_size, shared_base
 from .train import evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,7 @@ def load_site_data(cfg: RunConfig, site_name: str, data_root: str | None = None)
 
 def build_site_model(cfg: RunConfig, num_classes: int, site_name: str = "") -> SiteModel:
     """Shared frozen base (same on every site: seeded or from a checkpoint) + adapter + the site's head."""
-    backbone = create_backbone(cfg.model_name, num_classes=0, pretrained=cfg.pretrained, seed=cfg.seed)
-    base_fingerprint = fingerprint(backbone)
+    backbone, base_fingerprint = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
     # Adapter init and head differ by site, reproducibly, without touching the caller's random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed * 7919 + zlib.crc32(site_name.encode()))
@@ -74,7 +73,7 @@ def train_site(cfg: RunConfig, data: SiteData, merged: Adapter | None, state: Si
         model.head.load_state_dict(state.head)
     if merged is not None:
         set_adapter(model.backbone, merged)
-    train_cfg = cfg.train if not progress else type(cfg.train)(**{**vars(cfg.train), "progress": True})
+    train_cfg = dataclasses.replace(cfg.train, progress=progress)
     result = fit(model, data.train, data.val, data.task, preset_image_size(cfg.model_name), train_cfg)
     adapter = get_adapter(model.backbone, metadata={"site": data.site.name, "base": model.base_fingerprint})
     head = {k: v.clone() for k, v in model.head.state_dict().items()}

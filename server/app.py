@@ -14,13 +14,14 @@ from rich.console import Console
 from fl_medlego.config import RunConfig, parse_run_config, settings_table
 from fl_medlego.data import parse_sites
 from fl_medlego.full_finetune import FULL_WEIGHT_STRATEGY, backbone_template
+from fl_medlego.memory import peak_rss_mb
 from fl_medlego.merging import get_merge
 from fl_medlego.report import summary_table
 from fl_medlego.results import RunResults
 from fl_medlego.site import adapter_template
 
 from .discovery import discover_sites
-from .strategy import FullWeightStrategy, LowRankMergeStrategy, peak_rss_mb
+from .strategy import FullWeightStrategy, LowRankMergeStrategy
 
 log = logging.getLogger(__name__)
 app = ServerApp()

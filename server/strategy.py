@@ -16,20 +16,11 @@ from flwr.serverapp.strategy import FedAvg
 from fl_medlego import wire
 from fl_medlego.full_finetune import average_backbones
 from fl_medlego.lora import Adapter
+from fl_medlego.memory import peak_rss_mb
 from fl_medlego.merging import merge_adapters, normalize_weights
 from fl_medlego.results import RunResults
 
 log = logging.getLogger(__name__)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this (server) process so far, in MB: its VmHWM, not ru_maxrss, which
-    Linux carries over from the parent across fork and exec."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
 
 
 class LowRankMergeStrategy(FedAvg):

@@ -1,10 +1,13 @@
 """Backbones: one shared seeded base, local checkpoints, the GPU preset's adapter shapes (no download)."""
 
+import os
+
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from fl_medlego.config import parse_run_config
-from fl_medlego.models import create_backbone, fingerprint
+from fl_medlego.models import create_backbone, fingerprint, shared_base
 from fl_medlego.site import adapter_template
 
 
@@ -28,3 +31,21 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_vit_base_preset_adapts_q_and_v_of_every_block():
     template = adapter_template(parse_run_config({"model.name": "vit_base_patch16_224"}))
     assert len(template) == 24 and set(template.values()) == {(768, 768)}
+
+
+def test_shared_base_is_built_once_and_handed_out_as_independent_copies():
+    first, fp = shared_base("vit_medmnist_28", "none", 3)
+    assert fp == fingerprint(create_backbone(seed=3)) == fingerprint(first)
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)  # a site that (wrongly) edits its copy
+    second, fp2 = shared_base("vit_medmnist_28", "none", 3)
+    assert fp2 == fp == fingerprint(second) != fingerprint(first)
+
+
+def test_shared_base_sees_a_rewritten_checkpoint(tmp_path):
+    path = tmp_path / "base.safetensors"
+    for seed in (1, 2):
+        source = create_backbone(seed=seed)
+        save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+        os.utime(path, ns=(seed * 10**9, seed * 10**9))  # distinct mtimes even on coarse filesystems
+        assert shared_base("vit_medmnist_28", str(path), 0)[1] == fingerprint(source)
