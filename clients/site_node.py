@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import re
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-
-import tomllib
 
 from fl_medlego.data import canonical_flag, load_medmnist
 from fl_medlego.security import make_site_keys

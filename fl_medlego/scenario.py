@@ -7,9 +7,8 @@
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:

@@ -37,7 +37,7 @@ def make_tls(directory: str | Path, hosts: list[str], days: int = 365) -> dict[s
     `hosts` are the names or IP addresses that sites dial: they go into the certificate's SANs.
     """
     directory = Path(directory)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fl-medlego federation CA")])
     ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
