@@ -124,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
 
-    from .cli_deploy import add_commands
+    from . import cli_deploy, cli_pretrain
 
-    add_commands(sub)
+    cli_deploy.add_commands(sub)
+    cli_pretrain.add_commands(sub)
     return parser
 
 

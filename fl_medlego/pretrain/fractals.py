@@ -1,0 +1,114 @@
+"""FractalDB-style images: each category is an iterated function system (IFS), each image a jittered render.
+
+Kataoka et al., "Pre-training without Natural Images" (ACCV 2020); Nakashima et al. (AAAI 2022).
+A category is 2-4 random contractive affine maps x -> A x + b; an image is the attractor drawn by the
+chaos game. Categories whose attractor fills too little of the canvas (a dot, a line) are rejected, as
+FractalDB's filling-rate filter does. Instances of a category vary the maps' weights (FractalDB's
+intra-category augmentation), the point colours and the background, so a category is a shape, not a colour.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_MAPS = 4
+_SKIP = 16  # first chaos-game points, before the orbit reaches the attractor
+
+
+def _contract(params: np.ndarray, limit: float = 0.95) -> np.ndarray:
+    """Scale every map's linear part so that its largest singular value is at most `limit` (a contraction)."""
+    linear = params[..., :4].reshape(*params.shape[:-1], 2, 2)
+    sigma = np.linalg.svd(linear, compute_uv=False)[..., 0]
+    scale = np.minimum(1.0, limit / np.maximum(sigma, 1e-12))
+    out = params.copy()
+    out[..., :4] *= scale[..., None]
+    return out
+
+
+def _map_probabilities(params: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Chaos-game probabilities proportional to each map's |det| (its area), as in FractalDB."""
+    det = np.abs(params[..., 0] * params[..., 3] - params[..., 1] * params[..., 2]) + 1e-3
+    det = np.where(used, det, 0.0)
+    return det / det.sum(-1, keepdims=True)
+
+
+def chaos_game(params: np.ndarray, probs: np.ndarray, n_points: int, rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Orbits of a batch of IFS: points (n_points, B, 2) and the map that drew each point (n_points, B)."""
+    batch = len(params)
+    choice = (rng.random((n_points + _SKIP, batch, 1)) > probs.cumsum(-1)[None]).sum(-1)
+    choice = np.minimum(choice, params.shape[1] - 1)
+    rows = np.arange(batch)
+    xy = np.zeros((batch, 2))
+    points = np.empty((n_points + _SKIP, batch, 2))
+    for t in range(n_points + _SKIP):
+        p = params[rows, choice[t]]
+        xy = np.stack([p[:, 0] * xy[:, 0] + p[:, 1] * xy[:, 1] + p[:, 4],
+                       p[:, 2] * xy[:, 0] + p[:, 3] * xy[:, 1] + p[:, 5]], axis=1)
+        points[t] = xy
+    return points[_SKIP:], choice[_SKIP:]
+
+
+def _pixels(points: np.ndarray, size: int, margin: float = 0.08) -> np.ndarray:
+    """Flat pixel index of every point, the attractor fitted into the canvas (aspect kept)."""
+    low, high = points.min(0), points.max(0)
+    extent = (high - low).max(-1, keepdims=True) + 1e-9
+    unit = (points - low) / extent  # in [0, 1] along the longer side
+    unit = margin + unit * (1 - 2 * margin) + (1 - 2 * margin) * (1 - (high - low) / extent) / 2
+    ij = np.clip((unit * size).astype(np.int64), 0, size - 1)
+    return ij[..., 1] * size + ij[..., 0]
+
+
+def fill_rates(params: np.ndarray, size: int = 32, n_points: int = 1500, seed: int = 0) -> np.ndarray:
+    """Fraction of the canvas each IFS's attractor covers."""
+    used = np.abs(params).sum(-1) > 0
+    points, _ = chaos_game(params, _map_probabilities(params, used), n_points, np.random.default_rng(seed))
+    flat = _pixels(points, size)
+    return np.array([np.unique(flat[:, b]).size / size**2 for b in range(len(params))])
+
+
+def sample_categories(num: int, rng: np.random.Generator, min_fill: float = 0.12, size: int = 32) -> np.ndarray:
+    """`num` IFS categories as an array (num, MAX_MAPS, 6) of affine maps (a, b, c, d, e, f); unused maps are 0."""
+    kept: list[np.ndarray] = []
+    while len(kept) < num:
+        candidates = rng.uniform(-1, 1, (256, MAX_MAPS, 6))
+        n_maps = rng.integers(2, MAX_MAPS + 1, 256)
+        candidates[np.arange(MAX_MAPS)[None, :] >= n_maps[:, None]] = 0.0
+        candidates = _contract(candidates)
+        fill = fill_rates(candidates, size, seed=int(rng.integers(1 << 31)))
+        kept.extend(candidates[fill >= min_fill])
+    return np.stack(kept[:num])
+
+
+def render(categories: np.ndarray, labels: np.ndarray, rng: np.random.Generator, size: int = 32,
+           n_points: int = 1200, jitter: float = 0.15) -> np.ndarray:
+    """uint8 images (B, size, size, 3): one jittered, coloured instance of each labelled category."""
+    params = categories[labels].copy()
+    used = np.abs(params).sum(-1) > 0
+    params *= rng.uniform(1 - jitter, 1 + jitter, params.shape)
+    params = _contract(params)
+    points, choice = chaos_game(params, _map_probabilities(params, used), n_points, rng)
+    flat = _pixels(points, size)  # (n, B)
+    batch = len(labels)
+    palette = rng.uniform(0.3, 1.0, (batch, MAX_MAPS, 3))  # one colour per map: texture within the shape
+    colours = palette[np.arange(batch)[None, :], choice]  # (n, B, 3)
+    index = (flat + np.arange(batch)[None, :] * size * size).ravel()
+    counts = np.bincount(index, minlength=batch * size * size).reshape(batch, size, size, 1)
+    sums = np.stack([np.bincount(index, colours[..., c].ravel(), minlength=batch * size * size)
+                     for c in range(3)], -1).reshape(batch, size, size, 3)
+    foreground = sums / np.maximum(counts, 1)
+    background = rng.uniform(0.0, 0.25, (batch, 1, 1, 3))
+    image = np.where(counts > 0, foreground, background)
+    return (image * 255).round().astype(np.uint8)
+
+
+def fractal_dataset(num_categories: int, per_category: int, seed: int, size: int = 32,
+                    batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """A FractalDB-like set: images (N, size, size, 3) uint8 and their category labels (N,)."""
+    rng = np.random.default_rng(seed)
+    categories = sample_categories(num_categories, rng, size=size)
+    labels = np.repeat(np.arange(num_categories), per_category)
+    rng.shuffle(labels)
+    images = np.concatenate([render(categories, labels[i:i + batch], rng, size)
+                             for i in range(0, len(labels), batch)])
+    return images, labels
