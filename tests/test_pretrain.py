@@ -70,7 +70,7 @@ def test_simclr_loss_is_low_for_matching_views_and_high_for_mismatched():
     assert matched < mismatched - 1.0
 
 
-@pytest.mark.parametrize("recipe", ["fractal-sup", "natural-simclr"])
+@pytest.mark.parametrize("recipe", ["fractal-sup", "natural-simclr", "mixed-mim"])
 def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path, recipe):
     settings = PretrainSettings(recipe, steps=4, batch_size=8, images=64)
     straight = pretrain(settings, tmp_path / "straight", save_every=2, progress=False)

@@ -38,3 +38,30 @@ class SimCLRObjective(nn.Module):
         similarity.fill_diagonal_(float("-inf"))
         positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
         return F.cross_entropy(similarity, positives)
+
+
+class MaskedImageObjective(nn.Module):
+    """SimMIM (Xie et al., CVPR 2022): hide random patches behind a learnt mask token, predict their pixels.
+
+    Unlike the two objectives above it asks the features to keep the image's content rather than to
+    discard what augmentation changes (colour, position), which matters when the base stays frozen.
+    """
+
+    def __init__(self, backbone: nn.Module, mask_ratio: float = 0.6) -> None:
+        super().__init__()
+        self.patch = backbone.patch_embed.patch_size[0]
+        width = backbone.num_features
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.decoder = nn.Linear(width, self.patch * self.patch * 3)
+        self.mask_ratio = mask_ratio
+
+    def forward(self, backbone: nn.Module, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        tokens = backbone.patch_embed(images)  # (B, L, C)
+        masked = torch.rand(tokens.shape[:2], generator=generator) < self.mask_ratio
+        tokens = torch.where(masked[..., None], self.mask_token.to(tokens.dtype), tokens)
+        x = backbone.norm(backbone.blocks(backbone.norm_pre(backbone._pos_embed(tokens))))
+        predicted = self.decoder(x[:, backbone.num_prefix_tokens:])
+        p = self.patch
+        target = F.unfold(images, kernel_size=p, stride=p).transpose(1, 2)  # (B, L, 3 * p * p), channel-major
+        return (predicted - target).abs().mean(-1)[masked].mean()

@@ -18,7 +18,7 @@ class Recipe:
     name: str
     summary: str
     source: str  # "fractal", "procedural", "natural" or "mixed"
-    objective: str  # "supervised" (needs category labels) or "simclr"
+    objective: str  # "supervised" (needs category labels), "simclr" or "mim" (masked image modelling)
     images: int  # size of the generated pretraining set
     categories: int = 0  # fractal categories (supervised)
     lr: float = 1e-3
@@ -36,6 +36,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            source="natural", objective="simclr", images=64_000),
     Recipe("mixed-simclr", "SimCLR on fractals, procedural images and photograph crops together",
            source="mixed", objective="simclr", images=64_000),
+    Recipe("mixed-mim", "SimMIM masked-patch reconstruction on fractals, procedural images and photograph crops",
+           source="mixed", objective="mim", images=64_000, augment=AugmentConfig(min_scale=0.6, colour=0.2)),
 ]}
 
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..models import create_backbone, fingerprint, preset_image_size
 from .augment import augment
-from .objectives import SimCLRObjective, SupervisedObjective
+from .objectives import MaskedImageObjective, SimCLRObjective, SupervisedObjective
 from .recipes import build_images, get_recipe
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,8 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
         torch.manual_seed(settings.seed)
         if recipe.objective == "supervised":
             objective = SupervisedObjective(backbone.num_features, recipe.categories)
+        elif recipe.objective == "mim":
+            objective = MaskedImageObjective(backbone)
         else:
             objective = SimCLRObjective(backbone.num_features)
     params = [*backbone.parameters(), *objective.parameters()]
@@ -129,6 +131,8 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
             if recipe.objective == "supervised":
                 x = augment(images[batch], image_size, recipe.augment, generator)
                 loss = objective(backbone(x), labels[batch])
+            elif recipe.objective == "mim":
+                loss = objective(backbone, augment(images[batch], image_size, recipe.augment, generator), generator)
             else:
                 views = torch.cat([augment(images[batch], image_size, recipe.augment, generator) for _ in range(2)])
                 loss = objective(backbone(views))
