@@ -97,7 +97,7 @@ def merge_many(adapters):
 
 
 def child(case: dict) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(case.get("threads", 2))
     if case["method"] == "vit_b":
         merge_many(vit_b_sites(2))  # warm-up
         out = measure(merge_many, vit_b_sites(case["n"]))
@@ -138,25 +138,34 @@ def cases(quick: bool) -> list[dict]:
     return grid
 
 
+def many_sites(n: int, threads: int) -> None:
+    many = run_child("benchmarks.merge", {"method": "vit_b", "n": n, "threads": threads})
+    dense_gb = n * 24 * 768 * 768 * 4 / 2**30
+    print(f"medlego, {n} ViT-B/16 rank-4 adapters (24 matrices of 768 x 768): "
+          f"{many['seconds']:.2f} s, peak extra memory {many['peak_mb']:.0f} MB "
+          f"(their dense updates would take {dense_gb:.0f} GiB)", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "merge_vit_b.json").write_text(json.dumps({"sites": n, "threads": threads, **many,
+                                                          "dense_updates_gib": dense_gb}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--peft", action="store_true", help="also time PEFT's svd combination (needs peft)")
     parser.add_argument("--vit-b-sites", type=int, default=1000, help="sites in the ViT-B/16 many-site case")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in every measured process")
+    parser.add_argument("--skip-vit-b", action="store_true", help="leave out the 1000-site ViT-B/16 case")
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child))
-    many = run_child("benchmarks.merge", {"method": "vit_b", "n": args.vit_b_sites})
-    dense_gb = args.vit_b_sites * 24 * 768 * 768 * 4 / 2**30
-    print(f"medlego, {args.vit_b_sites} ViT-B/16 rank-4 adapters (24 matrices of 768 x 768): "
-          f"{many['seconds']:.2f} s, peak extra memory {many['peak_mb']:.0f} MB "
-          f"(their dense updates would take {dense_gb:.0f} GiB)", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "merge_vit_b.json").write_text(json.dumps({"sites": args.vit_b_sites, **many,
-                                                          "dense_updates_gib": dense_gb}, indent=2))
+    torch.set_num_threads(args.threads)
+    if not args.skip_vit_b:
+        many_sites(args.vit_b_sites, args.threads)
     rows = []
     for case in cases(args.quick):
+        case["threads"] = args.threads
         d, R = case["d"], sum(case["ranks"])
         row = {"d": d, "n": case["n"], "rank": case["rank"], "R": R}
         if 8 * 2 * d * R > FACTOR_BYTES_LIMIT:
@@ -177,7 +186,7 @@ def main() -> None:
             row["note"] = f"dense path not run at d={d}, N={case['n']} (see DENSE_LIMIT_D)"
         rows.append(row)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-    write(rows)
+        write(rows)  # after every case: an interrupted grid keeps what it measured
 
 
 def write(rows: list[dict]) -> None:
@@ -215,6 +224,7 @@ def write(rows: list[dict]) -> None:
     m.set_ylabel("peak extra memory (MB)")
     fig.tight_layout()
     fig.savefig(RESULTS / "merge.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
