@@ -56,11 +56,11 @@ def cmd_evaluate_base(args) -> int:
 
 
 def cmd_ship_base(args) -> int:
-    from .bases import bundled_base
+    from .bases import bundled_base_path
     from .pretrain.card import ship_base
 
     candidates = dict(item.partition("=")[::2] for item in args.candidate or [])
-    destination = Path(args.to) if args.to else bundled_base(args.model).with_suffix("")
+    destination = Path(args.to) if args.to else bundled_base_path(args.model).with_suffix("")
     next_steps = Path(args.next_steps).read_text() if args.next_steps else ""
     weights, card = ship_base(args.run_dir, args.eval, args.name, destination, candidates, next_steps)
     console.print(f"wrote {weights} and its card {card}")

@@ -24,7 +24,7 @@ DEFAULTS: dict[str, object] = {
     "round-timeout": 1800,
     "node-wait-timeout": 120,
     "model.name": "vit_medmnist_28",
-    "model.pretrained": "none",
+    "model.pretrained": "bundled",
     "lora.rank": 4,
     "lora.alpha": 8.0,
     "lora.targets": "attn.qkv",
