@@ -157,18 +157,24 @@ def main() -> None:
     parser.add_argument("--vit-b-sites", type=int, default=1000, help="sites in the ViT-B/16 many-site case")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every measured process")
     parser.add_argument("--skip-vit-b", action="store_true", help="leave out the 1000-site ViT-B/16 case")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of benchmarks/results/merge.csv and measure only the cases it lacks")
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child))
     torch.set_num_threads(args.threads)
     if not args.skip_vit_b:
         many_sites(args.vit_b_sites, args.threads)
-    rows = []
+    rows = read_rows() if args.resume else []
+    done = {(row["d"], row["n"], row["rank"]) for row in rows}
     for case in cases(args.quick):
+        if (case["d"], case["n"], case["rank"]) in done:
+            continue
         case["threads"] = args.threads
         d, R = case["d"], sum(case["ranks"])
         row = {"d": d, "n": case["n"], "rank": case["rank"], "R": R}
-        if 8 * 2 * d * R > FACTOR_BYTES_LIMIT:
+        # In the dense regime (R >= d) the merge accumulates the sum chunk by chunk: its memory is the matrix's.
+        if R < d and 8 * 2 * d * R > FACTOR_BYTES_LIMIT:
             row["note"] = f"skipped: stacked factors need {16 * d * R / 2**30:.1f} GiB"
             rows.append(row)
             print(row, flush=True)
@@ -186,10 +192,30 @@ def main() -> None:
             row["note"] = f"dense path not run at d={d}, N={case['n']} (see DENSE_LIMIT_D)"
         rows.append(row)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-        write(rows)  # after every case: an interrupted grid keeps what it measured
+        write(rows)  # after every case: an interrupted grid keeps what it measured (and --resume goes on from it)
+
+
+def read_rows() -> list[dict]:
+    """The rows of an earlier (possibly interrupted) grid, numbers parsed back, empty cells dropped."""
+    path = RESULTS / "merge.csv"
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row = {key: value for key, value in raw.items() if value != ""}
+            for key in row:
+                if key in ("d", "n", "R"):
+                    row[key] = int(row[key])
+                elif key not in ("rank", "note"):
+                    row[key] = float(row[key])
+            rows.append(row)
+    return rows
 
 
 def write(rows: list[dict]) -> None:
+    order = {(c["d"], c["n"], c["rank"]): i for i, c in enumerate(cases(quick=False))}
+    rows.sort(key=lambda row: order.get((row["d"], row["n"], row["rank"]), len(order)))
     RESULTS.mkdir(parents=True, exist_ok=True)
     fields = ["d", "n", "rank", "R", "medlego_s", "dense_s", "peft_s", "speedup", "medlego_mb", "dense_mb",
               "peft_mb", "rel_error", "note"]

@@ -5,7 +5,7 @@ import torch
 
 from fl_medlego.lora import Adapter, Factors
 from fl_medlego.merging import get_merge, list_merges, merge_adapters
-from fl_medlego.merging._lowrank import energy_rank, svd_of_sum
+from fl_medlego.merging._lowrank import dense_sum, energy_rank, svd_of_sum
 
 from conftest import random_factors
 
@@ -86,6 +86,14 @@ def test_medlego_dense_path_when_stacked_rank_is_large(rng):
     factors = [random_factors(6, 5, 4, rng, torch.float64) for _ in range(3)]  # R = 12 >= min(6, 5)
     merged = merge_one(factors, energy=1.0)
     torch.testing.assert_close(merged.delta(), dense_reference(factors, [1 / 3] * 3, 1.0), rtol=1e-9, atol=1e-9)
+
+
+def test_dense_sum_over_chunks_of_sites_is_the_weighted_sum(rng):
+    # min(d) = 12 gives chunks of stacked rank <= 3: ranks 1..4 make chunks of one, two and three sites.
+    factors = [random_factors(16, 12, r, rng, torch.float64) for r in (1, 1, 1, 2, 1, 4, 3, 2, 1)]
+    weights = torch.rand(len(factors), generator=rng, dtype=torch.float64)
+    expected = sum(w * f.delta() for f, w in zip(factors, weights))
+    torch.testing.assert_close(dense_sum(factors, weights), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_lora_avg_averages_each_factor(rng):

@@ -4,6 +4,9 @@ Stack U = [w_1 B_1 diag(E_1), ..., w_N B_N diag(E_N)] (d_out x R) and V = [A_1; 
 so that sum_i w_i D_i = U V. With thin QRs U = Q_u R_u and V^T = Q_v R_v, the SVD of the small core
 R_u R_v^T = P S T^T gives U V = (Q_u P) S (Q_v T)^T exactly, in O((d_out + d_in) R^2 + R^3) time
 and O((d_out + d_in) R) memory (method.md section 2). Everything runs in float64.
+
+When R >= min(d_out, d_in) the stacked factors are larger than the matrix itself: there the sum is
+accumulated from chunks of sites (memory of the matrix plus one chunk) and decomposed densely.
 """
 
 from __future__ import annotations
@@ -29,8 +32,32 @@ def is_dense_regime(d_out: int, d_in: int, stacked_rank: int) -> bool:
     return stacked_rank >= min(d_out, d_in)
 
 
+def dense_sum(factors: list[Factors], weights: torch.Tensor) -> torch.Tensor:
+    """sum_i w_i D_i as a float64 d_out x d_in matrix, stacking a chunk of sites at a time.
+
+    A chunk's stacked rank stays near min(d_out, d_in) / 4, so its factors take at most half the
+    memory of the result: the peak is about the matrix, whatever the number of sites.
+    """
+    d_out, d_in = factors[0].shape
+    chunk_rank = max(min(d_out, d_in) // 4, 1)
+    total = torch.zeros(d_out, d_in, dtype=torch.float64)
+    start = 0
+    while start < len(factors):
+        stop, rank = start, 0
+        while stop < len(factors) and (stop == start or rank + factors[stop].rank <= chunk_rank):
+            rank += factors[stop].rank
+            stop += 1
+        U, V = stack_factors(factors[start:stop], weights[start:stop])
+        total.addmm_(U, V)
+        start = stop
+    return total
+
+
 def svd_of_sum(factors: list[Factors], weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD (U, S, Vh) of sum_i w_i D_i, float64, with at most R = sum r_i triplets."""
+    """Thin SVD (U, S, Vh) of sum_i w_i D_i, float64, with at most min(R, d_out, d_in) triplets."""
+    d_out, d_in = factors[0].shape
+    if is_dense_regime(d_out, d_in, sum(f.rank for f in factors)):
+        return torch.linalg.svd(dense_sum(factors, weights), full_matrices=False)
     return svd_of_product(*stack_factors(factors, weights))
 
 

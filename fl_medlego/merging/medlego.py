@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from ..lora.factors import Factors
-from ._lowrank import energy_rank, is_dense_regime, stack_factors, svd_of_product, svd_of_sum
+from ._lowrank import dense_sum, energy_rank, is_dense_regime, stack_factors, svd_of_product, svd_of_sum
 from ._registry import register_merge
 
 
@@ -40,8 +40,8 @@ def medlego_batched(matrices: list[list[Factors]], weights: torch.Tensor, option
     """The same merge for many matrices of one shape and rank pattern at once (batched QR and SVD)."""
     d_out, d_in = matrices[0][0].shape
     if is_dense_regime(d_out, d_in, sum(f.rank for f in matrices[0])):
-        # Form each d_out x d_in sum from its stacked factors (never the N per-site updates), SVD them together.
-        dense = torch.stack([torch.matmul(*stack_factors(factors, weights)) for factors in matrices])
+        # Form each d_out x d_in sum chunk by chunk (never the N per-site updates), SVD them together.
+        dense = torch.stack([dense_sum(factors, weights) for factors in matrices])
         U, S, Vh = torch.linalg.svd(dense, full_matrices=False)
     else:
         stacked = [stack_factors(factors, weights) for factors in matrices]
