@@ -14,7 +14,7 @@ from fl_medlego.pretrain import evaluate as protocol
 from fl_medlego.pretrain.augment import AugmentConfig, augment
 from fl_medlego.pretrain.card import ship_base
 from fl_medlego.pretrain.evaluate import file_sha256
-from fl_medlego.pretrain.fractals import fill_rates, render, sample_categories
+from fl_medlego.pretrain.fractals import fill_rates, fractal_dataset, render, sample_categories
 from fl_medlego.pretrain.natural import SOURCES, random_crops
 from fl_medlego.pretrain.objectives import SimCLRObjective
 from fl_medlego.pretrain.procedural import dead_leaves, procedural_dataset, spectral_noise
@@ -36,6 +36,22 @@ def test_fractal_instances_share_a_shape_and_categories_differ():
     same = (masks[0] & masks[1]).sum() / (masks[0] | masks[1]).sum()
     other = (masks[0] & masks[2]).sum() / (masks[0] | masks[2]).sum()
     assert same > other
+
+
+def test_colour_scheme_categories_pair_a_shape_with_a_fixed_palette():
+    images, labels = fractal_dataset(6, 8, seed=0, colour_schemes=3)  # 2 shapes x 3 palettes
+    assert sorted(set(labels.tolist())) == list(range(6))
+    masks = images.max(-1) > 0.3 * 255
+
+    def mean_colour(label):  # mean foreground colour of every image of a category
+        return np.stack([images[i][masks[i]].mean(0) for i in np.flatnonzero(labels == label)])
+
+    # One category (shape 0, palette 0) keeps its colours; the same shape in palette 1 (label 1) differs.
+    spread = np.abs(mean_colour(0) - mean_colour(0).mean(0)).mean()
+    other = np.abs(mean_colour(1).mean(0) - mean_colour(0).mean(0)).mean()
+    assert spread < other
+    with pytest.raises(ValueError, match="colour schemes"):
+        fractal_dataset(7, 2, seed=0, colour_schemes=3)
 
 
 def test_procedural_and_natural_images_are_seeded_uint8_rgb():

@@ -5,6 +5,11 @@ A category is 2-4 random contractive affine maps x -> A x + b; an image is the a
 chaos game. Categories whose attractor fills too little of the canvas (a dot, a line) are rejected, as
 FractalDB's filling-rate filter does. Instances of a category vary the maps' weights (FractalDB's
 intra-category augmentation), the point colours and the background, so a category is a shape, not a colour.
+
+With `colour_schemes` = k > 0 a category is a (shape, colour scheme) pair instead: each of k fixed palettes
+gives every map of the shape its colour, so telling categories apart needs the shape *and* the colours
+(features that keep colour, which frozen-base adapters on stained tissue need), and no shortcut through
+colour alone exists because every palette is used by every shape.
 """
 
 from __future__ import annotations
@@ -81,8 +86,11 @@ def sample_categories(num: int, rng: np.random.Generator, min_fill: float = 0.12
 
 
 def render(categories: np.ndarray, labels: np.ndarray, rng: np.random.Generator, size: int = 32,
-           n_points: int = 1200, jitter: float = 0.15) -> np.ndarray:
-    """uint8 images (B, size, size, 3): one jittered, coloured instance of each labelled category."""
+           n_points: int = 1200, jitter: float = 0.15, palettes: np.ndarray | None = None) -> np.ndarray:
+    """uint8 images (B, size, size, 3): one jittered, coloured instance of each labelled category.
+
+    `palettes` (B, MAX_MAPS, 3) in [0, 1] fixes the colour of every map per image; None draws them at random.
+    """
     params = categories[labels].copy()
     used = np.abs(params).sum(-1) > 0
     params *= rng.uniform(1 - jitter, 1 + jitter, params.shape)
@@ -90,7 +98,10 @@ def render(categories: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     points, choice = chaos_game(params, _map_probabilities(params, used), n_points, rng)
     flat = _pixels(points, size)  # (n, B)
     batch = len(labels)
-    palette = rng.uniform(0.3, 1.0, (batch, MAX_MAPS, 3))  # one colour per map: texture within the shape
+    if palettes is None:
+        palette = rng.uniform(0.3, 1.0, (batch, MAX_MAPS, 3))  # one colour per map: texture within the shape
+    else:  # label-preserving: the scheme's colours, slightly jittered per instance
+        palette = np.clip(palettes * rng.uniform(0.9, 1.1, (batch, 1, 1)), 0.0, 1.0)
     colours = palette[np.arange(batch)[None, :], choice]  # (n, B, 3)
     index = (flat + np.arange(batch)[None, :] * size * size).ravel()
     counts = np.bincount(index, minlength=batch * size * size).reshape(batch, size, size, 1)
@@ -102,13 +113,23 @@ def render(categories: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     return (image * 255).round().astype(np.uint8)
 
 
-def fractal_dataset(num_categories: int, per_category: int, seed: int, size: int = 32,
-                    batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """A FractalDB-like set: images (N, size, size, 3) uint8 and their category labels (N,)."""
+def fractal_dataset(num_categories: int, per_category: int, seed: int, size: int = 32, batch: int = 512,
+                    colour_schemes: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A FractalDB-like set: images (N, size, size, 3) uint8 and their category labels (N,).
+
+    With colour_schemes = k > 0, the categories are num_categories / k shapes times k palettes
+    (label = shape * k + palette).
+    """
     rng = np.random.default_rng(seed)
-    categories = sample_categories(num_categories, rng, size=size)
+    schemes = max(colour_schemes, 1)
+    if num_categories % schemes:
+        raise ValueError(f"{num_categories} categories do not split into {colour_schemes} colour schemes")
+    shapes = sample_categories(num_categories // schemes, rng, size=size)
+    # Drawn only when asked for, so that the colourful recipes' sets stay what they were.
+    palettes = rng.uniform(0.3, 1.0, (schemes, MAX_MAPS, 3)) if colour_schemes else None
     labels = np.repeat(np.arange(num_categories), per_category)
     rng.shuffle(labels)
-    images = np.concatenate([render(categories, labels[i:i + batch], rng, size)
-                             for i in range(0, len(labels), batch)])
+    images = np.concatenate([
+        render(shapes, part // schemes, rng, size, palettes=palettes[part % schemes] if colour_schemes else None)
+        for part in (labels[i:i + batch] for i in range(0, len(labels), batch))])
     return images, labels

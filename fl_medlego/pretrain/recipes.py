@@ -21,6 +21,7 @@ class Recipe:
     objective: str  # "supervised" (needs category labels), "simclr" or "mim" (masked image modelling)
     images: int  # size of the generated pretraining set
     categories: int = 0  # fractal categories (supervised)
+    colour_schemes: int = 0  # fractal categories are shapes x this many fixed palettes (0: random colours)
     lr: float = 1e-3
     weight_decay: float = 0.05
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -30,6 +31,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("fractal-sup", "FractalDB-style: classify IFS fractal categories (colour, instance jitter)",
            source="fractal", objective="supervised", images=64_000, categories=640,
            augment=AugmentConfig(min_scale=0.6, colour=0.3, grey=0.3)),
+    Recipe("fractal-colour-sup", "FractalDB-style, colour kept: classify (IFS shape, fixed palette) pairs, "
+           "no colour jitter", source="fractal", objective="supervised", images=64_000, categories=640,
+           colour_schemes=4, augment=AugmentConfig(min_scale=0.6, colour=0.0, grey=0.0)),
     Recipe("procedural-simclr", "SimCLR on dead-leaves and 1/f-noise images (Baradad et al. 2021)",
            source="procedural", objective="simclr", images=64_000),
     Recipe("natural-simclr", "SimCLR on crops of 12 public-domain / CC0 photographs (Asano et al. 2020)",
@@ -55,7 +59,7 @@ def build_images(recipe: Recipe, seed: int, size: int = 32) -> tuple[np.ndarray,
 
     if recipe.source == "fractal":
         per_category = max(1, recipe.images // recipe.categories)
-        return fractal_dataset(recipe.categories, per_category, seed, size)
+        return fractal_dataset(recipe.categories, per_category, seed, size, colour_schemes=recipe.colour_schemes)
     if recipe.source == "procedural":
         return procedural_dataset(recipe.images, seed, size), None
     if recipe.source == "natural":
