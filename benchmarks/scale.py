@@ -3,8 +3,13 @@
     python -m benchmarks.scale --data-root PATH_TO_MEDMNIST [--sites 10,100,1000]
 
 Each run is one `flwr run scenarios/many_sites` round over organA split into N sites (16 training
-and 8 validation / test images per site, rank 4), on 4 simulated nodes. Round time and the
+and 8 validation / test images per site, rank 4). By default every site is its own simulated node, as
+at real hospitals; `--sites-per-node K` packs K sites on a node instead. Round time and the
 ServerApp's peak RSS come from the run's metrics.jsonl ("round" event). Writes results/scale.csv/png.
+
+A node keeps its sites' state (heads, specialist adapters) in its Flower context, and the simulation
+hands that context to and from a Ray worker with every message: the table also shows what one such
+round trip (pickled both ways) costs for the node's number of sites.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -22,14 +29,40 @@ from benchmarks._isolate import ROOT
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def one(n: int, data_root: str) -> dict:
+def context_round_trip_s(sites_on_node: int, repeats: int = 3) -> float:
+    """Seconds to pickle and unpickle a node's Context holding the state of `sites_on_node` organA sites."""
+    import torch
+    from flwr.app import Context, RecordDict
+
+    from fl_medlego.clients.state import save_state
+    from fl_medlego.config import parse_run_config
+    from fl_medlego.lora import Adapter, Factors
+    from fl_medlego.site import SiteState, adapter_template
+
+    template = adapter_template(parse_run_config({}))
+    width = next(iter(template.values()))[1]
+    head = {"weight": torch.randn(11, width), "bias": torch.randn(11)}  # organA: 11 classes
+    specialist = Adapter({name: Factors(torch.randn(o, 4), torch.rand(4), torch.randn(4, i))
+                          for name, (o, i) in template.items()})
+    state = RecordDict()
+    for site in range(sites_on_node):
+        save_state(state, f"organa-{site}", SiteState(head, specialist, head))
+    context = Context(run_id=1, node_id=1, node_config={}, state=state, run_config={})
+    start = time.perf_counter()
+    for _ in range(repeats):
+        pickle.loads(pickle.dumps(context))
+    return (time.perf_counter() - start) / repeats
+
+
+def one(n: int, data_root: str, sites_per_node: int) -> dict:
+    nodes = math.ceil(n / sites_per_node)
     with tempfile.TemporaryDirectory() as tmp:
         config = (f"sites='organa:{n}' data.root='{data_root}' data.max-train=16 data.max-eval=8 num-rounds=1 "
                   f"train.local-epochs=1 lora.site-ranks='' output-dir='{tmp}/outputs'")
         with local_flower(Path(tmp)) as env:
             start = time.perf_counter()
             result = flwr_run(env, "many_sites", config, timeout_s=5400,
-                              federation_config="num-supernodes=4 client-resources-num-cpus=1")
+                              federation_config=f"num-supernodes={nodes} client-resources-num-cpus=1")
             total = time.perf_counter() - start
         status = result["run"].get("status")
         if status != "finished:completed":
@@ -37,18 +70,23 @@ def one(n: int, data_root: str) -> dict:
         (run_dir,) = Path(tmp, "outputs").iterdir()
         events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         rounds = [e for e in events if e["event"] == "round"]
-        return {"sites": n, "round_s": rounds[-1]["seconds"], "server_peak_rss_mb": rounds[-1]["server_peak_rss_mb"],
-                "run_wall_s": round(total, 1), "merged": sum(e["event"] == "train" for e in events)}
+        return {"sites": n, "nodes": nodes, "round_s": rounds[-1]["seconds"],
+                "per_site_s": round(rounds[-1]["seconds"] / n, 3),
+                "server_peak_rss_mb": rounds[-1]["server_peak_rss_mb"], "run_wall_s": round(total, 1),
+                "merged": sum(e["event"] == "train" for e in events),
+                "context_round_trip_ms": round(1000 * context_round_trip_s(math.ceil(n / nodes)), 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-root", required=True, help="folder with organamnist.npz (full MedMNIST)")
     parser.add_argument("--sites", default="10,100,1000")
+    parser.add_argument("--sites-per-node", type=int, default=1,
+                        help="sites hosted by one simulated node (1: one node per site, as in a real federation)")
     args = parser.parse_args()
     rows = []
     for n in [int(s) for s in args.sites.split(",")]:
-        rows.append(one(n, str(Path(args.data_root).resolve())))
+        rows.append(one(n, str(Path(args.data_root).resolve()), args.sites_per_node))
         print(rows[-1], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "scale.csv", "w", newline="") as f:
