@@ -101,6 +101,16 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path, recipe):
     assert straight["fingerprint"] != fingerprint(create_backbone(seed=0))  # training changed the weights
 
 
+def test_device_auto_falls_back_to_cpu_and_a_missing_gpu_is_named(monkeypatch):
+    from fl_medlego.pretrain.runner import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA GPU.*--device cpu"):
+        resolve_device("cuda")
+
+
 def test_resume_with_other_settings_is_refused_and_keeps_the_run(tmp_path):
     pretrain(PretrainSettings("natural-simclr", steps=1, batch_size=4, images=16), tmp_path, progress=False)
     before = (tmp_path / "checkpoint.pt").read_bytes()

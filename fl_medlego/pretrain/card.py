@@ -90,7 +90,8 @@ def ship_base(run_dir: str | Path, eval_dir: str | Path, name: str, destination:
         f"- Data: {report['pretraining_images']:,} images at 32 px, {report['images_seen']:,} seen in training. "
         + _DATA[recipe["source"]],
         "- No patient image, no MedMNIST image and no download was used at any point.",
-        f"- Seed {s['seed']}; hardware {report['hardware']}, {report['threads']} torch thread(s), "
+        f"- Seed {s['seed']}; hardware {report['hardware']}, trained on {report.get('device', 'cpu')} with "
+        f"{report['threads']} torch thread(s), "
         f"torch {report['torch']}; pretraining wall time {report['train_wall_s'] / 60:.1f} min; final loss "
         f"{report['final_loss']}.",
         "- Licence of the weights: Apache-2.0, as the project.",

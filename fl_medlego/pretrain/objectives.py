@@ -36,7 +36,7 @@ class SimCLRObjective(nn.Module):
         n = len(z) // 2
         similarity = z @ z.T / self.temperature
         similarity.fill_diagonal_(float("-inf"))
-        positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+        positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
         return F.cross_entropy(similarity, positives)
 
 
@@ -58,7 +58,8 @@ class MaskedImageObjective(nn.Module):
 
     def forward(self, backbone: nn.Module, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         tokens = backbone.patch_embed(images)  # (B, L, C)
-        masked = torch.rand(tokens.shape[:2], generator=generator) < self.mask_ratio
+        # Drawn on the CPU from the run's seeded generator, whatever device the model is on.
+        masked = (torch.rand(tokens.shape[:2], generator=generator) < self.mask_ratio).to(tokens.device)
         tokens = torch.where(masked[..., None], self.mask_token.to(tokens.dtype), tokens)
         x = backbone.norm(backbone.blocks(backbone.norm_pre(backbone._pos_embed(tokens))))
         predicted = self.decoder(x[:, backbone.num_prefix_tokens:])

@@ -79,13 +79,27 @@ def _save_atomic(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> the GPU when torch sees one, else the CPU; a named device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
+    return device
+
+
 def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 100, progress: bool = True,
-             stop_after: int | None = None) -> dict | None:
+             stop_after: int | None = None, device: str = "cpu") -> dict | None:
     """Run (or resume) a pretraining; returns the contents of `pretrain.json`.
 
     `stop_after` ends this call at that step, checkpointed, and returns None: a long run can be done in pieces.
+    `device` ("cpu", "cuda", "auto") is where the model trains; images, batches and augmentation draws are
+    made on the CPU from seeded generators, so the data a run sees does not depend on the device (a
+    resume may change device).
     """
     out = Path(out_dir)
+    where = resolve_device(device)
     _check_settings(out, settings)
     recipe = get_recipe(settings.recipe)
     if settings.images:
@@ -107,6 +121,8 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
             objective = MaskedImageObjective(backbone)
         else:
             objective = SimCLRObjective(backbone.num_features)
+    backbone.to(where)
+    objective.to(where)
     params = [*backbone.parameters(), *objective.parameters()]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
@@ -129,13 +145,14 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
             generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
             batch = torch.randint(0, len(images), (settings.batch_size,), generator=generator)
             if recipe.objective == "supervised":
-                x = augment(images[batch], image_size, recipe.augment, generator)
-                loss = objective(backbone(x), labels[batch])
+                x = augment(images[batch], image_size, recipe.augment, generator).to(where)
+                loss = objective(backbone(x), labels[batch].to(where))
             elif recipe.objective == "mim":
-                loss = objective(backbone, augment(images[batch], image_size, recipe.augment, generator), generator)
+                x = augment(images[batch], image_size, recipe.augment, generator).to(where)
+                loss = objective(backbone, x, generator)
             else:
                 views = torch.cat([augment(images[batch], image_size, recipe.augment, generator) for _ in range(2)])
-                loss = objective(backbone(views))
+                loss = objective(backbone(views.to(where)))
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, settings, recipe.lr)
             optimizer.zero_grad(set_to_none=True)
@@ -159,6 +176,7 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
         return None
 
     weights = out / "backbone.safetensors"
+    backbone.cpu()
     save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(weights),
               metadata={"recipe": recipe.name, "model": settings.model_name})
     report = {
@@ -166,6 +184,7 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
         "pretraining_images": len(images), "images_seen": settings.steps * settings.batch_size,
         "train_wall_s": round(elapsed, 1), "final_loss": _last_logged_loss(out),
         "fingerprint": fingerprint(backbone), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu",
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
     }
     (out / "pretrain.json").write_text(json.dumps(report, indent=2))
