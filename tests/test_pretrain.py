@@ -149,6 +149,11 @@ def test_protocol_scores_every_base_resumes_and_tabulates(tmp_path, monkeypatch)
     assert calls == []  # every row was already there
     with pytest.raises(ValueError, match="other protocol settings"):
         run_protocol({"tiny": base}, ProtocolSettings("bundled", max_train=10), tmp_path / "eval")
+    # A new candidate later, without the old file: the earlier base keeps its rows and hash.
+    results = run_protocol({}, settings, tmp_path / "eval")
+    assert calls == [] and results["bases"]["tiny"] == protocol.file_sha256(base)
+    assert "tiny/lora/breast" in results["rows"]
+    assert "data_root" not in results["settings"] and results["settings"]["data"] == "bundled sample"
 
     rows = {r["model"]: r for r in table_rows(results)}
     tiny = rows["tiny + SVD-LoRA"]

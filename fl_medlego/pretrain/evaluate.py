@@ -71,23 +71,33 @@ def evaluate_one(pretrained: str, task: str, mode: str, settings: ProtocolSettin
             "wall_s": round(time.perf_counter() - start, 1)}
 
 
+def protocol_identity(settings: ProtocolSettings) -> dict:
+    """The settings that make results comparable. The data folder is not one: the same files may live
+    anywhere (and a results file must not carry a machine's paths); only bundled sample vs. files counts."""
+    identity = {k: v for k, v in asdict(settings).items() if k != "data_root"}
+    return {**identity, "data": "bundled sample" if settings.data_root == "bundled" else "MedMNIST files",
+            "tasks": list(settings.tasks)}
+
+
 def run_protocol(bases: dict[str, str], settings: ProtocolSettings, out_dir: str | Path,
                  full_finetune: bool = True) -> dict:
     """Evaluate every base (name -> checkpoint path; the random init is always included) on every task.
 
     Returns and writes `results.json`: settings, each base's file hash, and rows keyed "name/mode/task".
+    Bases scored there earlier keep their rows, so a new candidate is added without the old files.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    wanted_settings = {**asdict(settings), "tasks": list(settings.tasks)}
+    wanted_settings = protocol_identity(settings)
     if saved and saved.get("settings") != wanted_settings:
         raise ValueError(f"{path} was made with other protocol settings ({saved.get('settings')}); "
                          "use another output folder")
     bases = {"random-init": RANDOM_INIT, **bases}
     hashes = {name: (file_sha256(p) if p != RANDOM_INIT else RANDOM_INIT) for name, p in bases.items()}
-    results = {"settings": wanted_settings, "bases": hashes, "rows": saved.get("rows", {})}
+    results = {"settings": wanted_settings, "bases": {**saved.get("bases", {}), **hashes},
+               "rows": saved.get("rows", {})}
     jobs = [(name, "lora", task) for name in bases for task in settings.tasks]
     if full_finetune:
         jobs += [("random-init", "full", task) for task in settings.tasks]
