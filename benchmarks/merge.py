@@ -1,6 +1,6 @@
 """Merge benchmark: the project's `medlego` merge (QR core) vs. the dense path vs. PEFT's svd combination.
 
-    python -m benchmarks.merge            # the full grid (about 15 minutes on 2 cores)
+    python -m benchmarks.merge            # the full grid (about 90 minutes on 2 cores; --resume continues one)
     python -m benchmarks.merge --quick    # d = 768 with up to 64 sites, and the d = 4096, N = 16, r = 8 target
 
 Dense path = what PEFT's add_weighted_adapter(..., "svd") and FusionBench do: form the d x d update,
