@@ -99,7 +99,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ship.add_argument("run_dir", help="the pretrain-base folder of the chosen run")
     ship.add_argument("--eval", required=True, help="the evaluate-base folder that scored it")
     ship.add_argument("--name", required=True, help="the base's name in that evaluation")
-    ship.add_argument("--candidate", action="append", metavar="NAME=RUN_DIR", help="every run tried (repeatable)")
+    ship.add_argument("--candidate", action="append", metavar="NAME=RUN",
+                      help="every run tried: its folder or its pretrain.json (repeatable)")
     ship.add_argument("--next-steps", help="a Markdown file: limits and what to try next")
     ship.add_argument("--model", default="vit_medmnist_28")
     ship.add_argument("--to", help="destination path without suffix (default: the package's bundled base)")

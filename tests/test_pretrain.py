@@ -177,6 +177,14 @@ def test_ship_base_writes_weights_and_a_card_from_the_measurements(tmp_path):
     gain = results["rows"]["fractal/lora/breast"]["acc"] - results["rows"]["random-init/lora/breast"]["acc"]
     assert f"breast {gain * 100:+.1f}" in text and ("NOT met" in text) == (gain * 100 < 5)
     assert "Train longer." in text and "| fractal | supervised on fractal | 1 x 4 | 4 |" in text
+    # A candidate kept as its report file (the run folder gone) gives the same row; a missing one is named.
+    kept = tmp_path / "fractal.json"
+    kept.write_bytes((run / "pretrain.json").read_bytes())
+    _, again = ship_base(run, tmp_path / "eval", "fractal", tmp_path / "pkg" / "base", {"fractal": kept})
+    assert "| fractal | supervised on fractal | 1 x 4 | 4 |" in again.read_text()
+    with pytest.raises(FileNotFoundError, match="no pretraining report"):
+        ship_base(run, tmp_path / "eval", "fractal", tmp_path / "pkg" / "new", {"gone": tmp_path / "gone.json"})
+    assert not (tmp_path / "pkg" / "new.safetensors").exists()
     with pytest.raises(ValueError, match="did not score this file"):
         ship_base(run, tmp_path / "eval", "random-init", tmp_path / "pkg" / "other", {})
     assert not (tmp_path / "pkg" / "other.safetensors").exists()

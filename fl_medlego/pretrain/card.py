@@ -55,6 +55,17 @@ def verdict(results: dict, name: str) -> tuple[bool, str]:
     return met, text
 
 
+def read_report(candidate: str | Path) -> dict:
+    """A candidate's pretraining report: a run folder's `pretrain.json`, or such a report kept as a file
+    (docs/results/base_eval/runs/ keeps one per candidate, so a card can be rebuilt without the runs)."""
+    path = Path(candidate)
+    path = path / "pretrain.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no pretraining report at {path}: give a pretrain-base run folder or its "
+                                "pretrain.json")
+    return json.loads(path.read_text())
+
+
 def ship_base(run_dir: str | Path, eval_dir: str | Path, name: str, destination: str | Path,
               candidates: dict[str, str | Path], next_steps: str = "") -> tuple[Path, Path]:
     """Copy RUN_DIR/backbone.safetensors to DESTINATION.safetensors and write DESTINATION.md, its card."""
@@ -64,10 +75,10 @@ def ship_base(run_dir: str | Path, eval_dir: str | Path, name: str, destination:
     sha = file_sha256(run_dir / "backbone.safetensors")
     if results["bases"].get(name) != sha:  # checked before anything is copied over the shipped base
         raise ValueError(f"the evaluation in {eval_dir} did not score this file as {name!r}: evaluate it first")
+    runs = {n: read_report(p) for n, p in candidates.items()}  # before the copy: a bad call changes nothing
     weights = destination.with_suffix(".safetensors")
     weights.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "backbone.safetensors", weights)
-    runs = {n: json.loads((Path(p) / "pretrain.json").read_text()) for n, p in candidates.items()}
     _, summary = verdict(results, name)
     s, recipe = report["settings"], report["recipe"]
     card = [
