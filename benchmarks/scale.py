@@ -3,13 +3,15 @@
     python -m benchmarks.scale --data-root PATH_TO_MEDMNIST [--sites 10,100,1000]
 
 Each run is one `flwr run scenarios/many_sites` round over organA split into N sites (16 training
-and 8 validation / test images per site, rank 4). By default every site is its own simulated node, as
-at real hospitals; `--sites-per-node K` packs K sites on a node instead. Round time and the
-ServerApp's peak RSS come from the run's metrics.jsonl ("round" event). Writes results/scale.csv/png.
+and 8 validation / test images per site, rank 4), on about sqrt(N) simulated nodes of about sqrt(N)
+sites each (`--sites-per-node K` fixes K instead). Round time and the ServerApp's peak RSS come from
+the run's metrics.jsonl ("round" event). Writes results/scale.csv/png.
 
-A node keeps its sites' state (heads, specialist adapters) in its Flower context, and the simulation
-hands that context to and from a Ray worker with every message: the table also shows what one such
-round trip (pickled both ways) costs for the node's number of sites.
+Why sqrt(N): two costs of Flower 1.41's simulation grow with the layout. A node keeps its sites' state
+(heads, specialist adapters) in its Flower context, which travels to and from a Ray worker with every
+message (the table shows one such round trip for the node's number of sites): it grows with the sites
+per node. And the simulation engine polls every node for messages, scanning every stored message each
+time: it grows with nodes x messages, so one node per site is the slowest layout at 1000 sites.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def context_round_trip_s(sites_on_node: int, repeats: int = 3) -> float:
 
 
 def one(n: int, data_root: str, sites_per_node: int) -> dict:
-    nodes = math.ceil(n / sites_per_node)
+    nodes = math.ceil(n / (sites_per_node or math.ceil(math.sqrt(n))))
     with tempfile.TemporaryDirectory() as tmp:
         config = (f"sites='organa:{n}' data.root='{data_root}' data.max-train=16 data.max-eval=8 num-rounds=1 "
                   f"train.local-epochs=1 lora.site-ranks='' output-dir='{tmp}/outputs'")
@@ -81,8 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-root", required=True, help="folder with organamnist.npz (full MedMNIST)")
     parser.add_argument("--sites", default="10,100,1000")
-    parser.add_argument("--sites-per-node", type=int, default=1,
-                        help="sites hosted by one simulated node (1: one node per site, as in a real federation)")
+    parser.add_argument("--sites-per-node", type=int, default=0,
+                        help="sites hosted by one simulated node (0: about sqrt(sites); 1: one node per site)")
     args = parser.parse_args()
     rows = []
     for n in [int(s) for s in args.sites.split(",")]:

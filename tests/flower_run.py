@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from fl_medlego.loopback import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # flwr and flower-superlink of the running environment
@@ -36,22 +36,6 @@ def _superlink_pids(flwr_home: Path) -> list[int]:
     return pids
 
 
-def _stop(pid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM the process group the SuperLink leads (its ServerApp and simulation), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-
-
 @contextmanager
 def local_flower(tmp_path: Path):
     """Environment for `flwr` with its own FLWR_HOME and ports; stops its SuperLink by pid, pass or fail."""
@@ -63,8 +47,10 @@ def local_flower(tmp_path: Path):
     try:
         yield env
     finally:
+        # The SuperLink, its group and every descendant: the SuperExec and the simulation it starts
+        # (with Ray) run in sessions of their own and outlive a group signal when a run is interrupted.
         for pid in _superlink_pids(flwr_home):
-            _stop(pid)
+            stop_process(pid)
 
 
 def flwr_run(env: dict, scenario: str, run_config: str, timeout_s: float, federation_config: str = "") -> dict:
