@@ -62,9 +62,9 @@ def svd_of_sum(factors: list[Factors], weights: torch.Tensor) -> tuple[torch.Ten
 
 
 def svd_of_product(U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD of U V for U (..., d_out, R) and V (..., R, d_in); leading dimensions batch matrices."""
-    if is_dense_regime(U.shape[-2], V.shape[-1], U.shape[-1]):
-        return torch.linalg.svd(U @ V, full_matrices=False)
+    """Thin SVD of U V for U (..., d_out, R) and V (..., R, d_in) through the QR core; leading dimensions
+    batch matrices. Exact for any R, but only cheaper than a dense SVD below the dense regime, which the
+    callers route to `dense_sum` instead."""
     Q_u, R_u = torch.linalg.qr(U)
     Q_v, R_v = torch.linalg.qr(V.mT)
     P, S, Th = torch.linalg.svd(R_u @ R_v.mT)
