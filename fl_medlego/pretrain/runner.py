@@ -9,6 +9,7 @@ plus `pretrain.json` (settings, wall time, hardware).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -144,15 +145,14 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
             # Each step's batch and augmentation depend only on (seed, step): a resumed run sees the same data.
             generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
             batch = torch.randint(0, len(images), (settings.batch_size,), generator=generator)
+            # Each call draws one augmented view of the batch on the CPU, from the step's generator.
+            view = functools.partial(augment, images[batch], image_size, recipe.augment, generator)
             if recipe.objective == "supervised":
-                x = augment(images[batch], image_size, recipe.augment, generator).to(where)
-                loss = objective(backbone(x), labels[batch].to(where))
+                loss = objective(backbone(view().to(where)), labels[batch].to(where))
             elif recipe.objective == "mim":
-                x = augment(images[batch], image_size, recipe.augment, generator).to(where)
-                loss = objective(backbone, x, generator)
+                loss = objective(backbone, view().to(where), generator)
             else:
-                views = torch.cat([augment(images[batch], image_size, recipe.augment, generator) for _ in range(2)])
-                loss = objective(backbone(views.to(where)))
+                loss = objective(backbone(torch.cat([view(), view()]).to(where)))
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, settings, recipe.lr)
             optimizer.zero_grad(set_to_none=True)
