@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -62,20 +64,33 @@ def _same_shape_groups(per_matrix: dict[str, list], max_batch_bytes: int) -> lis
     return batches
 
 
+def option_grid(method: str) -> list[dict]:
+    """Every combination of the method's `search_space` values (one empty dict when it has none)."""
+    space = getattr(get_merge(method).options_type, "search_space", {})
+    return [dict(zip(space, values)) for values in itertools.product(*space.values())] or [{}]
+
+
 def merge_adapters(
     adapters: Sequence[Adapter], method: str = "medlego", weights: Sequence[float] | None = None,
-    max_batch_bytes: int = 256 * 2**20, **options
+    max_batch_bytes: int = 256 * 2**20, options: object | None = None, **option_values
 ) -> Adapter:
     """Merge whole adapters matrix by matrix with a registered method; the result has scale 1.
 
     weights: None for uniform 1/N, else used as given (normalize example counts with
     `normalize_weights` first). Every adapter must adapt the same matrices (ranks may differ where
-    the method allows it).
+    the method allows it). Options: an instance of the method's options type (`options`), or its
+    fields by name (`option_values`), not both.
     """
     if not adapters:
         raise ValueError("merge_adapters needs at least one adapter")
     merge = get_merge(method)
-    opts = merge.make_options(**options)
+    if options is None:
+        opts = merge.make_options(**option_values)
+    elif option_values or not isinstance(options, merge.options_type):
+        raise TypeError(f"merge method {method!r} takes one {merge.options_type.__name__} as options, "
+                        f"got {type(options).__name__} and {sorted(option_values)}")
+    else:
+        opts = options
     names = set(adapters[0].factors)
     for i, adapter in enumerate(adapters[1:], start=1):
         if set(adapter.factors) != names:
@@ -92,9 +107,9 @@ def merge_adapters(
             for name, result in zip(group, merge.batched([per_matrix[n] for n in group], w, opts)):
                 merged[name] = result
         merged = {name: merged[name] for name in per_matrix}
-    return Adapter(merged, scale=1.0, metadata={"merge": {"method": method, "options": vars(opts),
+    return Adapter(merged, scale=1.0, metadata={"merge": {"method": method, "options": dataclasses.asdict(opts),
                                                            "weights": w.tolist(), "dense": merge.dense}})
 
 
-__all__ = ["MergeMethod", "get_merge", "list_merges", "merge_adapters", "normalize_weights", "register_merge",
-           "resolve_weights"]
+__all__ = ["MergeMethod", "get_merge", "list_merges", "merge_adapters", "normalize_weights", "option_grid",
+           "register_merge", "resolve_weights"]

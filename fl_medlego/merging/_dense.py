@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..lora.factors import Factors
+from ._lowrank import truncate
 
 
 def dense_updates(factors: list[Factors]) -> torch.Tensor:
@@ -14,9 +15,7 @@ def dense_updates(factors: list[Factors]) -> torch.Tensor:
 
 def to_factors(D: torch.Tensor, rank: int | None, dtype: torch.dtype) -> Factors:
     """Exact SVD factors of a dense update (every triplet), or its best rank-`rank` approximation if asked."""
-    U, S, Vh = torch.linalg.svd(D.double(), full_matrices=False)
-    k = S.numel() if rank is None else min(rank, S.numel())
-    return Factors(U[:, :k].to(dtype).contiguous(), S[:k].to(dtype).contiguous(), Vh[:k].to(dtype).contiguous())
+    return truncate(*torch.linalg.svd(D.double(), full_matrices=False), rank, dtype)
 
 
 def trim(updates: torch.Tensor, density: float) -> torch.Tensor:

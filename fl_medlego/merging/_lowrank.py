@@ -3,7 +3,7 @@
 Stack U = [w_1 B_1 diag(E_1), ..., w_N B_N diag(E_N)] (d_out x R) and V = [A_1; ...; A_N] (R x d_in),
 so that sum_i w_i D_i = U V. With thin QRs U = Q_u R_u and V^T = Q_v R_v, the SVD of the small core
 R_u R_v^T = P S T^T gives U V = (Q_u P) S (Q_v T)^T exactly, in O((d_out + d_in) R^2 + R^3) time
-and O((d_out + d_in) R) memory (method.md section 2). Everything runs in float64.
+and O((d_out + d_in) R) memory (docs/method.md section 2). Everything runs in float64.
 
 When R >= min(d_out, d_in) the stacked factors are larger than the matrix itself: there the sum is
 accumulated from chunks of sites (memory of the matrix plus one chunk) and decomposed densely.
@@ -81,3 +81,9 @@ def energy_rank(singular_values: torch.Tensor, energy: float, max_rank: int | No
     if max_rank is not None:
         k = min(k, max_rank)
     return max(k, 1)
+
+
+def truncate(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, k: int | None, dtype: torch.dtype) -> Factors:
+    """The top-k singular triplets (all of them for k=None) as factors of the given dtype."""
+    k = S.numel() if k is None else min(k, S.numel())
+    return Factors(U[:, :k].to(dtype).contiguous(), S[:k].to(dtype).contiguous(), Vh[:k].to(dtype).contiguous())

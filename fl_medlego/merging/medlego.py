@@ -1,4 +1,4 @@
-"""Med-LEGO merge (Zhu et al. 2025, arXiv 2503.01164), method.md section 2.
+"""Med-LEGO merge (Zhu et al. 2025, arXiv 2503.01164), docs/method.md section 2.
 
 D = sum_i w_i D_i; D = U S V^T; keep the top k triplets, k the smallest with
 sum_{j<=k} sigma_j >= v * sum_j sigma_j (and k <= max_rank); the merged adapter is B' = U_k,
@@ -13,7 +13,8 @@ from typing import ClassVar
 import torch
 
 from ..lora.factors import Factors
-from ._lowrank import dense_sum, energy_rank, is_dense_regime, stack_factors, svd_of_product, svd_of_sum
+from ._lowrank import dense_sum, energy_rank, is_dense_regime, stack_factors, svd_of_product, svd_of_sum, truncate
+from ._options import check_fraction, check_rank
 from ._registry import register_merge
 
 
@@ -21,19 +22,20 @@ from ._registry import register_merge
 class MedLegoOptions:
     # Values tried on the sites' validation splits by `fl-medlego compare` (never on test).
     search_space: ClassVar[dict] = {"energy": [0.8, 0.9, 0.95, 1.0]}
-    energy: float = 0.9  # v in (0, 1]: fraction of the singular-value mass to keep
-    max_rank: int | None = None  # optional cap on k; None keeps what the energy asks for
+    # v in (0, 1]: fraction of the singular-value mass to keep. 0.9 is the paper's setting.
+    energy: float = 0.9
+    # Cap on k (None: what the energy asks for). Not in the paper: without it the merged rank grows with
+    # the number of sites (up to N x r), and so does what the server sends back every round. 16 keeps
+    # the default federation uncapped in round 1 (4 sites x rank 4) and bounds it afterwards.
+    max_rank: int | None = 16
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.energy <= 1.0:
-            raise ValueError(f"medlego energy must be in (0, 1], got {self.energy}")
-        if self.max_rank is not None and self.max_rank < 1:
-            raise ValueError(f"medlego max_rank must be >= 1 or None, got {self.max_rank}")
+        check_fraction("medlego", "energy", self.energy, allow_zero=False)
+        check_rank("medlego", self.max_rank)
 
 
 def _truncate(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, options: MedLegoOptions, dtype) -> Factors:
-    k = energy_rank(S, options.energy, options.max_rank)
-    return Factors(U[:, :k].to(dtype).contiguous(), S[:k].to(dtype).contiguous(), Vh[:k].to(dtype).contiguous())
+    return truncate(U, S, Vh, energy_rank(S, options.energy, options.max_rank), dtype)
 
 
 def medlego_batched(matrices: list[list[Factors]], weights: torch.Tensor, options: MedLegoOptions) -> list[Factors]:

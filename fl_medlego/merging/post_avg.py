@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..lora.factors import Factors
-from ._lowrank import svd_of_sum
+from ._lowrank import svd_of_sum, truncate
 from ._options import check_rank
 from ._registry import register_merge
 
@@ -24,12 +24,8 @@ class PostAvgOptions:
         check_rank("post_avg", self.rank)
 
 
-def truncated(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, rank: int | None, dtype: torch.dtype) -> Factors:
-    k = S.numel() if rank is None else min(rank, S.numel())
-    return Factors(U[:, :k].to(dtype).contiguous(), S[:k].to(dtype).contiguous(), Vh[:k].to(dtype).contiguous())
-
 
 @register_merge("post_avg", PostAvgOptions)
 def post_avg(factors: list[Factors], weights: torch.Tensor, options: PostAvgOptions) -> Factors:
     """Weighted mean of the products B_i E_i A_i (exact, rank <= sum r_i)."""
-    return truncated(*svd_of_sum(factors, weights), options.rank, factors[0].B.dtype)
+    return truncate(*svd_of_sum(factors, weights), options.rank, factors[0].B.dtype)

@@ -12,10 +12,9 @@ from typing import ClassVar
 import torch
 
 from ..lora.factors import Factors
-from ._lowrank import svd_of_sum
+from ._lowrank import svd_of_sum, truncate
 from ._options import check_rank
 from ._registry import register_merge
-from .post_avg import truncated
 
 
 @dataclass
@@ -33,4 +32,4 @@ class TaskArithmeticOptions:
 def task_arithmetic(factors: list[Factors], weights: torch.Tensor, options: TaskArithmeticOptions) -> Factors:
     """lambda times the sum of the task updates (exact, low-rank)."""
     scaled = weights * (options.lam * len(weights))
-    return truncated(*svd_of_sum(factors, scaled), options.rank, factors[0].B.dtype)
+    return truncate(*svd_of_sum(factors, scaled), options.rank, factors[0].B.dtype)
