@@ -8,12 +8,12 @@ Every split of a modality is partitioned across its sites (a hospital has its ow
 from __future__ import annotations
 
 import functools
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..seeds import data_seed
 from .medmnist_source import SPLITS, LoadedSet, canonical_flag, load_medmnist
 from .partition import partition, subsample
 
@@ -77,7 +77,7 @@ def load_site(site: SiteSpec, root: str, size: int = 28, scheme: str = "iid", al
               max_train: int = 0, max_eval: int = 0, seed: int = 0) -> SiteData:
     """The site's shard of each split, capped (0 = no cap), identical on every machine for the same seed."""
     loaded = _load_cached(site.flag, root, size)
-    base_seed = seed * 1000003 + zlib.crc32(site.flag.encode())
+    base_seed = data_seed(seed, site.flag)
     shards = {}
     for s, split in enumerate(SPLITS):
         arrays = loaded.splits[split]

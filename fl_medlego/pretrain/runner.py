@@ -24,8 +24,9 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..models import create_backbone, fingerprint, preset_image_size
+from ..seeds import step_seed
 from .augment import augment
-from .objectives import MaskedImageObjective, SimCLRObjective, SupervisedObjective
+from .objectives import build_objective
 from .recipes import build_images, get_recipe
 
 log = logging.getLogger(__name__)
@@ -116,12 +117,7 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
     backbone = create_backbone(settings.model_name, num_classes=0, seed=settings.seed)
     with torch.random.fork_rng(devices=[]):  # seeded like the backbone: the run depends on its settings alone
         torch.manual_seed(settings.seed)
-        if recipe.objective == "supervised":
-            objective = SupervisedObjective(backbone.num_features, recipe.categories)
-        elif recipe.objective == "mim":
-            objective = MaskedImageObjective(backbone)
-        else:
-            objective = SimCLRObjective(backbone.num_features)
+        objective = build_objective(recipe.objective, backbone, recipe)
     backbone.to(where)
     objective.to(where)
     params = [*backbone.parameters(), *objective.parameters()]
@@ -143,16 +139,11 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
         t_last = time.perf_counter()
         while step < min(settings.steps, stop_after or settings.steps):
             # Each step's batch and augmentation depend only on (seed, step): a resumed run sees the same data.
-            generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+            generator = torch.Generator().manual_seed(step_seed(settings.seed, step))
             batch = torch.randint(0, len(images), (settings.batch_size,), generator=generator)
             # Each call draws one augmented view of the batch on the CPU, from the step's generator.
             view = functools.partial(augment, images[batch], image_size, recipe.augment, generator)
-            if recipe.objective == "supervised":
-                loss = objective(backbone(view().to(where)), labels[batch].to(where))
-            elif recipe.objective == "mim":
-                loss = objective(backbone, view().to(where), generator)
-            else:
-                loss = objective(backbone(torch.cat([view(), view()]).to(where)))
+            loss = objective.step_loss(backbone, view, labels[batch] if labels is not None else None, generator, where)
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, settings, recipe.lr)
             optimizer.zero_grad(set_to_none=True)
