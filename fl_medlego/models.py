@@ -1,9 +1,9 @@
 """Backbones over timm, and the site model (a shared frozen backbone + a site's own head).
 
-Named presets carry their settings, as timm names do:
+The project's presets are registered with timm (`timm.create_model("vit_medmnist_28")` works), and
+carry their settings in the name, as timm's own do:
 - `vit_medmnist_28`: a depth-6, width-128 ViT with 4-pixel patches for 28 px MedMNIST; trains on a CPU.
-- `vit_base_patch16_224`: the paper's ViT-B/16 at 224 px (a GPU configuration).
-Any other timm model name is passed to `timm.create_model` as it is.
+Any timm name works as well, e.g. `vit_base_patch16_224`, the paper's ViT-B/16 at 224 px (a GPU configuration).
 """
 
 from __future__ import annotations
@@ -16,33 +16,47 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from .bases import BUNDLED, bundled_base
 
 log = logging.getLogger(__name__)
 
-PRESETS: dict[str, dict] = {
-    "vit_medmnist_28": dict(
-        model_name="vit_small_patch16_224", img_size=28, patch_size=4, embed_dim=128, depth=6, num_heads=4,
-    ),
-    "vit_base_patch16_224": dict(model_name="vit_base_patch16_224"),
-}
+# timm reads the pretrained configs of a module's models from its `default_cfgs` when they register.
+default_cfgs = generate_default_cfgs({
+    "vit_medmnist_28": {"input_size": (3, 28, 28), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                        "num_classes": 0, "license": "apache-2.0"},
+})
+
+
+@register_model
+def vit_medmnist_28(pretrained: bool = False, **kwargs) -> nn.Module:
+    """ViT for 28 px MedMNIST: depth 6, width 128, 4 heads, 4-pixel patches (49 tokens); ViT-S/16's other settings.
+
+    No hub weights: the project's own offline base is `model.pretrained='bundled'` (fl_medlego.bases).
+    """
+    if pretrained:
+        raise ValueError("vit_medmnist_28 has no timm hub weights: use create_backbone(..., pretrained='bundled')")
+    args = dict(img_size=28, patch_size=4, embed_dim=128, depth=6, num_heads=4)
+    return timm.create_model("vit_small_patch16_224", pretrained=False, **{**args, **kwargs})
+
+
+def list_presets() -> list[str]:
+    """The backbones this project registers with timm."""
+    return timm.list_models(module=__name__.rsplit(".", 1)[-1])
 
 
 def preset_image_size(name: str) -> int:
-    """The input size a backbone name expects (28 for the small preset, else timm's default config)."""
-    preset = PRESETS.get(name, {})
-    if "img_size" in preset:
-        return int(preset["img_size"])
-    cfg = timm.get_pretrained_cfg(preset.get("model_name", name))
+    """The input size a backbone name expects (its timm pretrained config; 224 when timm has none)."""
+    cfg = timm.get_pretrained_cfg(name)
     return int(cfg.input_size[-1]) if cfg is not None else 224
 
 
 def create_backbone(
     name: str = "vit_medmnist_28", num_classes: int = 0, pretrained: str = "none", seed: int = 0, **overrides
 ) -> nn.Module:
-    """Create a timm backbone by preset or timm name.
+    """Create a timm backbone by name (the project's presets are timm names too).
 
     pretrained: "none" (random init drawn from `seed`, so every site builds the same base),
     "bundled" (the base this package ships for the preset, see fl_medlego.bases),
@@ -50,15 +64,12 @@ def create_backbone(
     (.safetensors or a torch state dict; classifier-head keys that do not fit are skipped).
     num_classes=0 returns pooled features (the site model adds its own head).
     """
-    kwargs = dict(PRESETS.get(name, {"model_name": name}))
-    model_name = kwargs.pop("model_name")
-    kwargs.update(overrides)
     if pretrained == "timm":
-        return timm.create_model(model_name, pretrained=True, num_classes=num_classes, **kwargs)
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, **overrides)
     checkpoint = bundled_base(name) if pretrained == BUNDLED else pretrained  # fails early if none is shipped
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **overrides)
     if checkpoint not in ("none", "", None):
         load_checkpoint(model, checkpoint)
     return model
@@ -118,12 +129,16 @@ def fingerprint(module: nn.Module) -> str:
 
 
 class SiteModel(nn.Module):
-    """The frozen shared backbone (carrying the adapter) and the site's own classification head."""
+    """The shared backbone (frozen, carrying an adapter; or fully trained) and the site's own head.
 
-    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+    image_size: the input size the backbone expects; base_fingerprint: of the base it started from.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, image_size: int = 28, base_fingerprint: str = "") -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, num_classes)
+        self.image_size, self.base_fingerprint = image_size, base_fingerprint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
