@@ -31,5 +31,5 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, task: str, lo
 
 
 def normalized_accuracy(merged_acc: float, specialist_acc: float) -> float:
-    """How much of the specialist's accuracy the merged model keeps (method.md: mean about 0.85)."""
+    """How much of the specialist's accuracy the merged model keeps (docs/method.md: mean about 0.85)."""
     return merged_acc / specialist_acc if specialist_acc > 0 else math.nan

@@ -1,4 +1,4 @@
-"""SVD-LoRA: h = W x + s * B diag(E) A x on chosen linear maps of a frozen model (method.md section 1)."""
+"""SVD-LoRA: h = W x + s * B diag(E) A x on chosen linear maps of a frozen model (docs/method.md section 1)."""
 
 from .config import SVDLoRAConfig
 from .factors import Adapter, Factors

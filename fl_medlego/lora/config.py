@@ -1,4 +1,4 @@
-"""Configuration of an SVD-LoRA adapter (method.md section 1)."""
+"""Configuration of an SVD-LoRA adapter (docs/method.md section 1)."""
 
 from __future__ import annotations
 

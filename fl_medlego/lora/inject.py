@@ -20,7 +20,7 @@ def _parts_for(module_name: str, linear: nn.Linear) -> dict[str, tuple[int, int]
         if linear.out_features % 3:
             raise ValueError(f"{module_name}: a fused qkv needs 3 * d output rows, has {linear.out_features}")
         d = linear.out_features // 3
-        # timm stacks the rows as [Q; K; V]: adapt Q and V, leave K untouched (method.md section 1).
+        # timm stacks the rows as [Q; K; V]: adapt Q and V, leave K untouched (docs/method.md section 1).
         return {"q": (0, d), "v": (2 * d, 3 * d)}
     return {"": (0, linear.out_features)}
 

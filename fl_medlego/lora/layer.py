@@ -11,7 +11,7 @@ from .factors import Factors
 class SVDLoRAUpdate(nn.Module):
     """One trainable update s * B diag(E) A of a d_out x d_in block of a weight.
 
-    E starts at zero, so the update is exactly zero before the first step (method.md section 1).
+    E starts at zero, so the update is exactly zero before the first step (docs/method.md section 1).
     """
 
     def __init__(self, d_out: int, d_in: int, rank: int, scale: float, init_std: float) -> None:
