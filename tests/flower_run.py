@@ -10,7 +10,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from fl_medlego.loopback import stop_process
+from fl_medlego.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # flwr and flower-superlink of the running environment

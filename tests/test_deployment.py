@@ -1,7 +1,7 @@
 """Real sites on loopback: SuperLink with TLS + SuperNode authentication + a persistent database.
 
 Marked `deployment` (about 3 minutes): `pytest -m "not deployment"` skips them; CI runs them.
-Every process is started through fl_medlego.loopback, recorded with its pid, and stopped by pid.
+Every process is started through fl_medlego.cli.loopback, recorded with its pid, and stopped by pid.
 """
 
 import json
@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from fl_medlego import loopback
+from fl_medlego import processes
+from fl_medlego.cli import loopback
 from fl_medlego.server.coordinator import registered_nodes
 
 from flower_run import BIN, REPO
@@ -26,9 +27,9 @@ def federation(tmp_path_factory):
         yield workdir, state
     finally:
         pids = [e["pid"] for e in [*state["sites"].values(), state["superlink"]] if e.get("pid")]
-        family = pids + [d for p in pids for d in loopback.descendants(p)]
+        family = pids + [d for p in pids for d in processes.descendants(p)]
         loopback.down(workdir)
-        assert not [p for p in family if loopback._alive(p)], "a process of the federation outlived `down`"
+        assert not [p for p in family if processes.is_alive(p)], "a process of the federation outlived `down`"
 
 
 def test_authorized_sites_complete_a_run_and_intruders_are_refused(federation):
@@ -37,7 +38,7 @@ def test_authorized_sites_complete_a_run_and_intruders_are_refused(federation):
     no_ca = loopback.start_site(workdir, state, "organa", "bundled", with_ca=False)  # registered, no CA
     # Flower ends a refused SuperNode with process status 1 and logs its own exit code, 305.
     for node in (intruder, no_ca):
-        assert loopback.exit_code(node["pid"], 90) == 1
+        assert processes.exit_code(node["pid"], 90) == 1
         assert "Exit Code: 305" in open(node["log"]).read()
     assert "CERTIFICATE_VERIFY_FAILED" in open(no_ca["log"]).read()
     assert "CERTIFICATE_VERIFY_FAILED" not in open(intruder["log"]).read()  # it had the CA: refused for its key
@@ -63,8 +64,8 @@ def test_restarted_superlink_keeps_registered_sites(federation):
     workdir, state = federation
     before = {n["node-id"] for n in registered_nodes(state["flwr_home"], loopback.CONNECTION)}
     assert len(before) >= 3  # blood, breast, and organa (registered; it failed on TLS)
-    loopback.stop_process(state["superlink"]["pid"])
-    assert not loopback._alive(state["superlink"]["pid"])
+    processes.stop_process(state["superlink"]["pid"])
+    assert not processes.is_alive(state["superlink"]["pid"])
     loopback.start_superlink(workdir, state)
     after = {n["node-id"] for n in registered_nodes(state["flwr_home"], loopback.CONNECTION)}
     assert before == after

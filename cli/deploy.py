@@ -13,7 +13,7 @@ console = Console(soft_wrap=True)
 
 
 def cmd_coordinator_tls(args) -> int:
-    from .server.coordinator import create_tls
+    from fl_medlego.server.coordinator import create_tls
 
     paths = create_tls(args.dir, args.host)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}; give ca.crt (only) to every site")
@@ -21,7 +21,7 @@ def cmd_coordinator_tls(args) -> int:
 
 
 def cmd_coordinator_start(args) -> int:
-    from .server.coordinator import superlink_command
+    from fl_medlego.server.coordinator import superlink_command
 
     command = superlink_command(args.tls_dir, args.database, args.host, args.port, args.log_file)
     console.print("starting: " + " ".join(command))
@@ -29,7 +29,7 @@ def cmd_coordinator_start(args) -> int:
 
 
 def cmd_coordinator_register(args) -> int:
-    from .server.coordinator import register_site
+    from fl_medlego.server.coordinator import register_site
 
     node = register_site(args.flwr_home, args.connection, args.public_key)
     console.print(f"registered {args.public_key} as node {node}")
@@ -37,7 +37,7 @@ def cmd_coordinator_register(args) -> int:
 
 
 def cmd_site_keys(args) -> int:
-    from .clients.site_node import create_site_keys
+    from fl_medlego.clients.site_node import create_site_keys
 
     private, public = create_site_keys(args.dir, args.site)
     console.print(f"wrote {private} (keep it at the site) and {public} (send it to the coordinator)")
@@ -45,7 +45,7 @@ def cmd_site_keys(args) -> int:
 
 
 def cmd_site_start(args) -> int:
-    from .clients.site_node import SiteNodeConfig, check_site, supernode_command
+    from fl_medlego.clients.site_node import SiteNodeConfig, check_site, supernode_command
 
     config = SiteNodeConfig.from_file(args.config)
     source = check_site(config)  # refuses to start without readable data, certificate and key
@@ -58,9 +58,10 @@ def cmd_site_start(args) -> int:
 
 
 def cmd_federation_up(args) -> int:
-    from .data import parse_sites
+    from fl_medlego.data import parse_sites
+    from fl_medlego.scenario import load_scenario_config
+
     from .loopback import up
-    from .scenario import load_scenario_config
 
     sites = args.sites.split(",") if args.sites else [
         s.name for s in parse_sites(load_scenario_config(args.scenario)["sites"])]

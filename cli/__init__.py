@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import logging
 import sys
 import time
@@ -27,18 +28,20 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .merging import get_merge, list_merges
-    from .offline_merge import merge_saved_adapters
+    from fl_medlego.merging import get_merge, list_merges
+    from fl_medlego.offline_merge import merge_saved_adapters
 
     if args.list:
         table = Table(title="merge methods")
-        table.add_column("name")
-        table.add_column("options")
+        table.add_column("name", no_wrap=True)
+        table.add_column("options (defaults)")
+        table.add_column("tuned by compare")
         table.add_column("what it does")
         for name in list_merges():
             m = get_merge(name)
-            fields = ", ".join(f"{f}={v.default!r}" for f, v in m.options_type.__dataclass_fields__.items())
-            table.add_row(name, fields, m.summary)
+            fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(m.options_type))
+            space = getattr(m.options_type, "search_space", {})
+            table.add_row(name, fields, ", ".join(f"{k} in {v}" for k, v in space.items()), m.summary)
         console.print(table)
         return 0
     if len(args.adapters) < 1 or not args.output:
@@ -58,19 +61,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rich.markdown import Markdown
-
-    from .compare import Comparison, all_strategies
-    from .scenario import load_scenario_config
+    from fl_medlego.compare import Comparison, compared_strategies, print_whole, rich_table
+    from fl_medlego.scenario import load_scenario_config
 
     run_config = load_scenario_config(args.scenario, args.run_config or "")
-    strategies = args.strategies.split(",") if args.strategies else all_strategies()
+    strategies = args.strategies.split(",") if args.strategies else compared_strategies()
     seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     name = Path(args.scenario).resolve().name
     out = Path(args.output or Path("outputs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     console.print(f"comparing {len(strategies)} strategies on {name}, seeds {seeds} -> {out}")
     results = Comparison(run_config, strategies, seeds, out, Path(args.cache).expanduser(), progress=True).run()
-    console.print(Markdown((out / "table.md").read_text()))
+    print_whole(console, rich_table(results))
     console.print(f"wrote {out / 'table.md'}, table.csv, table.png and results.json ({results['wall_time_s']} s)")
     return 0
 
@@ -78,8 +79,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from .compare import render_comparison
-    from .results import render_run
+    from fl_medlego.compare import render_comparison
+    from fl_medlego.results import render_run
 
     run_dir = Path(args.run_dir)
     if (run_dir / "results.json").is_file():
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("scenario", help="a scenario folder, e.g. scenarios/cross_domain")
     compare.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1 (mean ± std)")
     compare.add_argument("--seed-list", help="explicit comma-separated seeds instead of --seeds")
-    compare.add_argument("--strategies", help="comma-separated subset (default: every merge + vit_avg + multitask)")
+    compare.add_argument("--strategies", help="comma-separated subset (default: every strategy + multitask)")
     compare.add_argument("--run-config", help="overrides of the scenario's knobs, as for flwr run")
     compare.add_argument("-o", "--output", help="output folder (default: outputs/compare-SCENARIO-TIME)")
     compare.add_argument("--cache", default="~/.cache/fl-medlego/specialists",
@@ -124,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
 
-    from . import cli_deploy, cli_pretrain
+    from . import deploy, pretrain
 
-    cli_deploy.add_commands(sub)
-    cli_pretrain.add_commands(sub)
+    deploy.add_commands(sub)
+    pretrain.add_commands(sub)
     return parser
 
 

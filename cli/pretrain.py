@@ -17,7 +17,7 @@ def _threads(args) -> None:
 
 
 def cmd_pretrain_base(args) -> int:
-    from .pretrain import RECIPES, PretrainSettings, pretrain
+    from fl_medlego.pretrain import RECIPES, PretrainSettings, pretrain
 
     if args.list:
         for recipe in RECIPES.values():
@@ -37,7 +37,7 @@ def cmd_pretrain_base(args) -> int:
 def cmd_evaluate_base(args) -> int:
     from rich.markdown import Markdown
 
-    from .pretrain import ProtocolSettings, run_protocol, write_tables
+    from fl_medlego.pretrain import ProtocolSettings, run_protocol, write_tables
 
     _threads(args)
     bases = {}
@@ -56,8 +56,8 @@ def cmd_evaluate_base(args) -> int:
 
 
 def cmd_ship_base(args) -> int:
-    from .bases import bundled_base_path
-    from .pretrain.card import ship_base
+    from fl_medlego.bases import bundled_base_path
+    from fl_medlego.pretrain.card import ship_base
 
     candidates = dict(item.partition("=")[::2] for item in args.candidate or [])
     destination = Path(args.to) if args.to else bundled_base_path(args.model).with_suffix("")

@@ -7,104 +7,33 @@ authentication, persistent database) and one authenticated SuperNode per site, a
 
 Every process's pid and log file is recorded in WORKDIR/federation.json as soon as it starts, so
 `down` stops exactly what `up` started (by pid, process group first), even after a failed `up`.
-This module sits above `clients/` and `server/` (it uses both), like the command line.
+It uses both `clients/` and `server/`, so it lives with the command line, above them and the library.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
 
-from .clients.site_node import SiteNodeConfig, check_site, create_site_keys, supernode_command
-from .server.coordinator import create_tls, register_site, registered_nodes, superlink_command, write_connection
+from fl_medlego.clients.site_node import SiteNodeConfig, check_site, create_site_keys, supernode_command
+from fl_medlego.processes import free_port, start_process, stop_process
+from fl_medlego.server.coordinator import (
+    create_tls,
+    register_site,
+    registered_nodes,
+    superlink_command,
+    write_connection,
+)
+
+__all__ = ["down", "start_site", "start_superlink", "up"]
 
 STATE_FILE = "federation.json"
 CONNECTION = "loopback"
-# Popen objects of the processes this interpreter started: kept so that their exit codes can be read
-# (a dropped Popen is reaped by the next Popen, and its exit code is lost).
-_STARTED: dict[int, subprocess.Popen] = {}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _save(workdir: Path, state: dict) -> None:
     (workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
-
-
-def start_process(command: list[str], log_file: Path) -> int:
-    """Start a Flower process in its own session (so its children can be stopped with it), logging to a file."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
-        # Flower's processes start helpers (flower-superexec, ...) by name: they must come from this environment.
-        env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-               "PATH": f"{Path(command[0]).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env=env)
-    _STARTED[process.pid] = process
-    return process.pid
-
-
-def exit_code(pid: int, timeout_s: float) -> int | None:
-    """Exit code of a process started here, waiting at most timeout_s; None while it still runs."""
-    try:
-        return _STARTED[pid].wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return None
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of pid. Flower starts helpers in sessions of their own (so a process-group
-    signal misses them), but they stay children of the process that started them."""
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(proc.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    if pid in _STARTED:
-        return _STARTED[pid].poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def stop_process(pid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM pid, its process group and all its descendants; SIGKILL whatever is left after grace_s."""
-    targets = [pid, *descendants(pid)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for target in targets:
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(target, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_alive(t) for t in targets):
-            time.sleep(0.2)
-        if not any(_alive(t) for t in targets):
-            return
 
 
 def wait_for_superlink(flwr_home: Path, timeout_s: float = 60.0) -> None:
