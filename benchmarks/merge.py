@@ -81,9 +81,8 @@ def vit_b_sites(n: int):
     """n site adapters of ViT-B/16's shapes (Q and V of 12 blocks, 768 x 768), rank 4, float32."""
     from fl_medlego.config import parse_run_config
     from fl_medlego.lora import Adapter, Factors
-    from fl_medlego.site import adapter_template
-
-    template = adapter_template(parse_run_config({"model.name": "vit_base_patch16_224"}))
+    cfg = parse_run_config({"model.name": "vit_base_patch16_224"})
+    template = cfg.kind.template(cfg)
     g = torch.Generator().manual_seed(0)
     return [Adapter({name: Factors(torch.randn(o, 4, generator=g) / 28, torch.rand(4, generator=g),
                                    torch.randn(4, i, generator=g) / 28) for name, (o, i) in template.items()},

@@ -19,34 +19,17 @@ from pathlib import Path
 
 from benchmarks._flower import flwr_run, local_flower
 from benchmarks._isolate import ROOT
-from fl_medlego import wire
-from fl_medlego.config import parse_run_config
-from fl_medlego.data import parse_sites
-from fl_medlego.merging import merge_adapters
 from fl_medlego.scenario import load_scenario_config
-from fl_medlego.site import adapter_template, evaluate_site, load_site_data, train_site
+
+from plain_federation import plain_federation  # tests/ is on the path through benchmarks._flower
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def plain_loop(run_config: dict) -> float:
-    cfg = parse_run_config(run_config)
-    template = adapter_template(cfg)
+    """Seconds the plain loop takes for the scenario's work (see tests/plain_federation.py)."""
     start = time.perf_counter()
-    sites = [s.name for s in parse_sites(cfg.sites)]
-    states, merged = dict.fromkeys(sites), None
-    options = {"energy": cfg.merge.energy, "max_rank": cfg.merge.max_rank}
-    for _ in range(cfg.num_rounds):
-        updates = []
-        for site in sites:
-            data = load_site_data(cfg, site)
-            adapter, states[site], _ = train_site(cfg, data, merged, states[site])
-            updates.append(wire.decode(wire.encode(adapter), template))
-        merged = wire.decode(wire.encode(merge_adapters(updates, cfg.strategy, **options)), template)
-        for site in sites:
-            data = load_site_data(cfg, site)
-            evaluate_site(cfg, data, merged, states[site].head)
-            evaluate_site(cfg, data, states[site].specialist, states[site].specialist_head)
+    plain_federation(run_config)
     return time.perf_counter() - start
 
 

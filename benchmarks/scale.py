@@ -38,17 +38,18 @@ def context_round_trip_s(sites_on_node: int, repeats: int = 3) -> float:
 
     from fl_medlego.clients.state import save_state
     from fl_medlego.config import parse_run_config
+    from fl_medlego.kinds import SiteState
     from fl_medlego.lora import Adapter, Factors
-    from fl_medlego.site import SiteState, adapter_template
 
-    template = adapter_template(parse_run_config({}))
+    cfg = parse_run_config({})
+    template = cfg.kind.template(cfg)
     width = next(iter(template.values()))[1]
     head = {"weight": torch.randn(11, width), "bias": torch.randn(11)}  # organA: 11 classes
     specialist = Adapter({name: Factors(torch.randn(o, 4), torch.rand(4), torch.randn(4, i))
                           for name, (o, i) in template.items()})
     state = RecordDict()
     for site in range(sites_on_node):
-        save_state(state, f"organa-{site}", SiteState(head, specialist, head))
+        save_state(state, f"organa-{site}", cfg.kind, SiteState(head, specialist, head))
     context = Context(run_id=1, node_id=1, node_config={}, state=state, run_config={})
     start = time.perf_counter()
     for _ in range(repeats):

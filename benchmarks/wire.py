@@ -27,7 +27,6 @@ from fl_medlego.clients.app import train
 from fl_medlego.config import parse_run_config
 from fl_medlego.lora import Adapter, Factors
 from fl_medlego.models import create_backbone
-from fl_medlego.site import adapter_template
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -50,7 +49,7 @@ def request(site: str) -> Message:
 
 def reply_like(msg: Message, arrays: ArrayRecord, site: str) -> Message:
     """A reply with the same records as the ClientApp's, around the given arrays."""
-    metrics = MetricRecord({wire.NUM_EXAMPLES: 600.0, "val-acc": 0.8, "best-epoch": 3.0, "train-loss": 0.5})
+    metrics = MetricRecord({wire.NUM_EXAMPLES: 600.0, wire.VAL_ACC: 0.8, wire.BEST_EPOCH: 3.0, wire.TRAIN_LOSS: 0.5})
     info = ConfigRecord({wire.SITE: site, wire.BASE_FINGERPRINT: "0123456789abcdef",
                          wire.DATA_SOURCE: "bundled sample of bloodmnist (a subset of MedMNIST v2, CC BY 4.0)"})
     return Message(RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics, wire.SITE_INFO: info}), reply_to=msg)
@@ -65,8 +64,8 @@ def main() -> None:
     rows = []
     # Default ViT: the real train handler's reply.
     run_config = {"sites": "blood", "train.local-epochs": 1, "data.max-train": 32, "data.max-eval": 32}
-    context = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 1}, state=RecordDict(),
-                      run_config=run_config)
+    node_config = {wire.NODE_PARTITION_ID: 0, wire.NODE_NUM_PARTITIONS: 1}
+    context = Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config=run_config)
     msg = request("blood")
     lora_reply = train(msg, context)
     adapter_raw = raw_bytes(lora_reply.content[wire.ARRAYS].to_torch_state_dict())
@@ -75,10 +74,10 @@ def main() -> None:
     rows.append(measure_pair("vit_medmnist_28", msg, lora_reply, adapter_raw, full_small, "blood"))
     # ViT-B/16: an adapter of its shapes through the same wire encoding, and its full weights.
     cfg = parse_run_config({"model.name": "vit_base_patch16_224"})
-    template = adapter_template(cfg)
+    template = cfg.kind.template(cfg)
     adapter = Adapter({n: Factors(torch.randn(o, 4), torch.randn(4), torch.randn(4, i)) for n, (o, i) in
                        template.items()}, scale=2.0)
-    tensors = wire.encode(adapter)
+    tensors = wire.encode_adapter(adapter)
     vit_b = create_backbone("vit_base_patch16_224")
     full_b = torch.nn.Sequential(vit_b, torch.nn.Linear(vit_b.num_features, 8))
     rows.append(measure_pair("vit_base_patch16_224", msg, reply_like(msg, ArrayRecord(tensors), "blood"),

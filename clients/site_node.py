@@ -19,8 +19,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from fl_medlego import wire
 from fl_medlego.data import canonical_flag, load_medmnist
 from fl_medlego.security import make_site_keys
+from fl_medlego.site import data_root_for_node
 
 BIN = Path(sys.executable).parent
 
@@ -38,7 +40,7 @@ class SiteNodeConfig:
     def from_file(cls, path: str | Path) -> SiteNodeConfig:
         path = Path(path)
         data = tomllib.loads(path.read_text())
-        keys = {"site", "data-root", "superlink", "root-certificates", "private-key", "port"}
+        keys = {wire.NODE_SITE, wire.NODE_DATA_ROOT, "superlink", "root-certificates", "private-key", "port"}
         unknown, missing = sorted(set(data) - keys), sorted(keys - {"port"} - set(data))
         if unknown or missing:
             raise ValueError(f"{path}: unknown keys {unknown}, missing keys {missing}; "
@@ -48,9 +50,13 @@ class SiteNodeConfig:
         def local(value: str) -> str:  # paths in the file are relative to the file
             return str((base / value).resolve()) if value not in ("bundled", "") else value
 
-        return cls(site=data["site"], data_root=local(data["data-root"]), superlink=data["superlink"],
+        return cls(site=data[wire.NODE_SITE], data_root=local(data[wire.NODE_DATA_ROOT]), superlink=data["superlink"],
                    root_certificates=local(data["root-certificates"]), private_key=local(data["private-key"]),
                    port=int(data.get("port", 9094)))
+
+    def node_config(self) -> dict[str, str]:
+        """What this SuperNode tells the apps about itself (its --node-config)."""
+        return {wire.NODE_SITE: self.site, wire.NODE_DATA_ROOT: self.data_root}
 
 
 def modality_of(site: str) -> str:
@@ -64,8 +70,10 @@ def check_site(config: SiteNodeConfig) -> str:
                         ("private key (private-key)", config.private_key)):
         if not Path(path).is_file():
             raise FileNotFoundError(f"site {config.site}: {label} {path} not found")
+    # The same resolution as the ClientApp's: the node's data-root, which a site config always sets.
+    root = data_root_for_node(config.node_config(), scenario_root="")
     try:
-        loaded = load_medmnist(modality_of(config.site), config.data_root)
+        loaded = load_medmnist(modality_of(config.site), root)
     except (FileNotFoundError, OSError, ValueError) as err:
         raise FileNotFoundError(f"site {config.site} cannot read its data: {err}") from err
     return loaded.source
@@ -81,4 +89,4 @@ def supernode_command(config: SiteNodeConfig) -> list[str]:
     return [str(BIN / "flower-supernode"), "--superlink", config.superlink,
             "--root-certificates", config.root_certificates,
             "--auth-supernode-private-key", config.private_key, "--port", str(config.port),
-            "--node-config", f"site='{config.site}' data-root='{config.data_root}'"]
+            "--node-config", " ".join(f"{key}='{value}'" for key, value in config.node_config().items())]

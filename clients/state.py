@@ -1,40 +1,30 @@
-"""A site's state in the node's Flower context (survives between rounds, never leaves the node)."""
+"""A site's state in the node's Flower context (survives between rounds, never leaves the node).
+
+Written once for every site kind: the kind's updates are stored in their wire encoding.
+"""
 
 from __future__ import annotations
 
 from flwr.app import ArrayRecord, RecordDict
 
-from fl_medlego.full_finetune import FullSiteState
-from fl_medlego.lora import Adapter
-from fl_medlego.site import SiteState
+from fl_medlego.kinds import SiteKind, SiteState
 
 
-def load_state(state: RecordDict, site: str) -> SiteState | None:
-    if f"{site}.head" not in state:
+def _keys(site: str) -> tuple[str, str, str]:
+    return f"{site}.head", f"{site}.specialist", f"{site}.specialist-head"
+
+
+def load_state(state: RecordDict, site: str, kind: SiteKind, template: dict) -> SiteState | None:
+    head, specialist, specialist_head = _keys(site)
+    if head not in state:
         return None
-    return SiteState(
-        head=state[f"{site}.head"].to_torch_state_dict(),
-        specialist=Adapter.from_tensors(state[f"{site}.specialist"].to_torch_state_dict()),
-        specialist_head=state[f"{site}.specialist-head"].to_torch_state_dict(),
-    )
+    return SiteState(head=state[head].to_torch_state_dict(),
+                     specialist=kind.decode(state[specialist].to_torch_state_dict(), template),
+                     specialist_head=state[specialist_head].to_torch_state_dict())
 
 
-def save_state(state: RecordDict, site: str, site_state: SiteState) -> None:
-    state[f"{site}.head"] = ArrayRecord(site_state.head)
-    # Scale folded into E: the same update, stored without extra metadata.
-    state[f"{site}.specialist"] = ArrayRecord(Adapter(site_state.specialist.folded()).to_tensors())
-    state[f"{site}.specialist-head"] = ArrayRecord(site_state.specialist_head)
-
-
-def load_full_state(state: RecordDict, site: str) -> FullSiteState | None:
-    if f"{site}.head" not in state:
-        return None
-    return FullSiteState(head=state[f"{site}.head"].to_torch_state_dict(),
-                         specialist_backbone=state[f"{site}.specialist-backbone"].to_torch_state_dict(),
-                         specialist_head=state[f"{site}.specialist-head"].to_torch_state_dict())
-
-
-def save_full_state(state: RecordDict, site: str, site_state: FullSiteState) -> None:
-    state[f"{site}.head"] = ArrayRecord(site_state.head)
-    state[f"{site}.specialist-backbone"] = ArrayRecord(site_state.specialist_backbone)
-    state[f"{site}.specialist-head"] = ArrayRecord(site_state.specialist_head)
+def save_state(state: RecordDict, site: str, kind: SiteKind, site_state: SiteState) -> None:
+    head, specialist, specialist_head = _keys(site)
+    state[head] = ArrayRecord(site_state.head)
+    state[specialist] = ArrayRecord(kind.encode(site_state.specialist))
+    state[specialist_head] = ArrayRecord(site_state.specialist_head)

@@ -1,21 +1,43 @@
-"""The Flower run config (flat, kebab-case, dotted groups) -> typed dataclasses, in one place.
+"""The Flower run config (flat, kebab-case, dotted groups) -> typed settings, in one parse.
 
-Both the ServerApp and the ClientApp parse the same run config with `parse_run_config`; the
-scenario's pyproject.toml declares every key with its default (see DEFAULTS for the full list).
+Both the ServerApp and the ClientApp parse the same run config with `parse_run_config`; the result
+holds the sites as objects, the site kind the strategy runs, and the merge method's options already
+validated as that method's own options type. Every default is declared once: in the dataclass it
+belongs to (`SVDLoRAConfig`, `TrainConfig`, `DataSettings`, the merge's options) or, for settings of
+the run itself, in `RUN_DEFAULTS`. A scenario's pyproject.toml declares every key (Flower requires
+it); `tests/test_scenarios.py` fails when a scenario's value drifts from DEFAULTS unintentionally.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from .data import SiteSpec, parse_sites
+from .kinds import SiteKind, get_kind, kind_for_strategy
 from .lora import SVDLoRAConfig
+from .merging.medlego import MedLegoOptions
 from .scenario import parse_overrides
 from .train import TrainConfig
 
-# Every knob, with its default. A scenario may override any of them in [tool.flwr.app.config].
-DEFAULTS: dict[str, object] = {
+WEIGHTINGS = ("uniform", "examples")  # examples: weight each site by its number of training examples
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    root: str = "bundled"  # the sample in the package; a folder of MedMNIST files; "" = $MEDMNIST_ROOT / download
+    image_size: int = 28  # the MedMNIST file size (28, 64, 128, 224); images are resized to the model's input
+    partition: str = "iid"  # or "dirichlet" (label skew) when a modality is split across sites
+    dirichlet_alpha: float = 0.5
+    max_train: int = 0  # cap per site, 0 = all
+    max_eval: int = 0
+
+
+_LORA, _TRAIN, _DATA = SVDLoRAConfig(), TrainConfig(), DataSettings()
+
+# Settings of the run itself (no dataclass of their own elsewhere).
+RUN_DEFAULTS: dict[str, object] = {
     "sites": "blood,breast,organa,pneumonia",
     "strategy": "medlego",
     "num-rounds": 3,
@@ -25,63 +47,62 @@ DEFAULTS: dict[str, object] = {
     "node-wait-timeout": 120,
     "model.name": "vit_medmnist_28",
     "model.pretrained": "bundled",
-    "lora.rank": 4,
-    "lora.alpha": 8.0,
-    "lora.targets": "attn.qkv",
-    "lora.init-std": 0.09,
-    "lora.orth-weight": 0.01,
     "lora.site-ranks": "",
-    "merge.energy": 0.9,
-    "merge.max-rank": 16,
-    "merge.weighting": "uniform",
+    "merge.weighting": WEIGHTINGS[0],
     "merge.options": "",
-    "train.local-epochs": 5,
-    "train.batch-size": 64,
-    "train.lr": 0.01,
-    "train.weight-decay": 0.01,
-    "train.full-lr": 0.001,
-    "data.root": "bundled",
-    "data.image-size": 28,
-    "data.partition": "iid",
-    "data.dirichlet-alpha": 0.5,
-    "data.max-train": 0,
-    "data.max-eval": 0,
+    "train.full-lr": 0.001,  # full fine-tuning (kind `full`, the multi-task reference): AdamW at 1e-3 as usual for ViTs
     "new-task.site": "",
     "new-task.epochs": 8,
 }
 
+# Every knob, with its default. A scenario may override any of them in [tool.flwr.app.config].
+DEFAULTS: dict[str, object] = {
+    **RUN_DEFAULTS,
+    "lora.rank": _LORA.rank,
+    "lora.alpha": _LORA.alpha,
+    "lora.targets": ",".join(_LORA.targets),
+    "lora.init-std": _LORA.init_std,
+    "lora.orth-weight": _LORA.orth_weight,
+    # merge.energy / merge.max-rank are Med-LEGO's (and any method's with options of those names).
+    "merge.energy": MedLegoOptions.energy,
+    "merge.max-rank": MedLegoOptions.max_rank or 0,
+    "train.local-epochs": _TRAIN.epochs,
+    "train.batch-size": _TRAIN.batch_size,
+    "train.lr": _TRAIN.lr,
+    "train.weight-decay": _TRAIN.weight_decay,
+    "data.root": _DATA.root,
+    "data.image-size": _DATA.image_size,
+    "data.partition": _DATA.partition,
+    "data.dirichlet-alpha": _DATA.dirichlet_alpha,
+    "data.max-train": _DATA.max_train,
+    "data.max-eval": _DATA.max_eval,
+}
 
-@dataclass
-class DataSettings:
-    root: str = "bundled"
-    image_size: int = 28  # the MedMNIST file size (28, 64, 128, 224); images are resized to the model's input
-    partition: str = "iid"
-    dirichlet_alpha: float = 0.5
-    max_train: int = 0
-    max_eval: int = 0
 
-
-@dataclass
+@dataclass(frozen=True)
 class MergeSettings:
-    energy: float = 0.9
-    max_rank: int | None = 16  # 0 in the run config means no cap
-    weighting: str = "uniform"  # or "examples": weight each site by its number of training examples
-    options: dict = field(default_factory=dict)  # method-specific options, e.g. {"density": 0.5, "lam": 0.7}
+    """How the server combines the sites' updates: the strategy and its validated options."""
+
+    method: str
+    options: object | None  # an instance of the method's options dataclass; None where it has none
+    weighting: str = WEIGHTINGS[0]
 
     def __post_init__(self) -> None:
-        if self.weighting not in ("uniform", "examples"):
-            raise ValueError(f"merge.weighting must be 'uniform' or 'examples', got {self.weighting!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"merge.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
 
-    def options_for(self, option_names: list[str]) -> dict:
-        """The options a merge method takes: energy / max-rank where it has them, plus merge.options."""
-        values = {"energy": self.energy, "max_rank": self.max_rank}
-        return {**{k: v for k, v in values.items() if k in option_names}, **self.options}
+    def with_options(self, **values) -> MergeSettings:
+        """The same settings with some options replaced (validated again by the options type)."""
+        if not values:
+            return self
+        return dataclasses.replace(self, options=dataclasses.replace(self.options, **values))
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
-    sites: str
+    sites: tuple[SiteSpec, ...]
     strategy: str
+    kind_name: str  # the site kind the strategy runs (fl_medlego.kinds)
     num_rounds: int
     seed: int
     output_dir: str
@@ -92,15 +113,39 @@ class RunConfig:
     lora: SVDLoRAConfig
     merge: MergeSettings
     train: TrainConfig
-    data: DataSettings = field(default_factory=DataSettings)
-    full_lr: float = 0.001  # learning rate for full fine-tuning (the non-adapter baselines)
-    site_ranks: list[int] = field(default_factory=list)  # per-site adapter ranks, cycled over the sites
-    new_task_site: str = ""  # new_task scenario: the site held out of the merge
-    new_task_epochs: int = 8
+    data: DataSettings
+    full_lr: float
+    site_ranks: tuple[int, ...]  # per-site adapter ranks, cycled over the sites (empty: lora.rank for all)
+    new_task_site: str  # new_task scenario: the site held out of the merge
+    new_task_epochs: int
 
-    def rank_of(self, site_index: int) -> int:
-        """Adapter rank of the i-th site of the scenario: lora.rank unless lora.site-ranks is set."""
-        return self.site_ranks[site_index % len(self.site_ranks)] if self.site_ranks else self.lora.rank
+    @property
+    def kind(self) -> SiteKind:
+        return get_kind(self.kind_name)
+
+    @property
+    def site_names(self) -> list[str]:
+        return [s.name for s in self.sites]
+
+    def site(self, name: str) -> SiteSpec:
+        for spec in self.sites:
+            if spec.name == name:
+                return spec
+        raise ValueError(f"site {name!r} is not in this scenario's sites {self.site_names}")
+
+    @property
+    def image_size(self) -> int:
+        """The input size of the backbone (images of any file size are resized to it)."""
+        from .models import preset_image_size
+
+        return preset_image_size(self.model_name)
+
+    def rank_of(self, site: str) -> int:
+        """Adapter rank of a site: lora.rank unless lora.site-ranks is set (then by the site's position)."""
+        names = self.site_names
+        if not self.site_ranks or site not in names:
+            return self.lora.rank
+        return self.site_ranks[names.index(site) % len(self.site_ranks)]
 
     def output_path(self, run_name: str) -> Path:
         """Absolute. Flower runs apps in processes whose working directory is not the user's, so a
@@ -109,6 +154,18 @@ class RunConfig:
         if not root.is_absolute():
             root = Path.home() / "fl-medlego" / root
         return (root / run_name).resolve()
+
+
+def _merge_settings(c: dict) -> tuple[str, MergeSettings]:
+    strategy = str(c["strategy"])
+    try:
+        kind = kind_for_strategy(strategy)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    max_rank = int(c["merge.max-rank"])
+    options = kind.merge_options(strategy, float(c["merge.energy"]), max_rank if max_rank > 0 else None,
+                                 parse_overrides(str(c["merge.options"])))
+    return kind.name, MergeSettings(strategy, options, str(c["merge.weighting"]))
 
 
 def parse_run_config(run_config: dict) -> RunConfig:
@@ -123,16 +180,12 @@ def parse_run_config(run_config: dict) -> RunConfig:
             targets=tuple(t.strip() for t in str(c["lora.targets"]).split(",") if t.strip()),
             init_std=float(c["lora.init-std"]), orth_weight=float(c["lora.orth-weight"]),
         )
-        max_rank = int(c["merge.max-rank"])
+        kind_name, merge = _merge_settings(c)
         return RunConfig(
-            sites=str(c["sites"]), strategy=str(c["strategy"]), num_rounds=int(c["num-rounds"]),
-            seed=int(c["seed"]), output_dir=str(c["output-dir"]), round_timeout=float(c["round-timeout"]),
-            node_wait_timeout=float(c["node-wait-timeout"]),
-            model_name=str(c["model.name"]), pretrained=str(c["model.pretrained"]), lora=lora,
-            merge=MergeSettings(float(c["merge.energy"]), max_rank if max_rank > 0 else None,
-                                str(c["merge.weighting"]), parse_overrides(str(c["merge.options"]))),
-            site_ranks=[int(r) for r in str(c["lora.site-ranks"]).split(",") if r.strip()],
-            new_task_site=str(c["new-task.site"]), new_task_epochs=int(c["new-task.epochs"]),
+            sites=tuple(parse_sites(str(c["sites"]))), strategy=merge.method, kind_name=kind_name,
+            num_rounds=int(c["num-rounds"]), seed=int(c["seed"]), output_dir=str(c["output-dir"]),
+            round_timeout=float(c["round-timeout"]), node_wait_timeout=float(c["node-wait-timeout"]),
+            model_name=str(c["model.name"]), pretrained=str(c["model.pretrained"]), lora=lora, merge=merge,
             train=TrainConfig(epochs=int(c["train.local-epochs"]), batch_size=int(c["train.batch-size"]),
                               lr=float(c["train.lr"]), weight_decay=float(c["train.weight-decay"]),
                               orth_weight=lora.orth_weight, seed=int(c["seed"])),
@@ -140,6 +193,8 @@ def parse_run_config(run_config: dict) -> RunConfig:
                               partition=str(c["data.partition"]), dirichlet_alpha=float(c["data.dirichlet-alpha"]),
                               max_train=int(c["data.max-train"]), max_eval=int(c["data.max-eval"])),
             full_lr=float(c["train.full-lr"]),
+            site_ranks=tuple(int(r) for r in str(c["lora.site-ranks"]).split(",") if r.strip()),
+            new_task_site=str(c["new-task.site"]), new_task_epochs=int(c["new-task.epochs"]),
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"invalid run config: {err}") from err

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .lora import Adapter, load_adapter, save_adapter
+from .lora import Adapter, SVDLoRAConfig, load_adapter, save_adapter
+from .lora.io import read_adapter_config
 from .merging import merge_adapters
 
 
@@ -17,14 +18,20 @@ def merge_saved_adapters(inputs: Sequence[str | Path], output: str | Path, metho
                          weights: Sequence[float] | None = None, **options) -> Adapter:
     """Load adapters (any ranks), merge them with a registered method, save the result to `output`.
 
-    Nothing is written unless the merge succeeds, and an existing adapter at `output` is never
-    overwritten silently: pass a new folder.
+    Every input must adapt the same targets of the same base (as their adapter_config.json say); the
+    merged adapter says the same. Nothing is written unless the merge succeeds, and an existing
+    adapter at `output` is never overwritten silently: pass a new folder.
     """
     output = Path(output)
     if (output / "adapter_model.safetensors").exists():
         raise FileExistsError(f"{output} already holds an adapter: choose another output folder")
-    adapters = [load_adapter(p) for p in inputs]
+    if not inputs:
+        raise ValueError("merge needs at least one adapter folder")
+    first = read_adapter_config(inputs[0])
+    lora = SVDLoRAConfig.from_dict(first["svd_lora"]) if first.get("svd_lora") else None
+    base, fingerprint = first.get("base_model_name_or_path"), first.get("base_model_fingerprint")
+    adapters = [load_adapter(p, expect_lora=lora, expect_base=base, expect_fingerprint=fingerprint) for p in inputs]
     merged = merge_adapters(adapters, method, weights, **options)
     merged.metadata["merge"]["inputs"] = [str(p) for p in inputs]
-    save_adapter(merged, output)
+    save_adapter(merged, output, lora, base, fingerprint)
     return merged

@@ -6,6 +6,8 @@ import math
 
 from rich.table import Table
 
+from .wire import TEST_ACC, VAL_ACC
+
 
 def _fmt(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
@@ -55,6 +57,7 @@ def run_figure(summary: dict, evaluations: list[dict], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     sites = list(summary["sites"])
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
@@ -72,7 +75,8 @@ def run_figure(summary: dict, evaluations: list[dict], path) -> None:
         if points:
             curves.plot(*zip(*points), marker="o", label=site)
     curves.set_xlabel("round")
-    curves.set_ylabel("merged adapter test ACC")
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole: no tick at round 1.5
+    curves.set_ylabel("merged model test ACC")
     curves.set_ylim(0, 1)
     curves.legend()
     fig.tight_layout()
@@ -86,13 +90,15 @@ def learning_curve_figure(site: str, curves: dict[str, dict[str, list[float]]], 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, key in zip(axes, ("val-acc", "test-acc")):
+    for ax, key in zip(axes, (VAL_ACC, TEST_ACC)):
         for label, curve in curves.items():
             ax.plot(range(1, len(curve[key]) + 1), curve[key], marker="o", label=label)
         ax.set_title(f"{site}: {key.replace('-acc', '')} ACC per epoch")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     axes[0].set_ylabel("ACC")
     fig.tight_layout()

@@ -1,6 +1,7 @@
 """A run's output folder: merged adapter per round, metrics as JSON lines, and the final summary.
 
-    RUN_DIR/round-001/adapter/    adapter_config.json + adapter_model.safetensors (the merged adapter)
+    RUN_DIR/round-001/            the combined update of round 1, as its site kind saves it
+                                  (adapter/: adapter_config.json + adapter_model.safetensors; or backbone.safetensors)
     RUN_DIR/metrics.jsonl         one JSON object per event (train / evaluate / rejected reply)
     RUN_DIR/summary.json          per site: specialist and merged metrics, normalized accuracy
     RUN_DIR/summary.md            the same as a table
@@ -13,7 +14,6 @@ import math
 import time
 from pathlib import Path
 
-from .lora import Adapter, save_adapter
 from .metrics import normalized_accuracy
 from .report import run_figure, summary_markdown
 
@@ -31,17 +31,9 @@ class RunResults:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record, default=_json_safe) + "\n")
 
-    def save_merged(self, server_round: int, adapter: Adapter) -> Path:
-        return save_adapter(adapter, self.run_dir / f"round-{server_round:03d}" / "adapter")
-
-    def save_backbone(self, server_round: int, weights: dict) -> Path:
-        """The averaged full backbone (strategy vit_avg)."""
-        from safetensors.torch import save_file
-
-        path = self.run_dir / f"round-{server_round:03d}" / "backbone.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
-        return path
+    def round_dir(self, server_round: int) -> Path:
+        """Where round N's combined update is saved (by its site kind)."""
+        return self.run_dir / f"round-{server_round:03d}"
 
     def write_summary(self, specialist: dict[str, dict], merged: dict[str, dict], extra: dict | None = None) -> dict:
         """Per site: the specialist's and the merged model's test metrics and merged / specialist ACC."""

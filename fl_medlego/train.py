@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data.sites import Split
-from .lora import orthogonality_penalty
+from .lora import SVDLoRAConfig, orthogonality_penalty
 from .metrics import MULTI_LABEL, classification_metrics
 
 log = logging.getLogger(__name__)
@@ -24,13 +26,24 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 0.01
     weight_decay: float = 0.01
-    orth_weight: float = 0.01
+    orth_weight: float = SVDLoRAConfig.orth_weight  # the adapter's regulariser (0 for full fine-tuning)
     seed: int = 0
     progress: bool = False  # a tqdm bar per epoch (the CLI turns it on; Flower logs stay line-based)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"invalid training config {self}: epochs, batch size and lr must be positive")
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What a person following a site's training wants to see after each epoch."""
+
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_acc: float
+    seconds: float  # this epoch's training and validation
 
 
 @dataclass
@@ -62,10 +75,11 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, cfg: TrainConfig,
-        watch: Split | None = None) -> FitResult:
+        watch: Split | None = None, on_epoch: Callable[[EpochReport], None] | None = None) -> FitResult:
     """Train the trainable parameters (adapter + head); keep the epoch with the best validation ACC.
 
     `watch`, if given, is evaluated after every epoch for learning curves only: it never picks the epoch.
+    `on_epoch`, if given, is called after every epoch (progress for people; it cannot change training).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -74,6 +88,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, 
     generator = torch.Generator().manual_seed(cfg.seed)
     best_acc, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
         model.train()
         order = torch.randperm(len(train), generator=generator)
         batches = order.split(cfg.batch_size)
@@ -93,6 +108,8 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, 
             val_metrics["watch_acc"] = evaluate(model, watch, task, image_size, cfg.batch_size * 4)["acc"]
         history.append({"epoch": epoch, "train_loss": total / len(train), **val_metrics})
         log.info("epoch %d/%d: train loss %.4f, val acc %.4f", epoch, cfg.epochs, total / len(train), metrics["acc"])
+        if on_epoch is not None:
+            on_epoch(EpochReport(epoch, cfg.epochs, total / len(train), metrics["acc"], time.perf_counter() - started))
         if metrics["acc"] > best_acc:
             best_acc, best_epoch, best_state = metrics["acc"], epoch, _trainable_state(model)
     model.load_state_dict(best_state, strict=False)

@@ -1,11 +1,16 @@
-"""What crosses the wire, defined once for both sides.
+"""What crosses the wire, defined once for both sides: record keys, metric names, node-config keys,
+and the tensor encodings of each site kind's update.
 
-A site sends only its adapter's low-rank factors (`<matrix>.lora_B/E/A`, with the scale folded into
-E so that D = B diag(E) A exactly) and a few metrics; images, labels and heads stay at the site.
-The server checks every reply against the adapter template of the shared model before merging.
+An adapter site sends only its adapter's low-rank factors (`<matrix>.lora_B/E/A`, with the scale
+folded into E so that D = B diag(E) A exactly) and a few metrics; a full-weight site sends its whole
+backbone. Images, labels and heads stay at the site. The server decodes every reply against the
+template of the shared model (`decode_adapter`, `decode_backbone`) before anything else touches it.
+No other module spells these names: `tests/test_wire.py` fails on a literal copy elsewhere.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -27,10 +32,24 @@ CURVE_EPOCHS = "curve-epochs"
 BASE_FINGERPRINT = "base-fingerprint"
 DATA_SOURCE = "data-source"  # where the site's images came from (a description, never the data)
 
-# MetricRecord entries
+# MetricRecord entries: site -> server
 NUM_EXAMPLES = "num-examples"
+VAL_ACC = "val-acc"  # best validation ACC of the round's local training
+TRAIN_LOSS = "train-loss"  # mean task loss of that epoch
+BEST_EPOCH = "best-epoch"
+TEST_ACC = "test-acc"  # learning curves only (new_task), one value per epoch
 EVAL_METRICS = ("acc", "auc", "f1", "loss")
 SPECIALIST_PREFIX = "specialist-"
+TRAIN_METRICS = (VAL_ACC, TRAIN_LOSS)  # averaged over the sites in the round's aggregate
+# MetricRecord entries: the server's aggregate of a round
+SITES_MERGED = "sites-merged"
+MERGED_MAX_RANK = "merged-max-rank"
+
+# Node-config keys: what a SuperNode says about itself (deployment: --node-config; simulation: Flower's own)
+NODE_SITE = "site"  # comma-separated site names this node hosts
+NODE_DATA_ROOT = "data-root"  # where this node's images are; wins over the run config's data.root when set
+NODE_PARTITION_ID = "partition-id"  # simulation
+NODE_NUM_PARTITIONS = "num-partitions"  # simulation
 
 
 class InvalidUpdate(ValueError):
@@ -44,7 +63,7 @@ PACKED = "factors"
 RANKS = "ranks"
 
 
-def encode(adapter: Adapter) -> dict[str, torch.Tensor]:
+def encode_adapter(adapter: Adapter) -> dict[str, torch.Tensor]:
     """The adapter as wire tensors: packed factors (scale folded into E) and their ranks."""
     folded = adapter.folded()
     names = sorted(folded)
@@ -52,7 +71,7 @@ def encode(adapter: Adapter) -> dict[str, torch.Tensor]:
     return {PACKED: torch.cat(parts), RANKS: torch.tensor([folded[n].rank for n in names], dtype=torch.int64)}
 
 
-def decode(tensors: dict[str, torch.Tensor], template: dict[str, tuple[int, int]]) -> Adapter:
+def decode_adapter(tensors: dict[str, torch.Tensor], template: dict[str, tuple[int, int]]) -> Adapter:
     """The adapter in `tensors` if it fits the template (matrix name -> (d_out, d_in)); else InvalidUpdate.
 
     Checks: exactly the two expected entries; integer ranks, one per template matrix, each between 1
@@ -85,3 +104,34 @@ def decode(tensors: dict[str, torch.Tensor], template: dict[str, tuple[int, int]
         factors[name] = Factors(next(pieces).reshape(d_out, r).clone(), next(pieces).clone(),
                                 next(pieces).reshape(r, d_in).clone())
     return Adapter(factors, scale=1.0)
+
+
+def encode_backbone(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A full backbone as wire tensors: its state dict as it is."""
+    return dict(weights)
+
+
+def decode_backbone(tensors: dict[str, torch.Tensor], template: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The backbone in `tensors` if it has exactly the template's keys and shapes, floating point and finite."""
+    missing, extra = sorted(set(template) - set(tensors)), sorted(set(tensors) - set(template))
+    if missing or extra:
+        raise InvalidUpdate(f"backbone keys do not fit: missing {missing[:4]}, unexpected {extra[:4]}")
+    for key, shape in template.items():
+        tensor = tensors[key]
+        if tuple(tensor.shape) != shape or not tensor.is_floating_point():
+            raise InvalidUpdate(f"{key}: {tensor.dtype} {tuple(tensor.shape)}, expected float {shape}")
+        if not torch.isfinite(tensor).all():
+            raise InvalidUpdate(f"{key} holds NaN or Inf values")
+    return tensors
+
+
+def read_metrics(record: dict, required: tuple[str, ...]) -> dict[str, float]:
+    """A reply's metrics if every required one is a finite real number (bools are not); else InvalidUpdate."""
+    metrics = dict(record)
+    for name in required:
+        value = metrics.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidUpdate(f"metric '{name}' must be a finite number, got {value!r}")
+    if metrics[NUM_EXAMPLES] <= 0:
+        raise InvalidUpdate(f"'{NUM_EXAMPLES}' must be positive, got {metrics[NUM_EXAMPLES]!r}")
+    return metrics

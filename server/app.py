@@ -1,4 +1,4 @@
-"""The coordinator: a Flower ServerApp that merges the sites' SVD-LoRA adapters round by round."""
+"""The coordinator: a Flower ServerApp that combines the sites' updates round by round (Med-LEGO by default)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,12 @@ from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
 from fl_medlego.config import RunConfig, parse_run_config, settings_table
-from fl_medlego.data import parse_sites
-from fl_medlego.full_finetune import FULL_WEIGHT_STRATEGY, backbone_template
 from fl_medlego.memory import peak_rss_mb
-from fl_medlego.merging import get_merge
 from fl_medlego.report import summary_table
 from fl_medlego.results import RunResults
-from fl_medlego.site import adapter_template
 
 from .discovery import discover_sites
-from .strategy import FullWeightStrategy, LowRankMergeStrategy
+from .strategy import SiteMergeStrategy
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -32,31 +28,21 @@ class Federation:
     cfg: RunConfig
     run_dir: Path
     site_nodes: dict[str, int]  # every declared site that a node hosts
-    strategy: LowRankMergeStrategy
-    merged: ArrayRecord  # the last merged adapter
+    strategy: SiteMergeStrategy
+    merged: ArrayRecord  # the last combined update
 
 
 def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = ()) -> Federation:
     """Discover the sites, run the rounds with the configured merge (without `held_out` sites), write the summary."""
-    cfg = parse_run_config(context.run_config)
-    full_weight = cfg.strategy == FULL_WEIGHT_STRATEGY
-    options = {}
-    if not full_weight:
-        merge = get_merge(cfg.strategy)  # fails before any training if the strategy name or its options are wrong
-        options = cfg.merge.options_for(list(merge.options_type.__dataclass_fields__))
-        merge.make_options(**options)
+    cfg = parse_run_config(context.run_config)  # fails before any training on a wrong strategy or option
     run_dir = cfg.output_path(f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}-{context.run_id}")
     results = RunResults(run_dir, settings_table(cfg))
     print(f"fl-medlego: results of this run go to {run_dir}", flush=True)
 
-    declared = [s.name for s in parse_sites(cfg.sites)]
+    declared = cfg.site_names
     site_nodes = discover_sites(grid, declared, cfg.node_wait_timeout)
     merging = {s: n for s, n in site_nodes.items() if s not in held_out}
-    if full_weight:
-        strategy = FullWeightStrategy(merging, backbone_template(cfg), cfg.strategy, {}, cfg.merge.weighting, results)
-    else:
-        strategy = LowRankMergeStrategy(merging, adapter_template(cfg), cfg.strategy, options, cfg.merge.weighting,
-                                        results)
+    strategy = SiteMergeStrategy(merging, cfg.kind.template(cfg), cfg, results)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.num_rounds,
                             timeout=cfg.round_timeout, train_config=ConfigRecord(), evaluate_config=ConfigRecord())
 

@@ -41,9 +41,9 @@ def main(grid: Grid, context: Context) -> None:
         if reply.has_error():
             raise RuntimeError(f"the held-out site failed to train ({label}): {reply.error.reason}")
         metrics = reply.content[wire.METRICS]
-        curves[label] = {"val-acc": list(metrics["val-acc"]), "test-acc": list(metrics["test-acc"])}
+        curves[label] = {key: list(metrics[key]) for key in (wire.VAL_ACC, wire.TEST_ACC)}
     (fed.run_dir / "new_task.json").write_text(json.dumps({"site": held, "curves": curves}, indent=2))
     learning_curve_figure(held, curves, fed.run_dir / "new_task.png")
     for label, curve in curves.items():
-        print(f"fl-medlego: {held} {label}: test ACC per epoch " + " ".join(f"{a:.3f}" for a in curve["test-acc"]))
+        print(f"fl-medlego: {held} {label}: test ACC per epoch " + " ".join(f"{a:.3f}" for a in curve[wire.TEST_ACC]))
     print(f"fl-medlego: learning curves written to {fed.run_dir / 'new_task.png'}", flush=True)

@@ -1,12 +1,12 @@
 """The ClientApp handlers on mock messages: training, evaluation, site checks, state between rounds."""
 
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
 
 from fl_medlego import wire
 from fl_medlego.clients.app import evaluate, query, train
 from fl_medlego.config import parse_run_config
-from fl_medlego.site import adapter_template
 
 from flower_mocks import message
 
@@ -36,10 +36,11 @@ def test_train_then_evaluate_keeps_head_and_data_at_the_site():
     ctx = context(0)
     reply = train(request(MessageType.TRAIN, "breast"), ctx)
     tensors = reply.content[wire.ARRAYS].to_torch_state_dict()
-    adapter = wire.decode(tensors, adapter_template(parse_run_config(RUN_CONFIG)))  # only factors
+    cfg = parse_run_config(RUN_CONFIG)
+    adapter = wire.decode_adapter(tensors, cfg.kind.template(cfg))  # only factors
     assert all(f.rank == 2 for f in adapter.factors.values())
     metrics = reply.content[wire.METRICS]
-    assert metrics[wire.NUM_EXAMPLES] == 32 and 0 <= metrics["val-acc"] <= 1
+    assert metrics[wire.NUM_EXAMPLES] == 32 and 0 <= metrics[wire.VAL_ACC] <= 1
     assert "bundled sample" in reply.content[wire.SITE_INFO][wire.DATA_SOURCE]
     assert {"breast.head", "breast.specialist", "breast.specialist-head"} <= set(ctx.state)
 
@@ -50,8 +51,15 @@ def test_train_then_evaluate_keeps_head_and_data_at_the_site():
     assert m["acc"] == pytest.approx(m["specialist-acc"]) and m[wire.NUM_EXAMPLES] == 32
 
     # Round 2 starts from a "merged" adapter (here: the site's own) and keeps the round-1 specialist.
+    specialist = ctx.state["breast.specialist"].to_torch_state_dict()
     reply2 = train(request(MessageType.TRAIN, "breast", reply.content[wire.ARRAYS]), ctx)
     assert reply2.content[wire.METRICS][wire.NUM_EXAMPLES] == 32
+    kept = ctx.state["breast.specialist"].to_torch_state_dict()
+    assert all(torch.equal(kept[k], specialist[k]) for k in specialist)  # the specialist is round 1's
+    round2 = reply2.content[wire.ARRAYS].to_torch_state_dict()
+    assert not torch.equal(round2[wire.PACKED], specialist[wire.PACKED])  # while the site trained on
+    assert not torch.equal(ctx.state["breast.head"].to_torch_state_dict()["weight"],
+                           ctx.state["breast.specialist-head"].to_torch_state_dict()["weight"])
 
 
 def test_a_node_refuses_a_site_it_does_not_host():
@@ -74,15 +82,55 @@ def test_deployment_node_names_its_site():
 
 
 def test_full_weight_mode_sends_the_backbone_and_keeps_its_specialist():
-    from fl_medlego.full_finetune import backbone_template
-
     ctx = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
                   run_config={**RUN_CONFIG, "strategy": "vit_avg"})
     reply = train(request(MessageType.TRAIN, "breast"), ctx)
     backbone = reply.content[wire.ARRAYS].to_torch_state_dict()
-    template = backbone_template(parse_run_config({**RUN_CONFIG, "strategy": "vit_avg"}))
-    assert {k: tuple(v.shape) for k, v in backbone.items()} == template
-    assert "breast.specialist-backbone" in ctx.state
+    cfg = parse_run_config({**RUN_CONFIG, "strategy": "vit_avg"})
+    assert cfg.kind.name == "full"
+    assert {k: tuple(v.shape) for k, v in backbone.items()} == cfg.kind.template(cfg)
+    assert set(ctx.state["breast.specialist"].to_torch_state_dict()) == set(backbone)
     ev = evaluate(request(MessageType.EVALUATE, "breast", reply.content[wire.ARRAYS], **{wire.WITH_SPECIALIST: True}),
                   ctx)
     assert ev.content[wire.METRICS]["acc"] == pytest.approx(ev.content[wire.METRICS]["specialist-acc"])
+
+
+def _small_breast_files(folder, n=24):
+    """A MedMNIST-format breastmnist.npz, smaller than the bundled sample, so the two are told apart."""
+    import numpy as np
+
+    from fl_medlego.data.medmnist_source import BUNDLED_ROOT
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with np.load(BUNDLED_ROOT / "breastmnist.npz") as sample:
+        np.savez(folder / "breastmnist.npz", **{k: v[:n] for k, v in sample.items()})
+    return folder
+
+
+@pytest.mark.parametrize("node_root", ["", "files"])
+def test_the_nodes_data_root_wins_even_when_empty(tmp_path, monkeypatch, node_root):
+    """data-root='' on a node means $MEDMNIST_ROOT / ~/.medmnist / download, never the scenario's data.root."""
+    from fl_medlego.clients.site_node import SiteNodeConfig, check_site
+
+    files = _small_breast_files(tmp_path / "files")
+    monkeypatch.setenv("MEDMNIST_ROOT", str(files))
+    root = "" if node_root == "" else str(files)
+    run_config = {**RUN_CONFIG, "data.max-train": 0, "data.max-eval": 0}  # scenario: data.root='bundled'
+    ctx = Context(run_id=1, node_id=5, node_config={"site": "breast", "data-root": root}, state=RecordDict(),
+                  run_config=run_config)
+    reply = train(request(MessageType.TRAIN, "breast"), ctx)
+    source = reply.content[wire.SITE_INFO][wire.DATA_SOURCE]
+    assert source == f"breastmnist from {files}"
+    assert reply.content[wire.METRICS][wire.NUM_EXAMPLES] == 24
+    # The start-up check of a real site resolves its data the same way as training does.
+    key = tmp_path / "key"
+    key.write_text("x")
+    site = SiteNodeConfig(site="breast", data_root=root, superlink="127.0.0.1:1", root_certificates=str(key),
+                          private_key=str(key))
+    assert check_site(site) == source
+
+
+def test_a_node_without_data_root_reads_the_scenarios():
+    ctx = Context(run_id=1, node_id=5, node_config={"site": "breast"}, state=RecordDict(), run_config=RUN_CONFIG)
+    reply = train(request(MessageType.TRAIN, "breast"), ctx)
+    assert "bundled sample" in reply.content[wire.SITE_INFO][wire.DATA_SOURCE]

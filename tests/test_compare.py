@@ -6,8 +6,8 @@ import pytest
 
 from fl_medlego.cli import main
 from fl_medlego.compare import Comparison
-from fl_medlego.compare import run as compare_run
 from fl_medlego.compare.table import summarize, to_markdown
+from fl_medlego.kinds.adapter import AdapterKind
 from fl_medlego.scenario import load_scenario_config, parse_overrides
 
 TINY = ("sites='breast,pneumonia' data.max-train=40 data.max-eval=40 train.local-epochs=1 lora.rank=2")
@@ -27,13 +27,13 @@ def test_overrides_follow_flower_syntax_and_refuse_undeclared_keys():
 
 def test_tuning_uses_validation_only_and_specialists_are_cached(tmp_path, monkeypatch):
     calls = []
-    real = compare_run.evaluate_site
+    real = AdapterKind.evaluate
 
-    def spy(cfg, data, adapter, head, split="test"):
+    def spy(self, cfg, data, adapter, head, split="test"):
         calls.append((data.site.name, split, adapter.metadata.get("merge", {}).get("options")))
-        return real(cfg, data, adapter, head, split)
+        return real(self, cfg, data, adapter, head, split)
 
-    monkeypatch.setattr(compare_run, "evaluate_site", spy)
+    monkeypatch.setattr(AdapterKind, "evaluate", spy)
     results = Comparison(tiny_config(), ["medlego", "ties"], [0], tmp_path / "out", tmp_path / "cache").run()
     test_options = {str(o) for _, split, o in calls if split == "test" and o is not None}
     chosen = {str({**results["rows"][m]["0"]["options"]}) for m in ("medlego", "ties")}
@@ -46,7 +46,7 @@ def test_tuning_uses_validation_only_and_specialists_are_cached(tmp_path, monkey
     def no_training(*args, **kwargs):
         raise AssertionError("a cached specialist was trained again")
 
-    monkeypatch.setattr(compare_run, "train_site", no_training)
+    monkeypatch.setattr(AdapterKind, "train", no_training)
     again = Comparison(tiny_config(), ["post_avg"], [0], tmp_path / "out2", tmp_path / "cache").run()
     assert set(again["rows"]) == {"specialists (SVD-LoRA)", "post_avg"}
 
@@ -72,3 +72,25 @@ def test_report_rerenders_a_comparison(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(results))
     assert main(["report", str(tmp_path)]) == 0
     assert (tmp_path / "table.png").is_file() and "0.900" in (tmp_path / "table.md").read_text()
+
+
+def test_the_terminal_table_never_cuts_strategy_names():
+    from rich.console import Console
+
+    from fl_medlego.compare import print_whole, rich_table
+
+    long = "a_strategy_with_a_long_name"
+    results = {"sites": ["blood", "breast", "organa", "pneumonia"], "seeds": [0, 1, 2], "rows": {
+        row: {str(s): {"test": {site: {"acc": 0.5, "auc": 0.5, "f1": 0, "loss": 0}
+                                for site in ("blood", "breast", "organa", "pneumonia")}} for s in range(3)}
+        for row in ("specialists (SVD-LoRA)", long, "medlego")}}
+    console = Console(width=80, record=True, file=__import__("io").StringIO())
+    print_whole(console, rich_table(results))
+    text = console.export_text()
+    assert long in text and "medlego" in text and "…" not in text
+
+
+def test_merge_list_shows_options_not_class_attributes(capsys):
+    assert main(["merge", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "search_space=" not in out and "energy=0.9" in out

@@ -3,12 +3,29 @@
 import os
 
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 
+from fl_medlego.bases import bundled_base_path
 from fl_medlego.config import parse_run_config
-from fl_medlego.models import create_backbone, fingerprint, shared_base
-from fl_medlego.site import adapter_template
+from fl_medlego.models import create_backbone, fingerprint, list_presets, preset_image_size, shared_base
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_project_preset_is_a_timm_model(name):
+    model = timm.create_model(name, num_classes=0)
+    size = timm.get_pretrained_cfg(name).input_size
+    assert preset_image_size(name) == size[-1]
+    features = model(torch.zeros(2, *size))
+    assert features.shape == (2, model.num_features)
+    if bundled_base_path(name).is_file():  # the shipped base fits the registered architecture exactly
+        bundled = create_backbone(name, pretrained="bundled")
+        assert set(bundled.state_dict()) == set(model.state_dict())
+
+
+def test_the_default_preset_is_registered():
+    assert "vit_medmnist_28" in list_presets() and "vit_medmnist_28" in timm.list_models()
 
 
 def test_seeded_base_is_identical_across_builds():
@@ -29,7 +46,8 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_vit_base_preset_adapts_q_and_v_of_every_block():
-    template = adapter_template(parse_run_config({"model.name": "vit_base_patch16_224"}))
+    cfg = parse_run_config({"model.name": "vit_base_patch16_224"})
+    template = cfg.kind.template(cfg)
     assert len(template) == 24 and set(template.values()) == {(768, 768)}
 
 

@@ -19,6 +19,40 @@ def test_every_scenario_declares_every_knob(scenario):
     parse_run_config(declared)
 
 
+# What each scenario means to change from the library's defaults; any other difference is drift.
+INTENDED = {
+    "cross_domain": {},
+    "in_domain": {"sites": "pneumonia:3", "data.partition": "dirichlet"},
+    "new_task": {"new-task.site": "pneumonia"},
+    "many_sites": {"sites": "blood:16,organa:16,pneumonia:16,breast:4", "num-rounds": 2, "lora.site-ranks": "2,4,8",
+                   "train.local-epochs": 2},
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(INTENDED))
+def test_scenario_values_differ_from_the_defaults_only_where_meant(scenario):
+    from fl_medlego.config import DEFAULTS
+
+    declared = load_scenario_config(f"scenarios/{scenario}")
+    differs = {k: v for k, v in declared.items() if k in DEFAULTS and v != DEFAULTS[k]}
+    assert differs == INTENDED[scenario], "a scenario's value drifted from fl_medlego.config.DEFAULTS"
+
+
+def test_merge_defaults_are_the_same_for_flwr_run_and_the_merge_command():
+    import dataclasses
+
+    from fl_medlego.cli import build_parser
+    from fl_medlego.config import parse_run_config
+    from fl_medlego.merging import get_merge
+
+    args = build_parser().parse_args(["merge", "a", "-o", "b"])
+    assert args.energy is None and args.max_rank is None  # the command leaves the defaults to the options type
+    library = dataclasses.asdict(get_merge("medlego").make_options())
+    for scenario in INTENDED:
+        options = parse_run_config(load_scenario_config(f"scenarios/{scenario}")).merge.options
+        assert dataclasses.asdict(options) == library
+
+
 def test_new_task_scenario_writes_learning_curves(tmp_path):
     out = tmp_path / "outputs"
     config = (f"sites='breast,pneumonia,blood' num-rounds=1 train.local-epochs=1 data.max-train=40 "

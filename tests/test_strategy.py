@@ -7,10 +7,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
 
 from fl_medlego import wire
+from fl_medlego.config import parse_run_config
 from fl_medlego.lora import Adapter
 from fl_medlego.merging import merge_adapters
 from fl_medlego.results import RunResults
-from fl_medlego.server.strategy import LowRankMergeStrategy
+from fl_medlego.server.strategy import SiteMergeStrategy
 
 from conftest import random_factors
 from flower_mocks import message, set_task_identity
@@ -22,8 +23,8 @@ SITES = {"blood": 11, "breast": 12, "organa": 13}
 @pytest.fixture
 def strategy(tmp_path):
     set_task_identity()
-    return LowRankMergeStrategy(SITES, TEMPLATE, "medlego", {"energy": 1.0, "max_rank": None}, "uniform",
-                                RunResults(tmp_path, {"strategy": "medlego"}))
+    cfg = parse_run_config({"merge.energy": 1.0, "merge.max-rank": 0})
+    return SiteMergeStrategy(SITES, TEMPLATE, cfg, RunResults(tmp_path, {"strategy": "medlego"}))
 
 
 def adapter(seed):
@@ -33,8 +34,9 @@ def adapter(seed):
 
 def train_reply(site, node, a, base="abc", examples=100.0):
     content = RecordDict({
-        wire.ARRAYS: ArrayRecord(wire.encode(a)),
-        wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: examples, "val-acc": 0.5, "train-loss": 1.0}),
+        wire.ARRAYS: ArrayRecord(wire.encode_adapter(a)),
+        wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: examples, wire.VAL_ACC: 0.5, wire.TRAIN_LOSS: 1.0,
+                                    wire.BEST_EPOCH: 2.0}),
         wire.SITE_INFO: ConfigRecord({wire.SITE: site, wire.BASE_FINGERPRINT: base, wire.DATA_SOURCE: "test"}),
     })
     return message(content, MessageType.TRAIN, src=node, dst=0)
@@ -50,11 +52,11 @@ def test_configure_train_addresses_each_site_on_its_node(strategy):
 def test_valid_replies_are_merged_exactly(strategy, tmp_path):
     a, b = adapter(1), adapter(2)
     arrays, metrics = strategy.aggregate_train(1, [train_reply("blood", 11, a), train_reply("breast", 12, b)])
-    merged = wire.decode(arrays.to_torch_state_dict(), TEMPLATE)
+    merged = wire.decode_adapter(arrays.to_torch_state_dict(), TEMPLATE)
     expected = merge_adapters([a, b], "medlego", energy=1.0)
     for name in TEMPLATE:
         torch.testing.assert_close(merged.factors[name].delta(), expected.factors[name].delta())
-    assert metrics["sites-merged"] == 2
+    assert metrics[wire.SITES_MERGED] == 2
     assert (tmp_path / "round-001" / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -72,21 +74,33 @@ def test_invalid_replies_are_rejected_and_the_round_goes_on(strategy, tmp_path):
         train_reply("blood", 11, good, examples=0.0),
     ]
     arrays, metrics = strategy.aggregate_train(1, replies)
-    assert metrics["sites-merged"] == 1
-    merged = wire.decode(arrays.to_torch_state_dict(), TEMPLATE)
+    assert metrics[wire.SITES_MERGED] == 1
+    merged = wire.decode_adapter(arrays.to_torch_state_dict(), TEMPLATE)
     torch.testing.assert_close(merged.factors["blocks.0.attn.qkv.v"].delta(),
                                good.folded()["blocks.0.attn.qkv.v"].delta(), rtol=1e-5, atol=1e-5)
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    reasons = " | ".join(e["reason"] for e in events if e["event"] == "rejected")
-    for expected in ("NaN or Inf", "one per adapted matrix", "does not host", "out of memory", "positive number"):
-        assert expected in reasons
+    rejected = [(e["node"], e["site"], e["reason"]) for e in events if e["event"] == "rejected"]
+    # Each rejection names the node and, once the reply is attributed to a site it hosts, that site.
+    expected = [(12, "breast", "NaN or Inf"), (13, "organa", "one per adapted matrix"),
+                (12, None, "does not host"), (13, None, "out of memory"), (11, "blood", "must be positive")]
+    assert len(rejected) == len(expected)
+    for (node, site, reason), (want_node, want_site, want_reason) in zip(rejected, expected):
+        assert (node, site) == (want_node, want_site) and want_reason in reason, (node, site, reason)
+
+
+def test_a_reply_without_a_declared_metric_is_rejected(strategy, tmp_path):
+    bad = train_reply("breast", 12, adapter(2))
+    del bad.content[wire.METRICS][wire.TRAIN_LOSS]
+    _, metrics = strategy.aggregate_train(1, [train_reply("blood", 11, adapter(1)), bad])
+    assert metrics[wire.SITES_MERGED] == 1
+    assert f"metric '{wire.TRAIN_LOSS}'" in (tmp_path / "metrics.jsonl").read_text()
 
 
 def test_a_site_on_another_base_model_is_rejected(strategy):
     replies = [train_reply("blood", 11, adapter(1)), train_reply("breast", 12, adapter(2)),
                train_reply("organa", 13, adapter(3), base="other")]
     _, metrics = strategy.aggregate_train(1, replies)
-    assert metrics["sites-merged"] == 2
+    assert metrics[wire.SITES_MERGED] == 2
 
 
 def test_no_valid_reply_keeps_previous_state(strategy):
@@ -109,26 +123,26 @@ def test_evaluation_collects_specialist_and_merged_metrics(strategy):
     assert summary["mean_normalized_acc"] == pytest.approx((0.75 + 1.0) / 2)
 
 
-def test_full_weight_strategy_averages_backbones_and_rejects_bad_ones(tmp_path):
-    from fl_medlego.server.strategy import FullWeightStrategy
-
+def test_the_same_strategy_averages_full_backbones_and_rejects_bad_ones(tmp_path):
     set_task_identity()
     template = {"w": (2, 3), "b": (3,)}
-    strategy = FullWeightStrategy(SITES, template, "vit_avg", {}, "uniform", RunResults(tmp_path, {}))
+    strategy = SiteMergeStrategy(SITES, template, parse_run_config({"strategy": "vit_avg"}), RunResults(tmp_path, {}))
 
     def reply(site, node, value):
         state = {"w": torch.full((2, 3), value), "b": torch.full((3,), value)}
         content = RecordDict({
             wire.ARRAYS: ArrayRecord(state),
-            wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 10.0, "val-acc": 0.5, "train-loss": 1.0}),
+            wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 10.0, wire.VAL_ACC: 0.5, wire.TRAIN_LOSS: 1.0,
+                                        wire.BEST_EPOCH: 1.0}),
             wire.SITE_INFO: ConfigRecord({wire.SITE: site, wire.BASE_FINGERPRINT: "abc", wire.DATA_SOURCE: "x"}),
         })
         return message(content, MessageType.TRAIN, src=node, dst=0)
 
     arrays, metrics = strategy.aggregate_train(1, [reply("blood", 11, 1.0), reply("breast", 12, 3.0),
                                                    reply("organa", 13, float("nan"))])
-    assert metrics["sites-merged"] == 2
+    assert metrics[wire.SITES_MERGED] == 2
     averaged = arrays.to_torch_state_dict()
     assert torch.equal(averaged["w"], torch.full((2, 3), 2.0)) and torch.equal(averaged["b"], torch.full((3,), 2.0))
     assert (tmp_path / "round-001" / "backbone.safetensors").is_file()
-    assert "NaN or Inf" in (tmp_path / "metrics.jsonl").read_text()
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["site"], "NaN or Inf" in e["reason"]) for e in events if e["event"] == "rejected"] == [("organa", True)]

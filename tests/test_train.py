@@ -9,14 +9,14 @@ from medmnist.evaluator import getACC, getAUC
 from fl_medlego.config import parse_run_config
 from fl_medlego.lora import get_adapter
 from fl_medlego.metrics import classification_metrics, normalized_accuracy
-from fl_medlego.site import build_site_model, load_site_data
+from fl_medlego.site import load_site_data
 from fl_medlego.train import TrainConfig, evaluate, fit
 
 
 def test_fit_keeps_the_best_validation_epoch():
     cfg = parse_run_config({"sites": "breast", "data.max-train": 64, "data.max-eval": 48})
     data = load_site_data(cfg, "breast")
-    model = build_site_model(cfg, data.num_classes, "breast")
+    model = cfg.kind.build_model(cfg, data, None, None)
     result = fit(model, data.train, data.val, data.task, 28, TrainConfig(epochs=3, batch_size=32, lr=5e-3))
     assert len(result.history) == 3
     best = max(h["val_acc"] for h in result.history)

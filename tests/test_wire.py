@@ -18,7 +18,7 @@ def adapter(rng, rank=2, scale=2.0):
 def test_round_trip_folds_the_scale_and_keeps_ranks(rng):
     a = Adapter({"blocks.0.attn.qkv.q": random_factors(8, 6, 2, rng),
                  "blocks.0.attn.qkv.v": random_factors(8, 6, 3, rng)}, scale=2.0)
-    back = wire.decode(wire.encode(a), TEMPLATE)
+    back = wire.decode_adapter(wire.encode_adapter(a), TEMPLATE)
     assert back.scale == 1.0
     for name, f in a.factors.items():
         assert back.factors[name].rank == f.rank
@@ -26,7 +26,7 @@ def test_round_trip_folds_the_scale_and_keeps_ranks(rng):
 
 
 def test_the_wire_carries_two_arrays_only(rng):
-    tensors = wire.encode(adapter(rng))
+    tensors = wire.encode_adapter(adapter(rng))
     assert set(tensors) == {wire.PACKED, wire.RANKS}
     assert tensors[wire.PACKED].numel() == 2 * (8 * 2 + 2 + 2 * 6)
 
@@ -49,7 +49,7 @@ def _set(key, value):
     (lambda t: t.__setitem__(wire.PACKED, t[wire.PACKED].to(torch.int64)), "floating-point"),
 ])
 def test_invalid_updates_are_rejected_with_a_reason(rng, corrupt, reason):
-    tensors = wire.encode(adapter(rng))
+    tensors = wire.encode_adapter(adapter(rng))
     corrupt(tensors)
     with pytest.raises(wire.InvalidUpdate, match=reason):
-        wire.decode(tensors, TEMPLATE)
+        wire.decode_adapter(tensors, TEMPLATE)

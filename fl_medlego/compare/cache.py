@@ -1,8 +1,8 @@
 """Trained specialists on disk, so that a comparison trains each one once and can resume.
 
-    CACHE/<settings hash>/seed-<s>/<site>/svd_lora/   adapter/ + head.safetensors + metrics.json
-    CACHE/<settings hash>/seed-<s>/<site>/full/       backbone.safetensors + head.safetensors + metrics.json
-    CACHE/<settings hash>/seed-<s>/multitask/         model.safetensors + metrics.json
+    CACHE/<settings hash>/seed-<s>/<site>/<kind>/   the kind's saved update + head.safetensors + metrics.json
+                                                    (adapter: adapter/; full: backbone.safetensors)
+    CACHE/<settings hash>/seed-<s>/multitask/       model.safetensors + metrics.json
 
 metrics.json is written last: an entry without it is incomplete and is trained again.
 """
@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from ..config import RunConfig, settings_table
 
 # Settings that do not change what a specialist learns.
-_IRRELEVANT = ("strategy", "num_rounds", "output_dir", "round_timeout", "node_wait_timeout", "merge", "seed")
+_IRRELEVANT = ("strategy", "kind_name", "num_rounds", "output_dir", "round_timeout", "node_wait_timeout", "merge",
+               "seed")
 
 
 def settings_hash(cfg: RunConfig) -> str:

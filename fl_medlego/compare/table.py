@@ -14,8 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-SPECIALIST_ROWS = ("specialists (SVD-LoRA)", "specialists (full fine-tune)")
-REFERENCE_ROWS = (*SPECIALIST_ROWS, "multitask")
+from ..kinds import SiteKind, get_kind, list_kinds
+
+MULTITASK = "multitask"
+
+
+def specialists_row(kind: SiteKind) -> str:
+    """The row of a kind's specialists (the site's own model, not an assembled one)."""
+    return f"specialists ({kind.specialist_label})"
+
+
+SPECIALIST_ROWS = tuple(specialists_row(get_kind(name)) for name in list_kinds())
+NORMALIZED_BY = specialists_row(get_kind("adapter"))  # normalized ACC: merged / SVD-LoRA specialist ACC
+REFERENCE_ROWS = (*SPECIALIST_ROWS, MULTITASK)
 NORMALIZED = "mean norm. ACC"
 
 
@@ -29,7 +40,7 @@ def _stats(values: list[float]) -> tuple[float, float]:
 def summarize(results: dict) -> dict[str, dict[str, tuple[float, float]]]:
     """row -> column -> (mean, std) over seeds; columns are '<site> ACC', '<site> AUC' and NORMALIZED."""
     sites, rows = results["sites"], results["rows"]
-    reference = rows.get(SPECIALIST_ROWS[0], {})
+    reference = rows.get(NORMALIZED_BY, {})
     table = {}
     for row, by_seed in rows.items():
         runs = [r for r in by_seed.values() if r.get("test")]
@@ -92,6 +103,40 @@ def to_markdown(results: dict) -> str:
         text += ["", "Strategies that could not merge these specialists:", *errors]
     text += ["", f"Wall time: {results.get('wall_time_s', 'n/a')} s"]
     return "\n".join(text) + "\n"
+
+
+def rich_table(results: dict):
+    """The comparison for a terminal: strategy names are never cut (the column does not wrap)."""
+    from rich.table import Table
+
+    table, cols, seeds = summarize(results), columns(results), len(results["seeds"])
+    ranks = {c: _ranks(table, c) for c in cols}
+    out = Table(title=f"test ACC / AUC: {', '.join(results['sites'])}")
+    out.add_column("strategy", no_wrap=True)
+    for c in cols:
+        out.add_column(c, justify="right", no_wrap=True)
+    for row, cells in table.items():
+        texts = []
+        for c in cols:
+            place = ranks[c].get(row)
+            text = _cell(*cells[c], seeds)
+            texts.append(f"[bold]{text}[/bold]" if place == 1 else f"[underline]{text}[/underline]" if place == 2
+                         else text)
+        out.add_row(row, *texts)
+    return out
+
+
+def print_whole(console, table) -> None:
+    """Print a rich table as wide as it needs: a narrow terminal scrolls instead of cutting names."""
+    from rich.console import Console
+
+    natural = Console(width=10_000).measure(table).maximum
+    width = console.width
+    console.width = max(width, natural)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def to_csv(results: dict, path: Path) -> None:

@@ -18,10 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import parse_run_config
-from ..full_finetune import train_full_site
-from ..models import preset_image_size
-from ..site import evaluate_site, load_site_data, train_site
-from ..train import evaluate
+from ..kinds import get_kind
+from ..site import load_site_data
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +52,19 @@ def _run_config(pretrained: str, task: str, settings: ProtocolSettings):
                              "train.local-epochs": settings.epochs})
 
 
+MODE_KINDS = {"lora": "adapter", "full": "full"}  # the protocol's row names -> the site kind that trains them
+
+
 def evaluate_one(pretrained: str, task: str, mode: str, settings: ProtocolSettings) -> dict:
     """Test metrics of one task on one base: `mode` "lora" (adapter + head) or "full" (every weight)."""
     cfg = _run_config(pretrained, task, settings)
     data = load_site_data(cfg, task)
     start = time.perf_counter()
-    if mode == "lora":
-        _, state, _ = train_site(cfg, data, None, None)
-        metrics = evaluate_site(cfg, data, state.specialist, state.specialist_head)
-    elif mode == "full":
-        model = train_full_site(cfg, data)
-        metrics = evaluate(model, data.test, data.task, preset_image_size(cfg.model_name))
-    else:
-        raise ValueError(f"evaluation mode must be 'lora' or 'full', got {mode!r}")
+    if mode not in MODE_KINDS:
+        raise ValueError(f"evaluation mode must be one of {sorted(MODE_KINDS)}, got {mode!r}")
+    kind = get_kind(MODE_KINDS[mode])
+    trained = kind.train(cfg, data, None, None)
+    metrics = kind.evaluate(cfg, data, trained.update, trained.state.head)
     return {**metrics, "train_images": len(data.train), "test_images": len(data.test),
             "wall_s": round(time.perf_counter() - start, 1)}
 

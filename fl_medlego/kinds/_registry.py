@@ -1,0 +1,185 @@
+"""Site kinds by name: what a site trains and sends, and how the server combines it.
+
+A kind is a class with one job per method. The apps (`clients/`, `server/`), the strategy and
+`fl-medlego compare` are written once over `SiteKind`; a new kind of site (a cross-modal pair of
+towers, say) is a new module here, not new branches there.
+
+    kind = kind_for_strategy("medlego")     # the adapter kind
+    result = kind.train(cfg, data, start=None, state=None)
+    update = kind.decode(kind.encode(result.update), kind.template(cfg))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from .. import wire
+from ..models import SiteModel
+from ..train import EpochReport, TrainConfig, evaluate, fit
+
+if TYPE_CHECKING:
+    from ..config import MergeSettings, RunConfig
+    from ..data import SiteData
+
+Update = Any  # a kind's own update type: an Adapter, a backbone state dict, ...
+Template = dict  # what a valid update must look like (the kind decides)
+
+
+@dataclass
+class SiteState:
+    """What a site keeps between rounds. Never sent anywhere."""
+
+    head: dict[str, torch.Tensor]
+    specialist: Update  # the update trained from the base in the site's first round (the ceiling)
+    specialist_head: dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainResult:
+    update: Update
+    state: SiteState
+    metrics: dict[str, float]  # the kind's `train_metrics`, by their wire names
+    base_fingerprint: str  # of the frozen base the site trained on: updates merge only over one base
+
+
+class SiteKind(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    specialist_label: ClassVar[str]  # how comparison tables name this kind's specialists
+    train_metrics: ClassVar[tuple[str, ...]] = (wire.VAL_ACC, wire.TRAIN_LOSS, wire.BEST_EPOCH, wire.NUM_EXAMPLES)
+
+    # -- which strategies run this kind, and their options ---------------------------------------
+    @abstractmethod
+    def strategies(self) -> list[str]:
+        """The strategy names (run config `strategy`) that run sites of this kind."""
+
+    @abstractmethod
+    def merge_options(self, strategy: str, energy: float, max_rank: int | None, options: dict) -> object | None:
+        """The strategy's validated options object (None when it has none); raises on a bad option."""
+
+    def option_grid(self, strategy: str) -> list[dict]:
+        """Option values `fl-medlego compare` tries on validation splits (one empty dict: nothing to tune)."""
+        return [{}]
+
+    # -- the update on the wire and on disk ------------------------------------------------------
+    @abstractmethod
+    def template(self, cfg: RunConfig) -> Template:
+        """What a valid update of the shared model looks like (built on the meta device: no weights)."""
+
+    @abstractmethod
+    def encode(self, update: Update) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def decode(self, tensors: dict[str, torch.Tensor], template: Template) -> Update:
+        """The update in `tensors`, or wire.InvalidUpdate naming what is wrong."""
+
+    @abstractmethod
+    def save(self, update: Update, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> Path: ...
+
+    @abstractmethod
+    def load(self, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> Update: ...
+
+    # -- the server ---------------------------------------------------------------------------
+    @abstractmethod
+    def combine(self, updates: Sequence[Update], weights: torch.Tensor | None, merge: MergeSettings) -> Update:
+        """The federation's update from the sites' (weights: None for uniform, else summing to 1)."""
+
+    def describe(self, update: Update) -> dict[str, float]:
+        """Numbers about a combined update, for the round's aggregate metrics (wire names)."""
+        return {}
+
+    # -- the site -------------------------------------------------------------------------------
+    @abstractmethod
+    def build_model(self, cfg: RunConfig, data: SiteData, update: Update | None,
+                    head: dict[str, torch.Tensor] | None) -> SiteModel:
+        """The site's model: the shared base carrying `update` (None: the untrained start) and a head."""
+
+    @abstractmethod
+    def extract(self, model: SiteModel) -> Update:
+        """The trained update of `model` (a copy: it must not change when training goes on)."""
+
+    @abstractmethod
+    def train_config(self, cfg: RunConfig) -> TrainConfig: ...
+
+    def train(self, cfg: RunConfig, data: SiteData, start: Update | None, state: SiteState | None,
+              on_epoch: Callable[[EpochReport], None] | None = None) -> TrainResult:
+        """One round of local training from `start` (None in round 1: from the base), keeping the best epoch."""
+        model = self.build_model(cfg, data, start, state.head if state is not None else None)
+        result = fit(model, data.train, data.val, data.task, model.image_size, self.train_config(cfg),
+                     on_epoch=on_epoch)
+        update = self.extract(model)
+        head = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+        if state is None:  # the first training from the base: this is the site's specialist
+            state = SiteState(head=head, specialist=update, specialist_head=head)
+        else:
+            state = SiteState(head=head, specialist=state.specialist, specialist_head=state.specialist_head)
+        best = result.history[result.best_epoch - 1]
+        metrics = {wire.VAL_ACC: result.best_val_acc, wire.TRAIN_LOSS: best["train_loss"],
+                   wire.BEST_EPOCH: float(result.best_epoch), wire.NUM_EXAMPLES: float(result.num_examples)}
+        return TrainResult(update, state, metrics, model.base_fingerprint)
+
+    def evaluate(self, cfg: RunConfig, data: SiteData, update: Update, head: dict[str, torch.Tensor],
+                 split: str = "test") -> dict[str, float]:
+        """Metrics of `update` with the given head of this site on one of its splits."""
+        model = self.build_model(cfg, data, update, head)
+        return evaluate(model, getattr(data, split), data.task, model.image_size)
+
+    def learning_curve(self, cfg: RunConfig, data: SiteData, start: Update | None, epochs: int,
+                       on_epoch: Callable[[EpochReport], None] | None = None) -> dict[str, list[float]]:
+        """Learn a new task from `start` (e.g. a merged update) or the bare base (None) with a fresh head,
+        recording validation and test ACC after every epoch (Med-LEGO Fig. 2). Keeps no state."""
+        model = self.build_model(cfg, data, start, None)
+        train_cfg = dataclasses.replace(self.train_config(cfg), epochs=epochs)
+        result = fit(model, data.train, data.val, data.task, model.image_size, train_cfg, watch=data.test,
+                     on_epoch=on_epoch)
+        return {wire.VAL_ACC: [h["val_acc"] for h in result.history],
+                wire.TEST_ACC: [h["watch_acc"] for h in result.history]}
+
+
+_KINDS: dict[str, SiteKind] = {}
+
+
+def register_kind(cls: type[SiteKind]) -> type[SiteKind]:
+    """Class decorator: register one instance of the kind under its `name`."""
+    if cls.name in _KINDS:
+        raise ValueError(f"site kind {cls.name!r} is registered twice")
+    _KINDS[cls.name] = cls()
+    return cls
+
+
+def get_kind(name: str) -> SiteKind:
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise KeyError(f"unknown site kind {name!r}; known kinds: {', '.join(list_kinds())}") from None
+
+
+def list_kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+def kind_for_strategy(strategy: str) -> SiteKind:
+    """The kind whose sites a strategy runs on; an unknown strategy lists every known one."""
+    for kind in _KINDS.values():
+        if strategy in kind.strategies():
+            return kind
+    raise KeyError(f"unknown strategy {strategy!r}; known strategies: {', '.join(all_strategies())}")
+
+
+def all_strategies() -> list[str]:
+    return [s for name in list_kinds() for s in _KINDS[name].strategies()]
+
+
+def progress_line(site: str, report: EpochReport) -> str:
+    """One line a person can follow while a site trains."""
+    return (f"site {site}: epoch {report.epoch}/{report.epochs}, train loss {report.train_loss:.4f}, "
+            f"val ACC {report.val_acc:.4f} ({report.seconds:.1f} s)")
+
+

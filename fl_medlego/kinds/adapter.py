@@ -1,0 +1,90 @@
+"""The `adapter` kind (the default): sites train an SVD-LoRA adapter and a head on a frozen shared base;
+only the adapter's factors travel, and the server merges them with any registered merge method."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .. import wire
+from ..lora import Adapter, adapter_updates, get_adapter, inject_svd_lora, load_adapter, save_adapter, set_adapter
+from ..merging import get_merge, list_merges, merge_adapters, option_grid
+from ..models import SiteModel, create_backbone, shared_base
+from ..seeds import site_seed
+from ..train import TrainConfig
+from ._registry import SiteKind, register_kind
+
+if TYPE_CHECKING:
+    from ..config import MergeSettings, RunConfig
+    from ..data import SiteData
+
+
+@register_kind
+class AdapterKind(SiteKind):
+    name = "adapter"
+    summary = "SVD-LoRA adapter + head on a frozen shared base; the low-rank factors are merged"
+    specialist_label = "SVD-LoRA"
+
+    def strategies(self) -> list[str]:
+        return list_merges()
+
+    def merge_options(self, strategy: str, energy: float, max_rank: int | None, options: dict) -> object:
+        merge = get_merge(strategy)
+        # merge.energy / merge.max-rank reach the methods that have them; merge.options the rest.
+        shared = {k: v for k, v in (("energy", energy), ("max_rank", max_rank))
+                  if k in {f.name for f in dataclasses.fields(merge.options_type)}}
+        return merge.make_options(**{**shared, **options})
+
+    def option_grid(self, strategy: str) -> list[dict]:
+        return option_grid(strategy)
+
+    def template(self, cfg: RunConfig) -> dict[str, tuple[int, int]]:
+        """Matrix name -> (d_out, d_in) of every adapted matrix."""
+        with torch.device("meta"):
+            backbone = create_backbone(cfg.model_name, num_classes=0)
+            inject_svd_lora(backbone, cfg.lora)
+        return {name: (u.lora_B.shape[0], u.lora_A.shape[1]) for name, u in adapter_updates(backbone).items()}
+
+    def encode(self, update: Adapter) -> dict[str, torch.Tensor]:
+        return wire.encode_adapter(update)
+
+    def decode(self, tensors: dict[str, torch.Tensor], template: dict) -> Adapter:
+        return wire.decode_adapter(tensors, template)
+
+    def save(self, update: Adapter, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> Path:
+        return save_adapter(update, Path(directory) / "adapter", cfg.lora, cfg.model_name, base_fingerprint)
+
+    def load(self, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> Adapter:
+        return load_adapter(Path(directory) / "adapter", expect_lora=cfg.lora, expect_base=cfg.model_name,
+                            expect_fingerprint=base_fingerprint)
+
+    def combine(self, updates: Sequence[Adapter], weights: torch.Tensor | None, merge: MergeSettings) -> Adapter:
+        return merge_adapters(updates, merge.method, weights, options=merge.options)
+
+    def describe(self, update: Adapter) -> dict[str, float]:
+        return {wire.MERGED_MAX_RANK: max(f.rank for f in update.factors.values())}
+
+    def build_model(self, cfg: RunConfig, data: SiteData, update: Adapter | None,
+                    head: dict[str, torch.Tensor] | None) -> SiteModel:
+        backbone, base_fingerprint = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
+        site = data.site.name
+        # Adapter init and head differ by site, reproducibly, without touching the caller's random state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(site_seed(cfg.seed, site))
+            inject_svd_lora(backbone, dataclasses.replace(cfg.lora, rank=cfg.rank_of(site)))
+            model = SiteModel(backbone, data.num_classes, cfg.image_size, base_fingerprint)
+        if head is not None:
+            model.head.load_state_dict(head)
+        if update is not None:
+            set_adapter(model.backbone, update)
+        return model
+
+    def extract(self, model: SiteModel) -> Adapter:
+        return get_adapter(model.backbone)
+
+    def train_config(self, cfg: RunConfig) -> TrainConfig:
+        return cfg.train

@@ -1,0 +1,99 @@
+"""The `full` kind: sites fine-tune every backbone weight and a head; whole backbones travel, and the
+server averages them (FedAvg of full models, a model soup). The paper's "ViT averaging" row, run as
+strategy `vit_avg`, with the same site addressing, reply checks and summary as the adapter kind."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import wire
+from ..models import SiteModel, create_backbone, shared_base
+from ..seeds import site_seed
+from ..train import TrainConfig
+from ._registry import SiteKind, register_kind
+
+if TYPE_CHECKING:
+    from ..config import MergeSettings, RunConfig
+    from ..data import SiteData
+
+WEIGHT_AVERAGING = "vit_avg"  # the strategy name users know from the paper's table
+WEIGHTS_FILE = "backbone.safetensors"
+
+
+def average_backbones(states: Sequence[dict[str, torch.Tensor]], weights: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """Weighted (default: uniform) average of full backbone weights, in float64."""
+    w = torch.full((len(states),), 1.0 / len(states), dtype=torch.float64) if weights is None else weights.double()
+    return {k: torch.einsum("n,n...->...", w, torch.stack([s[k].double() for s in states])).to(states[0][k].dtype)
+            for k in states[0]}
+
+
+@register_kind
+class FullWeightKind(SiteKind):
+    name = "full"
+    summary = "every backbone weight + head fine-tuned; whole backbones are averaged (ViT averaging)"
+    specialist_label = "full fine-tune"
+
+    def strategies(self) -> list[str]:
+        return [WEIGHT_AVERAGING]
+
+    def merge_options(self, strategy: str, energy: float, max_rank: int | None, options: dict) -> None:
+        if options:
+            raise ValueError(f"strategy {strategy!r} averages whole backbones and takes no merge.options, "
+                             f"got {sorted(options)}: set merge.options=''")
+        return None
+
+    def template(self, cfg: RunConfig) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape of the shared backbone's state dict."""
+        with torch.device("meta"):
+            backbone = create_backbone(cfg.model_name, num_classes=0)
+        return {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+
+    def encode(self, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return wire.encode_backbone(update)
+
+    def decode(self, tensors: dict[str, torch.Tensor], template: dict) -> dict[str, torch.Tensor]:
+        return wire.decode_backbone(tensors, template)
+
+    def save(self, update: dict[str, torch.Tensor], directory: Path, cfg: RunConfig,
+             base_fingerprint: str | None) -> Path:
+        path = Path(directory) / WEIGHTS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in update.items()}, str(tmp),
+                  metadata={"base_model": cfg.model_name, "base_fingerprint": str(base_fingerprint)})
+        tmp.replace(path)
+        return path
+
+    def load(self, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> dict[str, torch.Tensor]:
+        return self.decode(load_file(str(Path(directory) / WEIGHTS_FILE)), self.template(cfg))
+
+    def combine(self, updates: Sequence[dict[str, torch.Tensor]], weights: torch.Tensor | None,
+                merge: MergeSettings) -> dict[str, torch.Tensor]:
+        return average_backbones(updates, weights)
+
+    def build_model(self, cfg: RunConfig, data: SiteData, update: dict[str, torch.Tensor] | None,
+                    head: dict[str, torch.Tensor] | None) -> SiteModel:
+        backbone, base_fingerprint = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
+        with torch.random.fork_rng(devices=[]):  # the head differs by site, reproducibly
+            torch.manual_seed(site_seed(cfg.seed, data.site.name))
+            model = SiteModel(backbone, data.num_classes, cfg.image_size, base_fingerprint)
+        if update is not None:
+            model.backbone.load_state_dict(update)
+        if head is not None:
+            model.head.load_state_dict(head)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def extract(self, model: SiteModel) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+
+    def train_config(self, cfg: RunConfig) -> TrainConfig:
+        return dataclasses.replace(cfg.train, lr=cfg.full_lr, orth_weight=0.0)
