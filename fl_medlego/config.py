@@ -18,6 +18,7 @@ from .data import SiteSpec, parse_sites
 from .kinds import SiteKind, get_kind, kind_for_strategy
 from .lora import SVDLoRAConfig
 from .merging.medlego import MedLegoOptions
+from .models import preset_image_size
 from .scenario import parse_overrides
 from .train import TrainConfig
 
@@ -136,8 +137,6 @@ class RunConfig:
     @property
     def image_size(self) -> int:
         """The input size of the backbone (images of any file size are resized to it)."""
-        from .models import preset_image_size
-
         return preset_image_size(self.model_name)
 
     def rank_of(self, site: str) -> int:

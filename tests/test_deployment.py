@@ -58,6 +58,8 @@ def test_authorized_sites_complete_a_run_and_intruders_are_refused(federation):
     assert set(summary["sites"]) == {"blood", "breast"}  # the run went on with the authorized sites
     assert sorted(summary["sites_missing"]) == ["organa", "pneumonia"]
     assert all(s["merged"]["round"] == 2 for s in summary["sites"].values())
+    # A real site's training progress goes to its SuperNode's log, where its IT team reads it.
+    assert "site blood: epoch 1/1, train loss" in open(state["sites"]["blood"]["log"]).read()
 
 
 def test_restarted_superlink_keeps_registered_sites(federation):

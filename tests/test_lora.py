@@ -112,3 +112,40 @@ def test_config_validation():
         SVDLoRAConfig(rank=0)
     with pytest.raises(ValueError, match="Unknown SVD-LoRA config keys"):
         SVDLoRAConfig.from_dict({"rnak": 4})
+
+
+def test_a_saved_adapter_describes_itself_and_refuses_another_base_or_targets(vit, tmp_path):
+    import json
+
+    from fl_medlego.models import fingerprint
+
+    config = SVDLoRAConfig(rank=4, alpha=6.0)
+    base_print = fingerprint(vit)
+    inject_svd_lora(vit, config)
+    folder = save_adapter(get_adapter(vit), tmp_path / "a", config, "vit_medmnist_28", base_print)
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    assert saved["svd_lora"] == {"rank": 4, "alpha": 6.0, "targets": ["attn.qkv"], "init_std": config.init_std,
+                                 "orth_weight": config.orth_weight}
+    assert saved["base_model_name_or_path"] == "vit_medmnist_28" and saved["base_model_fingerprint"] == base_print
+    load_adapter(folder, expect_lora=config, expect_base="vit_medmnist_28", expect_fingerprint=base_print)
+    with pytest.raises(ValueError, match=r"adapts \['attn.qkv'\].*targets \['attn.proj'\]"):
+        load_adapter(folder, expect_lora=SVDLoRAConfig(targets=("attn.proj",)))
+    with pytest.raises(ValueError, match="'vit_medmnist_28', not 'vit_base_patch16_224'"):
+        load_adapter(folder, expect_base="vit_base_patch16_224")
+    with pytest.raises(ValueError, match=f"{base_print}, but these are 0123"):
+        load_adapter(folder, expect_fingerprint="0123")
+
+
+def test_merging_saved_adapters_of_different_bases_is_refused(vit, tmp_path):
+    from fl_medlego.offline_merge import merge_saved_adapters
+
+    inject_svd_lora(vit, SVDLoRAConfig(rank=2))
+    adapter = get_adapter(vit)
+    save_adapter(adapter, tmp_path / "a", SVDLoRAConfig(rank=2), "vit_medmnist_28", "aaaa")
+    save_adapter(adapter, tmp_path / "b", SVDLoRAConfig(rank=2), "vit_medmnist_28", "bbbb")
+    with pytest.raises(ValueError, match="base weights aaaa, but these are bbbb|base weights bbbb, but these are aaaa"):
+        merge_saved_adapters([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written
+    save_adapter(adapter, tmp_path / "c", SVDLoRAConfig(rank=2), "vit_medmnist_28", "aaaa")
+    merged = merge_saved_adapters([tmp_path / "a", tmp_path / "c"], tmp_path / "out")
+    assert load_adapter(tmp_path / "out", expect_fingerprint="aaaa").factors.keys() == merged.factors.keys()

@@ -4,6 +4,8 @@ PEM adds parameter-efficient modules parameter by parameter: for LoRA, the B fac
 factors are combined separately, B' = sum_i w_i B_i, A' = sum_i w_i A_i. Here each site's singular
 values are first folded into its B (the plain-LoRA form PEM works on), so unlike `lora_avg` the E
 vectors are not averaged on their own; the product is scaled by lambda. Approximate; equal ranks.
+A negative weight negates B alone, as PEM's negation operator does for LoRA: negating both factors
+would leave their product, the update, unchanged.
 """
 
 from __future__ import annotations
@@ -31,5 +33,5 @@ def pem(factors: list[Factors], weights: torch.Tensor, options: PemOptions) -> F
     rank = require_equal_ranks("pem", [f.rank for f in factors])
     dtype = factors[0].B.dtype
     B = sum(w * f.B.double() * f.E.double() for w, f in zip(weights, factors))
-    A = sum(w * f.A.double() for w, f in zip(weights, factors))
+    A = sum(w.abs() * f.A.double() for w, f in zip(weights, factors))  # the sign lives in B
     return Factors(B.to(dtype), torch.full((rank,), options.lam, dtype=dtype), A.to(dtype))

@@ -1,0 +1,77 @@
+"""Site kinds: registered by name, each one's update survives its wire encoding and state, bad ones are refused."""
+
+import pytest
+import torch
+
+from fl_medlego import wire
+from fl_medlego.config import parse_run_config
+from fl_medlego.kinds import all_strategies, get_kind, kind_for_strategy, list_kinds
+from fl_medlego.merging import list_merges
+from fl_medlego.site import load_site_data
+
+TINY = {"sites": "breast,pneumonia", "train.local-epochs": 1, "data.max-train": 24, "data.max-eval": 24,
+        "lora.rank": 2}
+STRATEGY_OF = {"adapter": "medlego", "full": "vit_avg"}
+
+
+def test_every_strategy_runs_exactly_one_kind():
+    assert set(list_kinds()) == set(STRATEGY_OF)
+    assert sorted(all_strategies()) == sorted(set(all_strategies()))  # no strategy claimed twice
+    assert set(list_merges()) <= set(all_strategies())
+    assert kind_for_strategy("vit_avg").name == "full" and kind_for_strategy("ties").name == "adapter"
+    with pytest.raises(KeyError, match="unknown strategy 'fedprox'.*vit_avg"):
+        kind_for_strategy("fedprox")
+    with pytest.raises(ValueError, match="unknown strategy 'fedprox'"):
+        parse_run_config({"strategy": "fedprox"})
+
+
+def test_merge_options_are_validated_once_at_parse_time():
+    cfg = parse_run_config({"strategy": "ties", "merge.options": "density=0.5"})
+    assert cfg.merge.options.density == 0.5 and cfg.kind.name == "adapter"
+    with pytest.raises(ValueError, match="density must be a fraction"):
+        parse_run_config({"strategy": "ties", "merge.options": "density=2.0"})
+    with pytest.raises(ValueError, match="no option"):
+        parse_run_config({"strategy": "medlego", "merge.options": "density=0.5"})
+    with pytest.raises(ValueError, match="takes no merge.options"):
+        parse_run_config({"strategy": "vit_avg", "merge.options": "lam=1.0"})
+    assert parse_run_config({"strategy": "vit_avg"}).merge.options is None
+
+
+@pytest.mark.parametrize("kind_name", sorted(STRATEGY_OF))
+def test_a_kind_trains_encodes_combines_and_evaluates(kind_name, tmp_path):
+    cfg = parse_run_config({**TINY, "strategy": STRATEGY_OF[kind_name]})
+    kind = get_kind(kind_name)
+    assert cfg.kind is kind
+    template = kind.template(cfg)
+    results = [kind.train(cfg, load_site_data(cfg, site), None, None) for site in cfg.site_names]
+    for result in results:
+        assert set(result.metrics) == set(kind.train_metrics) and result.base_fingerprint
+        assert result.state.specialist is result.update  # round 1 trains the specialist
+    updates = [kind.decode(kind.encode(r.update), template) for r in results]
+    combined = kind.combine(updates, None, cfg.merge)
+    path = kind.save(combined, tmp_path, cfg, results[0].base_fingerprint)
+    assert path.exists()
+    loaded = kind.load(tmp_path, cfg, results[0].base_fingerprint)
+    again = kind.decode(kind.encode(loaded), template)
+    data = load_site_data(cfg, "breast")
+    metrics = kind.evaluate(cfg, data, again, results[0].state.head)
+    assert metrics == kind.evaluate(cfg, data, combined, results[0].state.head)
+    assert 0 <= metrics["acc"] <= 1
+    # Round 2 from the combined update keeps the specialist of round 1.
+    round2 = kind.train(cfg, data, combined, results[0].state)
+    assert round2.state.specialist is results[0].state.specialist
+
+
+@pytest.mark.parametrize("kind_name", sorted(STRATEGY_OF))
+def test_a_kind_refuses_updates_that_do_not_fit(kind_name):
+    cfg = parse_run_config({**TINY, "strategy": STRATEGY_OF[kind_name]})
+    kind = get_kind(kind_name)
+    template = kind.template(cfg)
+    with pytest.raises(wire.InvalidUpdate):
+        kind.decode({"weights": torch.zeros(3)}, template)
+    good = kind.encode(kind.train(cfg, load_site_data(cfg, "breast"), None, None).update)
+    key = sorted(good)[0]
+    poisoned = {**good, key: good[key].clone().float()}
+    poisoned[key].view(-1)[0] = float("nan")
+    with pytest.raises(wire.InvalidUpdate, match="NaN or Inf"):
+        kind.decode(poisoned, template)
