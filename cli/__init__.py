@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("adapters", nargs="*", help="adapter folders (adapter_config.json + adapter_model.safetensors)")
     merge.add_argument("-o", "--output", help="folder for the merged adapter (must not hold one already)")
     merge.add_argument("--method", default="medlego", help="a registered merge method (see --list)")
-    merge.add_argument("--energy", type=float, help="medlego: fraction v of singular-value mass to keep")
-    merge.add_argument("--max-rank", type=int, help="medlego: cap on the merged rank (0 = none)")
+    merge.add_argument("--energy", type=float, help="medlego: fraction v of singular-value mass to keep (default 0.9)")
+    merge.add_argument("--max-rank", type=int, help="medlego: cap on the merged rank (default 16; 0 = none)")
     merge.add_argument("--weights", help="comma-separated site weights (default: uniform)")
     merge.add_argument("-O", "--option", type=_parse_option, action="append", metavar="KEY=VALUE",
                        help="any other option of the method, e.g. -O density=0.2")

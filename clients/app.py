@@ -14,8 +14,8 @@ from flwr.common import log
 
 from fl_medlego import wire
 from fl_medlego.config import RunConfig, parse_run_config
-from fl_medlego.kinds import progress_line
 from fl_medlego.site import load_site_data, sites_for_node
+from fl_medlego.train import progress_line
 
 from .state import load_state, save_state
 

@@ -96,6 +96,8 @@ class MergeSettings:
         """The same settings with some options replaced (validated again by the options type)."""
         if not values:
             return self
+        if self.options is None:
+            raise ValueError(f"strategy {self.method!r} has no options to set, got {sorted(values)}")
         return dataclasses.replace(self, options=dataclasses.replace(self.options, **values))
 
 
@@ -162,8 +164,8 @@ def _merge_settings(c: dict) -> tuple[str, MergeSettings]:
     except KeyError as err:
         raise ValueError(err.args[0]) from None
     max_rank = int(c["merge.max-rank"])
-    options = kind.merge_options(strategy, float(c["merge.energy"]), max_rank if max_rank > 0 else None,
-                                 parse_overrides(str(c["merge.options"])))
+    shared = {"energy": float(c["merge.energy"]), "max_rank": max_rank if max_rank > 0 else None}
+    options = kind.merge_options(strategy, shared, parse_overrides(str(c["merge.options"])))
     return kind.name, MergeSettings(strategy, options, str(c["merge.weighting"]))
 
 

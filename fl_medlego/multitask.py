@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .data import SiteData
-from .kinds.full import FullWeightKind
+from .kinds import get_kind
 from .models import SiteModel, shared_base
 from .train import evaluate, task_loss, to_model_input
 
@@ -44,7 +44,7 @@ def train_multitask(cfg: RunConfig, sites: dict[str, SiteData], progress: bool =
     size = cfg.image_size
     backbone, _ = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
     model = MultiTaskModel(backbone, {s: d.num_classes for s, d in sites.items()})
-    tc = FullWeightKind().train_config(cfg)  # the same optimiser settings as full fine-tuning at a site
+    tc = get_kind("full").train_config(cfg)  # the same optimiser settings as full fine-tuning at a site
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     generator = torch.Generator().manual_seed(tc.seed)
     best, best_state = -1.0, None

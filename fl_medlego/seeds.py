@@ -1,7 +1,8 @@
 """How the project derives one seeded stream from another: named, so the same mixing is used everywhere.
 
-Each derived seed is `run seed * STRIDE + offset`, with a prime stride larger than any offset in use,
-so that two different (seed, offset) pairs never give the same stream for the seeds people use.
+Each derived seed is `run seed * STRIDE + offset`: different strides keep the streams of different
+purposes apart, and the offset (a CRC32 of a name, or a step) separates sites, modalities and steps.
+The values are those the project has always used, so that every result stays reproducible.
 """
 
 from __future__ import annotations

@@ -46,6 +46,12 @@ class EpochReport:
     seconds: float  # this epoch's training and validation
 
 
+def progress_line(site: str, report: EpochReport) -> str:
+    """One line a person can follow while a site trains."""
+    return (f"site {site}: epoch {report.epoch}/{report.epochs}, train loss {report.train_loss:.4f}, "
+            f"val ACC {report.val_acc:.4f} ({report.seconds:.1f} s)")
+
+
 @dataclass
 class FitResult:
     best_val_acc: float

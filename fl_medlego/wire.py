@@ -5,7 +5,7 @@ An adapter site sends only its adapter's low-rank factors (`<matrix>.lora_B/E/A`
 folded into E so that D = B diag(E) A exactly) and a few metrics; a full-weight site sends its whole
 backbone. Images, labels and heads stay at the site. The server decodes every reply against the
 template of the shared model (`decode_adapter`, `decode_backbone`) before anything else touches it.
-No other module spells these names: `tests/test_wire.py` fails on a literal copy elsewhere.
+No other module spells these names: `tests/test_layout.py` fails on a literal copy elsewhere.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from .lora import Adapter, Factors
 
 # RecordDict keys
-ARRAYS = "arrays"  # the adapter factors (Flower FedAvg's default ArrayRecord key)
+ARRAYS = "arrays"  # the update's tensors, as its site kind encodes them (Flower FedAvg's default ArrayRecord key)
 CONFIG = "config"  # server -> site instructions
 METRICS = "metrics"  # site -> server numbers
 SITE_INFO = "site-info"  # site -> server identity (ConfigRecord)
@@ -40,7 +40,7 @@ BEST_EPOCH = "best-epoch"
 TEST_ACC = "test-acc"  # learning curves only (new_task), one value per epoch
 EVAL_METRICS = ("acc", "auc", "f1", "loss")
 SPECIALIST_PREFIX = "specialist-"
-TRAIN_METRICS = (VAL_ACC, TRAIN_LOSS)  # averaged over the sites in the round's aggregate
+ROUND_MEAN_METRICS = (VAL_ACC, TRAIN_LOSS)  # averaged over the sites in the round's aggregate
 # MetricRecord entries: the server's aggregate of a round
 SITES_MERGED = "sites-merged"
 MERGED_MAX_RANK = "merged-max-rank"
@@ -128,7 +128,7 @@ def decode_backbone(tensors: dict[str, torch.Tensor], template: dict[str, tuple[
 def read_metrics(record: dict, required: tuple[str, ...]) -> dict[str, float]:
     """A reply's metrics if every required one is a finite real number (bools are not); else InvalidUpdate."""
     metrics = dict(record)
-    for name in required:
+    for name in dict.fromkeys((*required, NUM_EXAMPLES)):  # the example count is always required
         value = metrics.get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise InvalidUpdate(f"metric '{name}' must be a finite number, got {value!r}")

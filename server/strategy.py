@@ -121,7 +121,7 @@ class SiteMergeStrategy(FedAvg):
         for site in sites:
             self.results.log("train", round=server_round, site=site, data_source=accepted[site][2][wire.DATA_SOURCE],
                              **accepted[site][1])
-        mean = {k: sum(accepted[s][1][k] for s in sites) / len(sites) for k in wire.TRAIN_METRICS}
+        mean = {k: sum(accepted[s][1][k] for s in sites) / len(sites) for k in wire.ROUND_MEAN_METRICS}
         return (ArrayRecord(self.kind.encode(combined)),
                 MetricRecord({**mean, wire.SITES_MERGED: len(sites), **about}))
 

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from fl_medlego.processes import stop_process
+from fl_medlego.processes import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # flwr and flower-superlink of the running environment
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _superlink_pids(flwr_home: Path) -> list[int]:

@@ -26,6 +26,7 @@ _IRRELEVANT = ("strategy", "kind_name", "num_rounds", "output_dir", "round_timeo
 
 def settings_hash(cfg: RunConfig) -> str:
     relevant = {k: v for k, v in settings_table(cfg).items() if k not in _IRRELEVANT}
+    relevant["train"] = {k: v for k, v in relevant["train"].items() if k != "progress"}  # display only
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ..config import RunConfig, parse_run_config, settings_table
 from ..data import SiteData
-from ..kinds import SiteKind, all_strategies
-from ..models import create_backbone
+from ..kinds import REFERENCE_KIND, SiteKind, all_strategies, get_kind
+from ..models import create_backbone, shared_base
 from ..multitask import MultiTaskModel, train_multitask
 from ..site import load_site_data
 from ..train import evaluate
@@ -27,6 +27,7 @@ from .cache import SpecialistCache
 from .table import MULTITASK, render_comparison, specialists_row
 
 log = logging.getLogger(__name__)
+
 
 def compared_strategies() -> list[str]:
     return all_strategies() + [MULTITASK]
@@ -70,8 +71,8 @@ class Comparison:
         for seed in self.seeds:
             cfg = self._config(seed)
             sites = {name: load_site_data(cfg, name) for name in cfg.site_names}
-            # The SVD-LoRA specialists are the reference of the normalized ACC: always trained.
-            self._specialists(cfg, cfg.kind, sites, seed)
+            # The reference of the normalized ACC: trained whatever the strategies compared.
+            self._specialists(cfg, get_kind(REFERENCE_KIND), sites, seed)
             for strategy in self.strategies:
                 if self._done(strategy, seed):
                     continue
@@ -90,6 +91,7 @@ class Comparison:
     def _specialists(self, cfg: RunConfig, kind: SiteKind, sites: dict[str, SiteData], seed: int) -> dict:
         """site -> (update, head) of each site's specialist of this kind, trained once and cached."""
         cache = SpecialistCache(self.cache_dir, cfg)
+        base = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)[1]  # a replaced base refuses old entries
         found = {}
         for name, data in sites.items():
             entry = cache.entry(name, kind.name)
@@ -99,7 +101,7 @@ class Comparison:
                 cache.write(entry, {"head": result.state.head}, {"test": test, "base": result.base_fingerprint},
                             extra=lambda tmp, r=result: kind.save(r.update, tmp, cfg, r.base_fingerprint))
             metrics = cache.metrics(entry)
-            found[name] = (kind.load(entry, cfg, metrics["base"]), cache.read(entry, "head"), metrics["test"])
+            found[name] = (kind.load(entry, cfg, base), cache.read(entry, "head"), metrics["test"])
         if not self._done(specialists_row(kind), seed):
             self._record(specialists_row(kind), seed, {s: test for s, (_, _, test) in found.items()})
         return found

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..kinds import SiteKind, get_kind, list_kinds
+from ..kinds import REFERENCE_KIND, SiteKind, get_kind, list_kinds
 
 MULTITASK = "multitask"
 
@@ -25,7 +25,7 @@ def specialists_row(kind: SiteKind) -> str:
 
 
 SPECIALIST_ROWS = tuple(specialists_row(get_kind(name)) for name in list_kinds())
-NORMALIZED_BY = specialists_row(get_kind("adapter"))  # normalized ACC: merged / SVD-LoRA specialist ACC
+NORMALIZED_BY = specialists_row(get_kind(REFERENCE_KIND))  # normalized ACC: merged / SVD-LoRA specialist ACC
 REFERENCE_ROWS = (*SPECIALIST_ROWS, MULTITASK)
 NORMALIZED = "mean norm. ACC"
 

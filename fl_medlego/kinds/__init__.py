@@ -2,6 +2,7 @@
 
 from . import adapter, full  # noqa: F401  (importing a kind's module registers it)
 from ._registry import (
+    REFERENCE_KIND,
     SiteKind,
     SiteState,
     TrainResult,
@@ -9,12 +10,10 @@ from ._registry import (
     get_kind,
     kind_for_strategy,
     list_kinds,
-    progress_line,
     register_kind,
 )
-from .full import WEIGHT_AVERAGING, average_backbones
 
 __all__ = [
-    "WEIGHT_AVERAGING", "SiteKind", "SiteState", "TrainResult", "all_strategies", "average_backbones", "get_kind",
-    "kind_for_strategy", "list_kinds", "progress_line", "register_kind",
+    "REFERENCE_KIND", "SiteKind", "SiteState", "TrainResult", "all_strategies", "get_kind", "kind_for_strategy",
+    "list_kinds", "register_kind",
 ]

@@ -61,8 +61,12 @@ class SiteKind(ABC):
         """The strategy names (run config `strategy`) that run sites of this kind."""
 
     @abstractmethod
-    def merge_options(self, strategy: str, energy: float, max_rank: int | None, options: dict) -> object | None:
-        """The strategy's validated options object (None when it has none); raises on a bad option."""
+    def merge_options(self, strategy: str, shared: dict, options: dict) -> object | None:
+        """The strategy's validated options object (None when it has none); raises on a bad option.
+
+        shared: options the run config sets for every method that has them (merge.energy, merge.max-rank);
+        options: the strategy's own (merge.options).
+        """
 
     def option_grid(self, strategy: str) -> list[dict]:
         """Option values `fl-medlego compare` tries on validation splits (one empty dict: nothing to tune)."""
@@ -121,8 +125,8 @@ class SiteKind(ABC):
         else:
             state = SiteState(head=head, specialist=state.specialist, specialist_head=state.specialist_head)
         best = result.history[result.best_epoch - 1]
-        metrics = {wire.VAL_ACC: result.best_val_acc, wire.TRAIN_LOSS: best["train_loss"],
-                   wire.BEST_EPOCH: float(result.best_epoch), wire.NUM_EXAMPLES: float(result.num_examples)}
+        values = (result.best_val_acc, best["train_loss"], float(result.best_epoch), float(result.num_examples))
+        metrics = dict(zip(self.train_metrics, values))
         return TrainResult(update, state, metrics, model.base_fingerprint)
 
     def evaluate(self, cfg: RunConfig, data: SiteData, update: Update, head: dict[str, torch.Tensor],
@@ -144,6 +148,8 @@ class SiteKind(ABC):
 
 
 _KINDS: dict[str, SiteKind] = {}
+# Whose specialists are the ceiling of the normalized ACC (the paper's: SVD-LoRA adapters).
+REFERENCE_KIND = "adapter"
 
 
 def register_kind(cls: type[SiteKind]) -> type[SiteKind]:
@@ -177,9 +183,5 @@ def all_strategies() -> list[str]:
     return [s for name in list_kinds() for s in _KINDS[name].strategies()]
 
 
-def progress_line(site: str, report: EpochReport) -> str:
-    """One line a person can follow while a site trains."""
-    return (f"site {site}: epoch {report.epoch}/{report.epochs}, train loss {report.train_loss:.4f}, "
-            f"val ACC {report.val_acc:.4f} ({report.seconds:.1f} s)")
 
 

@@ -32,12 +32,10 @@ class AdapterKind(SiteKind):
     def strategies(self) -> list[str]:
         return list_merges()
 
-    def merge_options(self, strategy: str, energy: float, max_rank: int | None, options: dict) -> object:
+    def merge_options(self, strategy: str, shared: dict, options: dict) -> object:
         merge = get_merge(strategy)
-        # merge.energy / merge.max-rank reach the methods that have them; merge.options the rest.
-        shared = {k: v for k, v in (("energy", energy), ("max_rank", max_rank))
-                  if k in {f.name for f in dataclasses.fields(merge.options_type)}}
-        return merge.make_options(**{**shared, **options})
+        fields = {f.name for f in dataclasses.fields(merge.options_type)}
+        return merge.make_options(**{**{k: v for k, v in shared.items() if k in fields}, **options})
 
     def option_grid(self, strategy: str) -> list[dict]:
         return option_grid(strategy)

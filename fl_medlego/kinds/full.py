@@ -43,7 +43,7 @@ class FullWeightKind(SiteKind):
     def strategies(self) -> list[str]:
         return [WEIGHT_AVERAGING]
 
-    def merge_options(self, strategy: str, energy: float, max_rank: int | None, options: dict) -> None:
+    def merge_options(self, strategy: str, shared: dict, options: dict) -> None:
         if options:
             raise ValueError(f"strategy {strategy!r} averages whole backbones and takes no merge.options, "
                              f"got {sorted(options)}: set merge.options=''")
@@ -66,12 +66,14 @@ class FullWeightKind(SiteKind):
         path = Path(directory) / WEIGHTS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in update.items()}, str(tmp),
-                  metadata={"base_model": cfg.model_name, "base_fingerprint": str(base_fingerprint)})
+        about = {"base_model": cfg.model_name, **({"base_fingerprint": base_fingerprint} if base_fingerprint else {})}
+        save_file({k: v.contiguous() for k, v in update.items()}, str(tmp), metadata=about)
         tmp.replace(path)
         return path
 
     def load(self, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> dict[str, torch.Tensor]:
+        """A saved backbone; its shapes must fit the configured model (an averaged backbone replaces the base
+        as a whole, so it is not tied to the base's fingerprint the way an adapter is)."""
         return self.decode(load_file(str(Path(directory) / WEIGHTS_FILE)), self.template(cfg))
 
     def combine(self, updates: Sequence[dict[str, torch.Tensor]], weights: torch.Tensor | None,
@@ -88,9 +90,7 @@ class FullWeightKind(SiteKind):
             model.backbone.load_state_dict(update)
         if head is not None:
             model.head.load_state_dict(head)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
+        return model  # every weight trainable: shared_base hands out an unfrozen copy
 
     def extract(self, model: SiteModel) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}

@@ -1,7 +1,7 @@
 """PEM composition (Zhang et al., NeurIPS 2023, arXiv 2306.14870): arithmetic on the LoRA factors.
 
 PEM adds parameter-efficient modules parameter by parameter: for LoRA, the B factors and the A
-factors are combined separately, B' = sum_i w_i B_i, A' = sum_i w_i A_i. Here each site's singular
+factors are combined separately, B' = sum_i w_i B_i, A' = sum_i |w_i| A_i. Here each site's singular
 values are first folded into its B (the plain-LoRA form PEM works on), so unlike `lora_avg` the E
 vectors are not averaged on their own; the product is scaled by lambda. Approximate; equal ranks.
 A negative weight negates B alone, as PEM's negation operator does for LoRA: negating both factors

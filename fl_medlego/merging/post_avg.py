@@ -24,7 +24,6 @@ class PostAvgOptions:
         check_rank("post_avg", self.rank)
 
 
-
 @register_merge("post_avg", PostAvgOptions)
 def post_avg(factors: list[Factors], weights: torch.Tensor, options: PostAvgOptions) -> Factors:
     """Weighted mean of the products B_i E_i A_i (exact, rank <= sum r_i)."""
