@@ -65,7 +65,7 @@ def train(msg: Message, context: Context) -> Message:
         return _reply(msg, {wire.NUM_EXAMPLES: float(len(data.train)), **curve}, {wire.SITE: site})
     result = kind.train(cfg, data, start, load_state(context.state, site, kind, template), on_epoch=_progress(site))
     save_state(context.state, site, kind, result.state)
-    info = {wire.SITE: site, wire.BASE_FINGERPRINT: result.base_fingerprint, wire.DATA_SOURCE: data.source}
+    info = {wire.SITE: site, wire.BASE_FINGERPRINT: result.base_fingerprint, wire.DATA_SOURCE: data.origin}
     return _reply(msg, result.metrics, info, ArrayRecord(kind.encode(result.update)))
 
 

@@ -35,7 +35,33 @@ class DataSettings:
     max_eval: int = 0
 
 
-_LORA, _TRAIN, _DATA = SVDLoRAConfig(), TrainConfig(), DataSettings()
+GUARD_ACTIONS = ("clip", "reject")
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """Bounds on a site's update, checked by the server before anything is combined.
+
+    An update whose norm (Frobenius, of what it changes) exceeds `norm_factor` x the round's lower
+    median norm, or `max_norm` when set, is clipped to that bound or rejected. The lower median: with
+    two sites it is the smaller norm, so one site alone cannot set its own bound. 3 leaves room for
+    honest sites whose data differ (their norms were within 2x of each other here) while bounding what
+    one site can do to the combined update.
+    """
+
+    norm_factor: float = 3.0  # 0 turns the relative bound off
+    max_norm: float = 0.0  # 0 = no absolute bound
+    action: str = GUARD_ACTIONS[0]
+
+    def __post_init__(self) -> None:
+        if self.norm_factor < 0 or self.max_norm < 0 or not (self.norm_factor >= 1 or self.norm_factor == 0):
+            raise ValueError(f"guard.norm-factor must be 0 (off) or >= 1 and guard.max-norm >= 0, got "
+                             f"{self.norm_factor} and {self.max_norm}")
+        if self.action not in GUARD_ACTIONS:
+            raise ValueError(f"guard.action must be one of {GUARD_ACTIONS}, got {self.action!r}")
+
+
+_LORA, _TRAIN, _DATA, _GUARD = SVDLoRAConfig(), TrainConfig(), DataSettings(), GuardSettings()
 
 # Settings of the run itself (no dataclass of their own elsewhere).
 RUN_DEFAULTS: dict[str, object] = {
@@ -46,8 +72,14 @@ RUN_DEFAULTS: dict[str, object] = {
     "output-dir": "outputs",
     "round-timeout": 1800,
     "node-wait-timeout": 120,
+    # 0: every declared site in round 1 (the specialists), then at least half of them (rounded up).
+    "min-sites": 0,
+    # "" = nodes say which sites they host; "blood=1234,breast=5678" binds each site to its node id.
+    "site-nodes": "",
     "model.name": "vit_medmnist_28",
     "model.pretrained": "bundled",
+    # "" = the server builds the base itself and fingerprints it; else the fingerprint every site must have.
+    "model.fingerprint": "",
     "lora.site-ranks": "",
     "merge.weighting": WEIGHTINGS[0],
     "merge.options": "",
@@ -77,6 +109,9 @@ DEFAULTS: dict[str, object] = {
     "data.dirichlet-alpha": _DATA.dirichlet_alpha,
     "data.max-train": _DATA.max_train,
     "data.max-eval": _DATA.max_eval,
+    "guard.norm-factor": _GUARD.norm_factor,
+    "guard.max-norm": _GUARD.max_norm,
+    "guard.action": _GUARD.action,
 }
 
 
@@ -121,6 +156,10 @@ class RunConfig:
     site_ranks: tuple[int, ...]  # per-site adapter ranks, cycled over the sites (empty: lora.rank for all)
     new_task_site: str  # new_task scenario: the site held out of the merge
     new_task_epochs: int
+    guard: GuardSettings
+    min_sites: int
+    site_nodes: dict  # site -> node id, when the coordinator declares the binding (else discovery decides)
+    base_fingerprint: str  # "" = the server computes it from the model settings
 
     @property
     def kind(self) -> SiteKind:
@@ -148,6 +187,12 @@ class RunConfig:
             return self.lora.rank
         return self.site_ranks[names.index(site) % len(self.site_ranks)]
 
+    def required_sites(self, server_round: int, declared: int) -> int:
+        """How many sites must be combined for round N to count (min-sites; 0: all, then half)."""
+        if self.min_sites > 0:
+            return min(self.min_sites, declared)
+        return declared if server_round == 1 else -(-declared // 2)
+
     def output_path(self, run_name: str) -> Path:
         """Absolute. Flower runs apps in processes whose working directory is not the user's, so a
         relative output-dir resolves against ~/fl-medlego (the default: ~/fl-medlego/outputs)."""
@@ -167,6 +212,23 @@ def _merge_settings(c: dict) -> tuple[str, MergeSettings]:
     shared = {"energy": float(c["merge.energy"]), "max_rank": max_rank if max_rank > 0 else None}
     options = kind.merge_options(strategy, shared, parse_overrides(str(c["merge.options"])))
     return kind.name, MergeSettings(strategy, options, str(c["merge.weighting"]))
+
+
+def _non_negative(key: str, value: int) -> int:
+    if value < 0:
+        raise ValueError(f"{key} must be >= 0, got {value}")
+    return value
+
+
+def _site_nodes(text: str) -> dict:
+    """'blood=12,breast=34' -> {'blood': 12, 'breast': 34}."""
+    pairs = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        site, sep, node = item.partition("=")
+        if not sep or not node.strip().isdigit() or site.strip() in pairs:
+            raise ValueError(f"site-nodes entry {item!r}: write 'site=NODE_ID', each site once")
+        pairs[site.strip()] = int(node)
+    return pairs
 
 
 def parse_run_config(run_config: dict) -> RunConfig:
@@ -196,6 +258,11 @@ def parse_run_config(run_config: dict) -> RunConfig:
             full_lr=float(c["train.full-lr"]),
             site_ranks=tuple(int(r) for r in str(c["lora.site-ranks"]).split(",") if r.strip()),
             new_task_site=str(c["new-task.site"]), new_task_epochs=int(c["new-task.epochs"]),
+            guard=GuardSettings(norm_factor=float(c["guard.norm-factor"]), max_norm=float(c["guard.max-norm"]),
+                                action=str(c["guard.action"])),
+            min_sites=_non_negative("min-sites", int(c["min-sites"])),
+            site_nodes=_site_nodes(str(c["site-nodes"])),
+            base_fingerprint=str(c["model.fingerprint"]),
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"invalid run config: {err}") from err

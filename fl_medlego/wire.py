@@ -30,7 +30,7 @@ WITH_SPECIALIST = "with-specialist"
 LEARNING_CURVE = "learning-curve"  # train message: fine-tune from the given adapter, report per-epoch ACC
 CURVE_EPOCHS = "curve-epochs"
 BASE_FINGERPRINT = "base-fingerprint"
-DATA_SOURCE = "data-source"  # where the site's images came from (a description, never the data)
+DATA_SOURCE = "data-source"  # where the site's images came from (a description without paths, never the data)
 
 # MetricRecord entries: site -> server
 NUM_EXAMPLES = "num-examples"
@@ -53,7 +53,11 @@ NODE_NUM_PARTITIONS = "num-partitions"  # simulation
 
 
 class InvalidUpdate(ValueError):
-    """A site's reply that must not be merged; the message says why."""
+    """A site's reply that must not be merged; the message says why, `site` says whose (once known)."""
+
+    def __init__(self, reason: str, site: str | None = None) -> None:
+        super().__init__(reason)
+        self.site = site
 
 
 # ArrayRecord entries: all factors packed in one float32 vector, in the order of the sorted matrix names
@@ -81,11 +85,11 @@ def decode_adapter(tensors: dict[str, torch.Tensor], template: dict[str, tuple[i
         raise InvalidUpdate(f"wrong tensor keys {sorted(tensors)}: expected {sorted([PACKED, RANKS])}")
     packed, ranks = tensors[PACKED], tensors[RANKS]
     names = sorted(template)
-    if ranks.is_floating_point() or ranks.dim() != 1 or ranks.numel() != len(names):
+    if ranks.dtype not in (torch.int32, torch.int64) or ranks.dim() != 1 or ranks.numel() != len(names):
         raise InvalidUpdate(f"'{RANKS}' must hold {len(names)} integers (one per adapted matrix), "
                             f"got {ranks.dtype} of shape {tuple(ranks.shape)}")
-    if not packed.is_floating_point() or packed.dim() != 1:
-        raise InvalidUpdate(f"'{PACKED}' must be a floating-point vector, got {packed.dtype} {tuple(packed.shape)}")
+    if packed.dtype not in (torch.float32, torch.float64) or packed.dim() != 1:
+        raise InvalidUpdate(f"'{PACKED}' must be a float32 vector, got {packed.dtype} {tuple(packed.shape)}")
     sizes = []
     for name, r in zip(names, ranks.tolist()):
         d_out, d_in = template[name]
@@ -95,9 +99,10 @@ def decode_adapter(tensors: dict[str, torch.Tensor], template: dict[str, tuple[i
     if packed.numel() != sum(sizes):
         raise InvalidUpdate(f"'{PACKED}' holds {packed.numel()} values where these ranks need {sum(sizes)}: "
                             "the update does not fit the adapted matrices (a missing layer or a wrong shape)")
+    packed = packed.float()  # a float64 vector may be finite and still overflow here
     if not torch.isfinite(packed).all():
-        raise InvalidUpdate(f"'{PACKED}' holds NaN or Inf values")
-    pieces = iter(packed.float().split(sizes))
+        raise InvalidUpdate(f"'{PACKED}' holds NaN or Inf values (in float32)")
+    pieces = iter(packed.split(sizes))
     factors = {}
     for name, r in zip(names, ranks.tolist()):
         d_out, d_in = template[name]
@@ -116,22 +121,48 @@ def decode_backbone(tensors: dict[str, torch.Tensor], template: dict[str, tuple[
     missing, extra = sorted(set(template) - set(tensors)), sorted(set(tensors) - set(template))
     if missing or extra:
         raise InvalidUpdate(f"backbone keys do not fit: missing {missing[:4]}, unexpected {extra[:4]}")
+    decoded = {}
     for key, shape in template.items():
         tensor = tensors[key]
-        if tuple(tensor.shape) != shape or not tensor.is_floating_point():
-            raise InvalidUpdate(f"{key}: {tensor.dtype} {tuple(tensor.shape)}, expected float {shape}")
-        if not torch.isfinite(tensor).all():
-            raise InvalidUpdate(f"{key} holds NaN or Inf values")
-    return tensors
+        if tuple(tensor.shape) != shape or tensor.dtype not in (torch.float32, torch.float64):
+            raise InvalidUpdate(f"{key}: {tensor.dtype} {tuple(tensor.shape)}, expected float32 {shape}")
+        decoded[key] = tensor.float()
+        if not torch.isfinite(decoded[key]).all():
+            raise InvalidUpdate(f"{key} holds NaN or Inf values (in float32)")
+    return decoded
 
 
-def read_metrics(record: dict, required: tuple[str, ...]) -> dict[str, float]:
-    """A reply's metrics if every required one is a finite real number (bools are not); else InvalidUpdate."""
-    metrics = dict(record)
-    for name in dict.fromkeys((*required, NUM_EXAMPLES)):  # the example count is always required
-        value = metrics.get(name)
+MAX_EXAMPLES = 10**8  # more images than any site holds: a larger claim is a lie or a bug
+MAX_LOSS = 1e6
+
+# The declared metrics: name -> (low, high, integral). A reply's metric outside its range is a rejection;
+# a metric that is not declared is dropped, never logged.
+METRIC_SCHEMA: dict[str, tuple[float, float, bool]] = {
+    NUM_EXAMPLES: (1, MAX_EXAMPLES, True),
+    VAL_ACC: (0.0, 1.0, False),
+    TRAIN_LOSS: (0.0, MAX_LOSS, False),
+    BEST_EPOCH: (1, 10**6, True),
+    **{name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
+    **{SPECIALIST_PREFIX + name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
+}
+
+
+def read_metrics(record: dict, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, float]:
+    """The declared metrics of a reply: every required one (and the example count) present, each a finite
+    real number in its declared range (bools are not numbers here); anything undeclared is dropped."""
+    metrics = {}
+    names = (*dict.fromkeys((*required, NUM_EXAMPLES)), *optional)
+    for name in names:
+        if name not in record:
+            if name in optional:
+                continue
+            raise InvalidUpdate(f"metric '{name}' is missing")
+        value = record[name]
+        low, high, integral = METRIC_SCHEMA[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidUpdate(f"metric '{name}' must be a finite number, got {value!r}")
-    if metrics[NUM_EXAMPLES] <= 0:
-        raise InvalidUpdate(f"'{NUM_EXAMPLES}' must be positive, got {metrics[NUM_EXAMPLES]!r}")
+            raise InvalidUpdate(f"metric '{name}' must be a finite number, got a {type(value).__name__}")
+        if not low <= value <= high or (integral and value != int(value)):
+            raise InvalidUpdate(f"metric '{name}' = {float(value):.6g} is outside [{low}, {high}]"
+                                + (" or not a whole number" if integral else ""))
+        metrics[name] = float(value)
     return metrics

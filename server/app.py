@@ -13,11 +13,12 @@ from rich.console import Console
 
 from fl_medlego.config import RunConfig, parse_run_config, settings_table
 from fl_medlego.memory import peak_rss_mb
+from fl_medlego.models import shared_base
 from fl_medlego.report import summary_table
 from fl_medlego.results import RunResults
 
 from .discovery import discover_sites
-from .strategy import SiteMergeStrategy
+from .strategy import RoundFailed, SiteMergeStrategy
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -40,18 +41,44 @@ def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = ())
     print(f"fl-medlego: results of this run go to {run_dir}", flush=True)
 
     declared = cfg.site_names
-    site_nodes = discover_sites(grid, declared, cfg.node_wait_timeout)
+    base_fingerprint, reference = federation_base(cfg)  # from the run's own configuration, never from replies
+    site_nodes = discover_sites(grid, declared, cfg.node_wait_timeout, pinned=cfg.site_nodes)
     merging = {s: n for s, n in site_nodes.items() if s not in held_out}
-    strategy = SiteMergeStrategy(merging, cfg.kind.template(cfg), cfg, results)
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.num_rounds,
-                            timeout=cfg.round_timeout, train_config=ConfigRecord(), evaluate_config=ConfigRecord())
-
-    summary = results.write_summary(strategy.specialist, strategy.merged,
-                                    extra={"sites_missing": [s for s in declared if s not in site_nodes],
-                                           "sites_held_out": list(held_out), "server_peak_rss_mb": peak_rss_mb()})
+    strategy = SiteMergeStrategy(merging, cfg.kind.template(cfg), cfg, results, base_fingerprint, reference,
+                                 declared=[s for s in declared if s not in held_out])
+    failure, arrays = None, ArrayRecord()
+    try:
+        arrays = strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.num_rounds,
+                                timeout=cfg.round_timeout, train_config=ConfigRecord(),
+                                evaluate_config=ConfigRecord()).arrays
+    except RoundFailed as err:
+        failure = str(err)
+    summary = results.write_summary(strategy.specialist, strategy.merged, extra={
+        "status": f"failed: {failure}" if failure else "completed", "site_status": strategy.status,
+        "sites_missing": [s for s in declared if s not in site_nodes], "sites_held_out": list(held_out),
+        "base_fingerprint": base_fingerprint, "server_peak_rss_mb": peak_rss_mb()})
     Console(width=120).print(summary_table(summary))
     print(f"fl-medlego: summary written to {run_dir / 'summary.md'} and {run_dir / 'summary.json'}", flush=True)
-    return Federation(cfg, run_dir, site_nodes, strategy, result.arrays)
+    if failure:  # the run must end failed, not "completed" with too few sites
+        raise RuntimeError(f"fl-medlego: the run failed: {failure}")
+    return Federation(cfg, run_dir, site_nodes, strategy, arrays)
+
+
+def federation_base(cfg: RunConfig) -> tuple[str, object | None]:
+    """The base fingerprint every site must share, and the weights the first round starts from for kinds
+    that measure an update against them. Built here from model.name / model.pretrained / seed, as the sites
+    build it, unless model.fingerprint declares it (a coordinator without the base's weights)."""
+    if cfg.base_fingerprint and not cfg.kind.needs_reference:
+        return cfg.base_fingerprint, None
+    try:
+        base, fingerprint = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
+    except (FileNotFoundError, ValueError) as err:
+        raise RuntimeError(f"the coordinator cannot build the base model to fingerprint it ({err}); "
+                           "set model.fingerprint to the fingerprint the sites report") from err
+    if cfg.base_fingerprint and cfg.base_fingerprint != fingerprint:
+        raise RuntimeError(f"model.fingerprint {cfg.base_fingerprint} is not the fingerprint of the configured base "
+                           f"({fingerprint})")
+    return fingerprint, (base.state_dict() if cfg.kind.needs_reference else None)
 
 
 @app.main()

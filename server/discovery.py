@@ -1,4 +1,9 @@
-"""Find which node hosts which site: ask every connected node (a Flower query message), with a bounded wait."""
+"""Find which node hosts which site: ask every connected node (a Flower query message), with a bounded wait.
+
+Which node serves which site is the federation's to decide, never a node's claim alone: a mapping the
+coordinator declares (`site-nodes`) binds each site to its node, and without one, two nodes claiming
+the same site is an error naming both (first claim never wins).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +15,38 @@ from flwr.serverapp import Grid
 
 from fl_medlego import wire
 
+from .replies import bounded
+
 log = logging.getLogger(__name__)
 
 
+def _claimed_sites(reply: Message) -> list[str]:
+    """The site names a node's answer lists ([] for an error or a malformed answer)."""
+    try:
+        if reply.has_error():
+            log.warning("node %d could not say which sites it hosts: %s", reply.metadata.src_node_id,
+                        bounded(reply.error.reason))
+            return []
+        sites = reply.content[wire.SITE_INFO][wire.SITES]
+        return [s for s in str(sites).split(",")[:10_000] if s]
+    except Exception as err:  # noqa: BLE001  a node's answer must not stop the coordinator
+        log.warning("node %d sent a malformed answer to the site query (%s)", reply.metadata.src_node_id,
+                    type(err).__name__)
+        return []
+
+
 def discover_sites(grid: Grid, declared: list[str], wait_s: float, poll_s: float = 2.0,
-                   answer_s: float = 120.0) -> dict[str, int]:
+                   answer_s: float = 120.0, pinned: dict[str, int] | None = None) -> dict[str, int]:
     """Site name -> node id for the declared sites, waiting up to `wait_s` for all of them.
 
-    Goes on with the sites found when the wait ends (a missing hospital should not stop the others);
-    raises when none is found. A site claimed by two nodes keeps its first node. A connected node
-    gets at least `answer_s` to answer: a cold ClientApp process can take many seconds to start.
+    Goes on with the sites found when the wait ends (min-sites decides whether that is enough);
+    raises when none is found, or when two nodes claim one site without a declared binding. A
+    connected node gets at least `answer_s` to answer: a cold ClientApp process can take many seconds.
     """
+    pinned = dict(pinned or {})
+    undeclared = sorted(set(pinned) - set(declared))
+    if undeclared:
+        raise ValueError(f"site-nodes binds sites {undeclared} that the scenario does not declare ({declared})")
     deadline = time.monotonic() + wait_s
     site_nodes: dict[str, int] = {}
     asked: set[int] = set()
@@ -32,17 +58,8 @@ def discover_sites(grid: Grid, declared: list[str], wait_s: float, poll_s: float
             for reply in grid.send_and_receive(queries, timeout=max(deadline - time.monotonic(), answer_s)):
                 node = reply.metadata.src_node_id
                 asked.add(node)
-                if reply.has_error():
-                    log.warning("node %d could not say which sites it hosts: %s", node, reply.error.reason)
-                    continue
-                for site in filter(None, str(reply.content[wire.SITE_INFO][wire.SITES]).split(",")):
-                    if site not in declared:
-                        log.warning("node %d hosts site %r, which the scenario does not declare: ignored", node, site)
-                    elif site in site_nodes and site_nodes[site] != node:
-                        log.warning("site %r is claimed by nodes %d and %d: keeping %d", site, site_nodes[site],
-                                    node, site_nodes[site])
-                    else:
-                        site_nodes[site] = node
+                for site in _claimed_sites(reply):
+                    _assign(site, node, declared, pinned, site_nodes)
         missing = [s for s in declared if s not in site_nodes]
         if not missing or time.monotonic() >= deadline:
             break
@@ -54,3 +71,19 @@ def discover_sites(grid: Grid, declared: list[str], wait_s: float, poll_s: float
         raise RuntimeError(f"no connected node hosts any of the sites {declared} after {wait_s:.0f} s: "
                            "start SuperNodes with --node-config \"site='NAME'\" (deployment) or check the federation")
     return {s: site_nodes[s] for s in declared if s in site_nodes}
+
+
+def _assign(site: str, node: int, declared: list[str], pinned: dict[str, int], site_nodes: dict[str, int]) -> None:
+    if site not in declared:
+        log.warning("node %d hosts site %s, which the scenario does not declare: ignored", node, bounded(site, 40))
+    elif site in pinned:
+        if pinned[site] == node:
+            site_nodes[site] = node
+        else:
+            log.warning("node %d claims site %r, which site-nodes binds to node %d: ignored", node, site,
+                        pinned[site])
+    elif site in site_nodes and site_nodes[site] != node:
+        raise RuntimeError(f"site {site!r} is claimed by nodes {site_nodes[site]} and {node}: bind it to one with "
+                           f"--run-config \"site-nodes='{site}=NODE_ID'\" (see `flwr supernode list`)")
+    else:
+        site_nodes[site] = node

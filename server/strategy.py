@@ -1,14 +1,16 @@
-"""The coordinator's strategy: one message per site, validated replies, combined by the site kind.
+"""The coordinator's strategy: one message per site, replies read at the trust boundary, updates bounded,
+then combined by the site kind.
 
-Written once over site kinds: the kind decodes each reply (wire.InvalidUpdate on anything that does
-not fit) and combines the accepted ones (for adapters: the registered merge of the run config).
+Written once over site kinds. Nothing a site sends can raise out of it (`replies.py` reads every reply
+into checked values or a rejection), a site has one reply per round, no update is larger than the
+guard allows, and a round that combines fewer sites than the run requires fails the run with the
+reasons, instead of letting it end "completed".
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -21,31 +23,43 @@ from fl_medlego.memory import peak_rss_mb
 from fl_medlego.merging import normalize_weights
 from fl_medlego.results import RunResults
 
+from .guard import capped_examples, guard_updates
+from .replies import TrainReply, read_evaluate_reply, read_train_reply
+
 log = logging.getLogger(__name__)
+
+
+class RoundFailed(RuntimeError):
+    """A round combined fewer sites than the run requires: the run must not look completed."""
 
 
 class SiteMergeStrategy(FedAvg):
     """FedAvg's loop, but each site is addressed by name and its update is checked and combined by its kind.
 
     site_nodes: site name -> the node that hosts it (sticky for the whole run).
-    template: what a valid update looks like (the kind's template of the shared model); replies that do
-    not fit it are rejected with a logged reason.
+    template: what a valid update looks like (the kind's template of the shared model).
+    base_fingerprint: the frozen base every site must have trained on (from the run's configuration).
+    reference: what the round starts from, for kinds whose update size is a change from it (full weights).
     """
 
-    def __init__(self, site_nodes: dict[str, int], template: dict, cfg: RunConfig, results: RunResults) -> None:
+    def __init__(self, site_nodes: dict[str, int], template: dict, cfg: RunConfig, results: RunResults,
+                 base_fingerprint: str, reference: object | None = None, declared: list[str] | None = None) -> None:
         super().__init__(min_available_nodes=0)
         self.site_nodes, self.template, self.cfg = dict(site_nodes), template, cfg
         self.kind, self.merge = cfg.kind, cfg.merge
         self.results = results
-        self.base_fingerprint: str | None = None
+        self.base_fingerprint, self.reference = base_fingerprint, reference
+        self.declared = list(declared or site_nodes)
         self.specialist: dict[str, dict] = {}
         self.merged: dict[str, dict] = {}
+        # site -> {"state": merged | accepted (its round failed) | rejected | missing, "round", "reason"}
+        self.status: dict[str, dict] = {}
         self.round_started = time.monotonic()
 
     def summary(self) -> None:
         log.info("\t├──> sites: %s", self.site_nodes)
-        log.info("\t└──> %s sites, combined with %s %s, weighting %s", self.kind.name, self.merge.method,
-                 self.merge.options, self.merge.weighting)
+        log.info("\t└──> %s sites, combined with %s %s, weighting %s, guard %s", self.kind.name, self.merge.method,
+                 self.merge.options, self.merge.weighting, self.cfg.guard)
 
     def _messages(self, arrays: ArrayRecord, config: ConfigRecord, server_round: int, kind: str) -> list[Message]:
         messages = []
@@ -62,100 +76,105 @@ class SiteMergeStrategy(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        if len(arrays) == 0:  # nothing combined yet (every reply of round 1 was rejected)
+        if len(arrays) == 0:  # nothing combined yet
             return []
         config = ConfigRecord({**config, wire.WITH_SPECIALIST: True})
         return self._messages(arrays, config, server_round, MessageType.EVALUATE)
 
-    def _site_of_reply(self, msg: Message) -> str:
-        if msg.has_error():
-            raise wire.InvalidUpdate(f"the node reported an error: {msg.error.reason}")
-        try:
-            site = str(msg.content[wire.SITE_INFO][wire.SITE])
-        except KeyError:
-            raise wire.InvalidUpdate(f"the reply has no '{wire.SITE_INFO}' record naming its site") from None
-        if self.site_nodes.get(site) != msg.metadata.src_node_id:
-            raise wire.InvalidUpdate(f"node {msg.metadata.src_node_id} answered for site {site!r}, "
-                                     f"which it does not host")
-        return site
-
-    def _check_train_reply(self, msg: Message, site: str) -> tuple[object, dict[str, float], dict]:
-        try:
-            if wire.METRICS not in msg.content or wire.ARRAYS not in msg.content:
-                raise wire.InvalidUpdate(f"reply lacks '{wire.ARRAYS}' or '{wire.METRICS}'")
-            metrics = wire.read_metrics(msg.content[wire.METRICS], self.kind.train_metrics)
-            update = self.kind.decode(msg.content[wire.ARRAYS].to_torch_state_dict(), self.template)
-        except wire.InvalidUpdate as err:
-            raise wire.InvalidUpdate(f"site {site}: {err}") from None
-        info = {k: msg.content[wire.SITE_INFO].get(k) for k in (wire.BASE_FINGERPRINT, wire.DATA_SOURCE)}
-        return update, metrics, info
-
-    def _reject(self, server_round: int, reason: str, node: int, site: str | None) -> None:
+    def _reject(self, server_round: int, err: wire.InvalidUpdate, node: int) -> None:
         """Log why a reply is not used, naming the node and, once the reply is attributed, its site."""
-        log.warning("round %d: rejected a reply of node %d (site %s): %s", server_round, node, site, reason)
-        self.results.log("rejected", round=server_round, node=node, site=site, reason=reason)
+        log.warning("round %d: rejected a reply of node %d (site %s): %s", server_round, node, err.site, err)
+        self.results.log("rejected", round=server_round, node=node, site=err.site, reason=str(err))
+        if err.site is not None:
+            self.status[err.site] = {"state": "rejected", "round": server_round, "reason": str(err)}
+
+    def _read_replies(self, server_round: int, replies: Iterable[Message]) -> dict[str, TrainReply]:
+        accepted: dict[str, TrainReply] = {}
+        for msg in replies:
+            try:
+                reply = read_train_reply(msg, self.site_nodes, self.kind, self.template)
+                if reply.site in accepted:
+                    raise wire.InvalidUpdate(f"site {reply.site}: a second reply in round {server_round}",
+                                             site=reply.site)
+                if reply.base_fingerprint != self.base_fingerprint:
+                    raise wire.InvalidUpdate(f"site {reply.site}: base model {reply.base_fingerprint} differs from "
+                                             f"the federation's {self.base_fingerprint}", site=reply.site)
+                accepted[reply.site] = reply
+            except wire.InvalidUpdate as err:
+                self._reject(server_round, err, msg.metadata.src_node_id)
+        return accepted
+
+    def _check_quorum(self, server_round: int, combined: list[str]) -> None:
+        for site in self.declared:
+            if site not in combined and self.status.get(site, {}).get("round") != server_round:
+                reason = "no node hosts it" if site not in self.site_nodes else "no reply within the round's timeout"
+                self.status[site] = {"state": "missing", "round": server_round, "reason": reason}
+        required = self.cfg.required_sites(server_round, len(self.declared))
+        if len(combined) < required:
+            why = "; ".join(f"{s}: {self.status[s]['state']} ({self.status[s]['reason']})"
+                            for s in self.declared if s not in combined)
+            message = (f"round {server_round} combined {len(combined)} of {len(self.declared)} sites, fewer than "
+                       f"min-sites requires ({required}): {why}")
+            self.results.log("round-failed", round=server_round, reason=message)
+            raise RoundFailed(message)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
                                                                                       MetricRecord | None]:
-        accepted: dict[str, tuple[object, dict, dict]] = {}
-        for msg in replies:
-            site = None
-            try:
-                site = self._site_of_reply(msg)
-                accepted[site] = self._check_train_reply(msg, site)
-            except wire.InvalidUpdate as err:
-                self._reject(server_round, str(err), msg.metadata.src_node_id, site)
-        accepted = self._same_base(server_round, accepted)
-        if not accepted:
-            log.warning("round %d: no valid site update; keeping the previous model", server_round)
+        accepted = self._read_replies(server_round, replies)
+        updates, decisions = guard_updates({s: r.update for s, r in accepted.items()}, self.kind, self.reference,
+                                           self.cfg.guard)
+        for d in decisions:
+            if d.action != "kept":
+                reason = f"update norm {d.norm:.4g} over the bound {d.bound:.4g}: {d.action}"
+                log.warning("round %d: site %s: %s", server_round, d.site, reason)
+                self.results.log("guard", round=server_round, site=d.site, norm=d.norm, bound=d.bound,
+                                 action=d.action)
+                if d.action == "rejected":
+                    self.status[d.site] = {"state": "rejected", "round": server_round, "reason": reason}
+        sites = sorted(updates)
+        for site in sites:  # valid and within the guard; "merged" once the round counts
+            self.status[site] = {"state": "accepted", "round": server_round, "reason": ""}
+        self._check_quorum(server_round, sites)
+        if not sites:
             return None, None
-        sites = sorted(accepted)
         weights = None  # uniform 1/N
         if self.merge.weighting == "examples":
-            weights = normalize_weights([accepted[s][1][wire.NUM_EXAMPLES] for s in sites], len(sites))
-        combined = self.kind.combine([accepted[s][0] for s in sites], weights, self.merge)
+            examples = capped_examples({s: accepted[s].metrics[wire.NUM_EXAMPLES] for s in sites})
+            weights = normalize_weights([examples[s] for s in sites], len(sites))
+        combined = self.kind.combine([updates[s] for s in sites], weights, self.merge)
         path = self.kind.save(combined, self.results.round_dir(server_round), self.cfg, self.base_fingerprint)
         about = self.kind.describe(combined)
         log.info("round %d: combined %d sites with %s %s, saved %s", server_round, len(sites), self.merge.method,
                  about, path)
         for site in sites:
-            self.results.log("train", round=server_round, site=site, data_source=accepted[site][2][wire.DATA_SOURCE],
-                             **accepted[site][1])
-        mean = {k: sum(accepted[s][1][k] for s in sites) / len(sites) for k in wire.ROUND_MEAN_METRICS}
+            self.status[site] = {"state": "merged", "round": server_round, "reason": ""}
+            self.results.log("train", round=server_round, site=site, data_source=accepted[site].data_origin,
+                             **accepted[site].metrics)
+        if self.reference is not None:
+            self.reference = combined  # the next round's changes are measured from here
+        mean = {k: sum(accepted[s].metrics[k] for s in sites) / len(sites) for k in wire.ROUND_MEAN_METRICS}
         return (ArrayRecord(self.kind.encode(combined)),
                 MetricRecord({**mean, wire.SITES_MERGED: len(sites), **about}))
-
-    def _same_base(self, server_round: int, accepted: dict[str, tuple[object, dict, dict]]) -> dict:
-        """Updates only combine over the same base model: pin the majority fingerprint, drop the rest."""
-        prints = {site: info.get(wire.BASE_FINGERPRINT) for site, (_, _, info) in accepted.items()}
-        if self.base_fingerprint is None and prints:
-            self.base_fingerprint = Counter(prints.values()).most_common(1)[0][0]
-        kept = {}
-        for site, entry in accepted.items():
-            if prints[site] != self.base_fingerprint:
-                self._reject(server_round, f"site {site}: base model {prints[site]} differs from the federation's "
-                                           f"{self.base_fingerprint}", self.site_nodes[site], site)
-            else:
-                kept[site] = entry
-        return kept
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         per_site = {}
         for msg in replies:
             try:
-                site = self._site_of_reply(msg)
+                reply = read_evaluate_reply(msg, self.site_nodes)
+                if reply.site in per_site:
+                    raise wire.InvalidUpdate(f"site {reply.site}: a second evaluation in round {server_round}",
+                                             site=reply.site)
             except wire.InvalidUpdate as err:
                 log.warning("round %d: evaluation reply dropped: %s", server_round, err)
+                self.results.log("rejected", round=server_round, node=msg.metadata.src_node_id, site=err.site,
+                                 reason=str(err), stage="evaluate")
                 continue
-            metrics = dict(msg.content[wire.METRICS])
-            per_site[site] = metrics
-            own = {k.removeprefix(wire.SPECIALIST_PREFIX): v for k, v in metrics.items()
-                   if k.startswith(wire.SPECIALIST_PREFIX)}
-            if own:
-                self.specialist[site] = own
-            self.merged[site] = {k: v for k, v in metrics.items() if not k.startswith(wire.SPECIALIST_PREFIX)}
-            self.merged[site]["round"] = server_round
-            self.results.log("evaluate", round=server_round, site=site, **metrics)
+            per_site[reply.site] = reply.merged
+            if reply.specialist:
+                self.specialist[reply.site] = reply.specialist
+            self.merged[reply.site] = {**reply.merged, "round": server_round}
+            self.results.log("evaluate", round=server_round, site=reply.site, **reply.merged,
+                             **{wire.SPECIALIST_PREFIX + k: v for k, v in reply.specialist.items()})
         self.results.log("round", round=server_round, seconds=round(time.monotonic() - self.round_started, 3),
                          server_peak_rss_mb=peak_rss_mb())
         if not per_site:

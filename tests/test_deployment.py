@@ -45,7 +45,7 @@ def test_authorized_sites_complete_a_run_and_intruders_are_refused(federation):
 
     out = workdir / "outputs"
     config = (f"sites='blood,breast,pneumonia,organa' num-rounds=2 train.local-epochs=1 data.max-train=48 "
-              f"data.max-eval=48 lora.rank=2 node-wait-timeout=15 output-dir='{out}'")
+              f"data.max-eval=48 lora.rank=2 node-wait-timeout=15 min-sites=2 output-dir='{out}'")
     env = {**os.environ, "FLWR_HOME": state["flwr_home"], "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run([str(BIN / "flwr"), "run", str(REPO / "scenarios" / "cross_domain"), "--stream",
                     "--run-config", config], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)

@@ -23,8 +23,8 @@ SITES = {"blood": 11, "breast": 12, "organa": 13}
 @pytest.fixture
 def strategy(tmp_path):
     set_task_identity()
-    cfg = parse_run_config({"merge.energy": 1.0, "merge.max-rank": 0})
-    return SiteMergeStrategy(SITES, TEMPLATE, cfg, RunResults(tmp_path, {"strategy": "medlego"}))
+    cfg = parse_run_config({"merge.energy": 1.0, "merge.max-rank": 0, "min-sites": 1})
+    return SiteMergeStrategy(SITES, TEMPLATE, cfg, RunResults(tmp_path, {"strategy": "medlego"}), "abc")
 
 
 def adapter(seed):
@@ -82,7 +82,7 @@ def test_invalid_replies_are_rejected_and_the_round_goes_on(strategy, tmp_path):
     rejected = [(e["node"], e["site"], e["reason"]) for e in events if e["event"] == "rejected"]
     # Each rejection names the node and, once the reply is attributed to a site it hosts, that site.
     expected = [(12, "breast", "NaN or Inf"), (13, "organa", "one per adapted matrix"),
-                (12, None, "does not host"), (13, None, "out of memory"), (11, "blood", "must be positive")]
+                (12, None, "does not host"), (13, None, "out of memory"), (11, "blood", "outside [1")]
     assert len(rejected) == len(expected)
     for (node, site, reason), (want_node, want_site, want_reason) in zip(rejected, expected):
         assert (node, site) == (want_node, want_site) and want_reason in reason, (node, site, reason)
@@ -103,9 +103,38 @@ def test_a_site_on_another_base_model_is_rejected(strategy):
     assert metrics[wire.SITES_MERGED] == 2
 
 
-def test_no_valid_reply_keeps_previous_state(strategy):
-    assert strategy.aggregate_train(1, [message(None, MessageType.TRAIN, src=11, dst=0, error="x")]) == (None, None)
+def test_a_round_below_min_sites_fails_and_says_why(strategy, tmp_path):
+    from fl_medlego.server.strategy import RoundFailed
+
+    with pytest.raises(RoundFailed, match=r"combined 0 of 3 sites.*blood: missing \(no reply"):
+        strategy.aggregate_train(1, [message(None, MessageType.TRAIN, src=11, dst=0, error="x")])
     assert list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid=None)) == []
+    assert "round-failed" in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_round_one_needs_every_declared_site_by_default(tmp_path):
+    from fl_medlego.server.strategy import RoundFailed
+
+    set_task_identity()
+    strategy = SiteMergeStrategy(SITES, TEMPLATE, parse_run_config({}), RunResults(tmp_path, {}), "abc",
+                                 declared=[*SITES, "pneumonia"])
+    with pytest.raises(RoundFailed, match=r"fewer than min-sites requires \(4\).*pneumonia: missing \(no node"):
+        strategy.aggregate_train(1, [train_reply(s, n, adapter(n)) for s, n in SITES.items()])
+    assert strategy.status["blood"]["state"] == "accepted" and strategy.status["pneumonia"]["state"] == "missing"
+    # After round 1, half of the declared sites (rounded up) are enough.
+    _, metrics = strategy.aggregate_train(2, [train_reply("blood", 11, adapter(1)), train_reply("breast", 12,
+                                                                                                adapter(2))])
+    assert metrics[wire.SITES_MERGED] == 2 and strategy.status["blood"]["state"] == "merged"
+
+
+def test_a_second_reply_for_a_site_is_rejected(strategy, tmp_path):
+    a, b = adapter(1), adapter(2)
+    arrays, metrics = strategy.aggregate_train(1, [train_reply("blood", 11, a), train_reply("blood", 11, b)])
+    assert metrics[wire.SITES_MERGED] == 1
+    merged = wire.decode_adapter(arrays.to_torch_state_dict(), TEMPLATE)
+    torch.testing.assert_close(merged.factors["blocks.0.attn.qkv.q"].delta(), a.folded()["blocks.0.attn.qkv.q"].delta(),
+                               rtol=1e-5, atol=1e-5)  # the first reply is the one merged
+    assert "a second reply in round 1" in (tmp_path / "metrics.jsonl").read_text()
 
 
 def test_evaluation_collects_specialist_and_merged_metrics(strategy):
@@ -126,7 +155,9 @@ def test_evaluation_collects_specialist_and_merged_metrics(strategy):
 def test_the_same_strategy_averages_full_backbones_and_rejects_bad_ones(tmp_path):
     set_task_identity()
     template = {"w": (2, 3), "b": (3,)}
-    strategy = SiteMergeStrategy(SITES, template, parse_run_config({"strategy": "vit_avg"}), RunResults(tmp_path, {}))
+    cfg = parse_run_config({"strategy": "vit_avg", "min-sites": 1})
+    reference = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
+    strategy = SiteMergeStrategy(SITES, template, cfg, RunResults(tmp_path, {}), "abc", reference)
 
     def reply(site, node, value):
         state = {"w": torch.full((2, 3), value), "b": torch.full((3,), value)}

@@ -46,7 +46,10 @@ def _set(key, value):
     (_set(wire.RANKS, torch.tensor([3, 2])), "does not fit"),  # ranks that do not match the vector's length
     (lambda t: t[wire.PACKED].__setitem__(0, float("nan")), "NaN or Inf"),
     (lambda t: t[wire.PACKED].__setitem__(5, float("inf")), "NaN or Inf"),
-    (lambda t: t.__setitem__(wire.PACKED, t[wire.PACKED].to(torch.int64)), "floating-point"),
+    (lambda t: t.__setitem__(wire.PACKED, t[wire.PACKED].to(torch.int64)), "float32 vector"),
+    (_set(wire.RANKS, torch.tensor([True, True])), "integers"),  # bool ranks
+    (_set(wire.RANKS, torch.tensor([2 + 0j, 2 + 0j])), "integers"),  # complex ranks
+    (lambda t: t.__setitem__(wire.PACKED, t[wire.PACKED].double().mul_(1e300)), "in float32"),  # finite in float64
 ])
 def test_invalid_updates_are_rejected_with_a_reason(rng, corrupt, reason):
     tensors = wire.encode_adapter(adapter(rng))

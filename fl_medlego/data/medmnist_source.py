@@ -45,7 +45,8 @@ class LoadedSet:
     task: str  # medmnist task string, e.g. "multi-class"
     num_classes: int  # logits the head needs
     splits: dict[str, SplitArrays]
-    source: str  # human-readable: where the arrays came from
+    source: str  # human-readable: where the arrays came from (with the folder: for the site's own logs)
+    origin: str  # the same without any path: what a site may tell the coordinator
 
 
 def _file_name(flag: str, size: int) -> str:
@@ -75,11 +76,13 @@ def load_medmnist(name: str, root: str = BUNDLED, size: int = 28) -> LoadedSet:
             )
         chosen, download = BUNDLED_ROOT, False
         source = f"bundled sample of {flag} (a subset of MedMNIST v2, CC BY 4.0)"
+        origin = f"bundled sample of {flag}"
     else:
         roots = candidate_roots(root)
         found = [r for r in roots if (r / _file_name(flag, size)).is_file()]
         chosen, download = (found[0], False) if found else (roots[0], True)
         source = f"{flag} from {chosen}" if found else f"{flag} downloaded by medmnist into {chosen}"
+        origin = f"{flag} from local files" if found else f"{flag} downloaded by medmnist"
         if download:
             chosen.mkdir(parents=True, exist_ok=True)
             log.info("%s not found in %s: downloading", _file_name(flag, size), [str(r) for r in roots])
@@ -96,4 +99,4 @@ def load_medmnist(name: str, root: str = BUNDLED, size: int = 28) -> LoadedSet:
             ) from err
         labels = np.asarray(ds.labels, dtype=np.int64).reshape(len(ds.imgs), -1)
         splits[split] = SplitArrays(np.asarray(ds.imgs), labels)
-    return LoadedSet(flag, info["task"], len(info["label"]), splits, source)
+    return LoadedSet(flag, info["task"], len(info["label"]), splits, source, origin)

@@ -61,7 +61,8 @@ class SiteData:
     site: SiteSpec
     task: str
     num_classes: int
-    source: str
+    source: str  # where the images came from, with the folder (stays at the site)
+    origin: str  # the same without any path (what the site reports to the coordinator)
     train: Split
     val: Split
     test: Split
@@ -89,5 +90,5 @@ def load_site(site: SiteSpec, root: str, size: int = 28, scheme: str = "iid", al
             images = images[..., None]
         labels = torch.from_numpy(arrays.labels[idx])
         shards[split] = Split(torch.from_numpy(np.ascontiguousarray(images)), labels)
-    return SiteData(site, loaded.task, loaded.num_classes, loaded.source,
+    return SiteData(site, loaded.task, loaded.num_classes, loaded.source, loaded.origin,
                     shards["train"], shards["val"], shards["test"])

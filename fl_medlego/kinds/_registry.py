@@ -54,6 +54,7 @@ class SiteKind(ABC):
     summary: ClassVar[str]
     specialist_label: ClassVar[str]  # how comparison tables name this kind's specialists
     train_metrics: ClassVar[tuple[str, ...]] = (wire.VAL_ACC, wire.TRAIN_LOSS, wire.BEST_EPOCH, wire.NUM_EXAMPLES)
+    needs_reference: ClassVar[bool] = False  # an update's size is a change from the weights the round started at
 
     # -- which strategies run this kind, and their options ---------------------------------------
     @abstractmethod
@@ -76,6 +77,18 @@ class SiteKind(ABC):
     @abstractmethod
     def template(self, cfg: RunConfig) -> Template:
         """What a valid update of the shared model looks like (built on the meta device: no weights)."""
+
+    @abstractmethod
+    def size_bound(self, template: Template) -> int:
+        """The most values a valid encoded update can hold: larger replies are refused before they are read."""
+
+    @abstractmethod
+    def norm(self, update: Update, reference: Update | None) -> float:
+        """The update's size (Frobenius norm of what it changes, against `reference` where the kind needs one)."""
+
+    @abstractmethod
+    def scaled(self, update: Update, factor: float, reference: Update | None) -> Update:
+        """The update with what it changes scaled by `factor` (norm clipping)."""
 
     @abstractmethod
     def encode(self, update: Update) -> dict[str, torch.Tensor]: ...

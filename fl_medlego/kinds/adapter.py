@@ -12,7 +12,7 @@ import torch
 
 from .. import wire
 from ..lora import Adapter, adapter_updates, get_adapter, inject_svd_lora, load_adapter, save_adapter, set_adapter
-from ..merging import get_merge, list_merges, merge_adapters, option_grid
+from ..merging import adapter_norm, get_merge, list_merges, merge_adapters, option_grid
 from ..models import SiteModel, create_backbone, shared_base
 from ..seeds import site_seed
 from ..train import TrainConfig
@@ -46,6 +46,15 @@ class AdapterKind(SiteKind):
             backbone = create_backbone(cfg.model_name, num_classes=0)
             inject_svd_lora(backbone, cfg.lora)
         return {name: (u.lora_B.shape[0], u.lora_A.shape[1]) for name, u in adapter_updates(backbone).items()}
+
+    def size_bound(self, template: dict) -> int:
+        return sum((o + i + 1) * min(o, i) for o, i in template.values()) + len(template)
+
+    def norm(self, update: Adapter, reference: Adapter | None = None) -> float:
+        return adapter_norm(update)
+
+    def scaled(self, update: Adapter, factor: float, reference: Adapter | None = None) -> Adapter:
+        return Adapter(update.folded(), scale=factor, metadata=dict(update.metadata))
 
     def encode(self, update: Adapter) -> dict[str, torch.Tensor]:
         return wire.encode_adapter(update)

@@ -5,6 +5,7 @@ strategy `vit_avg`, with the same site addressing, reply checks and summary as t
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,7 @@ class FullWeightKind(SiteKind):
     name = "full"
     summary = "every backbone weight + head fine-tuned; whole backbones are averaged (ViT averaging)"
     specialist_label = "full fine-tune"
+    needs_reference = True
 
     def strategies(self) -> list[str]:
         return [WEIGHT_AVERAGING]
@@ -54,6 +56,20 @@ class FullWeightKind(SiteKind):
         with torch.device("meta"):
             backbone = create_backbone(cfg.model_name, num_classes=0)
         return {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+
+    def size_bound(self, template: dict) -> int:
+        return sum(math.prod(shape) for shape in template.values())
+
+    def norm(self, update: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None) -> float:
+        """Of the change from `reference` (the weights the round started from): whole weights are not small."""
+        if reference is None:
+            raise ValueError("a full-weight update's size is measured against the weights the round started from")
+        return math.sqrt(sum(float((update[k].double() - reference[k].double()).square().sum()) for k in update))
+
+    def scaled(self, update: dict[str, torch.Tensor], factor: float,
+               reference: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        return {k: (reference[k].double() + factor * (update[k].double() - reference[k].double())).to(update[k].dtype)
+                for k in update}
 
     def encode(self, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return wire.encode_backbone(update)

@@ -24,11 +24,18 @@ from . import (  # noqa: F401  (importing a method's module registers it)
     medlego,
     pem,
     post_avg,
+    robust,
     task_arithmetic,
     ties,
     tsv,
 )
+from ._lowrank import frobenius_norm
 from ._registry import MergeMethod, get_merge, list_merges, register_merge
+
+
+def adapter_norm(adapter: Adapter) -> float:
+    """Frobenius norm of the whole update (every adapted matrix, scale included), from the factors alone."""
+    return sum(frobenius_norm(f) ** 2 for f in adapter.folded().values()) ** 0.5
 
 
 def normalize_weights(weights: Sequence[float], n: int) -> torch.Tensor:
@@ -111,5 +118,5 @@ def merge_adapters(
                                                            "weights": w.tolist(), "dense": merge.dense}})
 
 
-__all__ = ["MergeMethod", "get_merge", "list_merges", "merge_adapters", "normalize_weights", "option_grid",
-           "register_merge", "resolve_weights"]
+__all__ = ["MergeMethod", "adapter_norm", "get_merge", "list_merges", "merge_adapters", "normalize_weights",
+           "option_grid", "register_merge", "resolve_weights"]

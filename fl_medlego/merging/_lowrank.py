@@ -87,3 +87,10 @@ def truncate(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, k: int | None, 
     """The top-k singular triplets (all of them for k=None) as factors of the given dtype."""
     k = S.numel() if k is None else min(k, S.numel())
     return Factors(U[:, :k].to(dtype).contiguous(), S[:k].to(dtype).contiguous(), Vh[:k].to(dtype).contiguous())
+
+
+def frobenius_norm(f: Factors) -> float:
+    """||B diag(E) A||_F from the r x r Gram matrices of B and A, never forming the d_out x d_in update."""
+    B, E, A = f.B.double(), f.E.double(), f.A.double()
+    squared = (E[:, None] * E[None, :] * (B.T @ B) * (A @ A.T)).sum()
+    return float(squared.clamp_min(0).sqrt())

@@ -1,0 +1,58 @@
+"""The update guard: no site's update may be larger than the run allows, before anything is combined."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from fl_medlego.config import GuardSettings
+from fl_medlego.kinds import SiteKind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    site: str
+    norm: float
+    bound: float
+    action: str  # "kept", "clipped" or "rejected"
+
+
+def norm_bound(norms: dict[str, float], settings: GuardSettings) -> float:
+    """The round's bound: norm-factor x the lower median of the sites' norms, and max-norm when set."""
+    bounds = []
+    if settings.norm_factor > 0 and norms:
+        lower_median = float(torch.tensor(sorted(norms.values()), dtype=torch.float64).median())
+        bounds.append(settings.norm_factor * lower_median)
+    if settings.max_norm > 0:
+        bounds.append(settings.max_norm)
+    return min(bounds) if bounds else float("inf")
+
+
+def guard_updates(updates: dict[str, object], kind: SiteKind, reference: object | None,
+                  settings: GuardSettings) -> tuple[dict[str, object], list[GuardDecision]]:
+    """The updates to combine (over-bound ones clipped, or left out when the action is reject) and why."""
+    norms = {site: kind.norm(update, reference) for site, update in updates.items()}
+    bound = norm_bound(norms, settings)
+    kept, decisions = {}, []
+    for site, update in updates.items():
+        norm = norms[site]
+        if norm <= bound:
+            kept[site] = update
+            decisions.append(GuardDecision(site, norm, bound, "kept"))
+        elif settings.action == "clip":
+            kept[site] = kind.scaled(update, bound / norm, reference)
+            decisions.append(GuardDecision(site, norm, bound, "clipped"))
+        else:
+            decisions.append(GuardDecision(site, norm, bound, "rejected"))
+    return kept, decisions
+
+
+def capped_examples(claims: dict[str, float], factor: float = 10.0) -> dict[str, float]:
+    """Example counts for weighting, each capped at `factor` x the lower median claim: one site that
+    claims more data than it has cannot take the merge."""
+    lower_median = float(torch.tensor(sorted(claims.values()), dtype=torch.float64).median())
+    return {site: min(n, factor * lower_median) for site, n in claims.items()}

@@ -1,0 +1,145 @@
+"""The trust boundary: every reply a site sends is read here, into checked values or a rejection.
+
+Whatever the bytes, `read_train_reply` and `read_evaluate_reply` return a reply the strategy can use
+or raise `wire.InvalidUpdate` with a short reason; nothing else escapes. Sizes are checked against
+the kind's bound before any array is allocated, and a reason never repeats more of a site's text
+than a bounded, path-free excerpt.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from io import BytesIO
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+
+from fl_medlego import wire
+from fl_medlego.kinds import SiteKind
+
+MAX_TEXT = 120  # characters of a site's own text (an error reason, a data description) that may be logged
+MAX_ARRAYS = 100_000  # entries of one ArrayRecord (a full ViT-B/16 state dict has about 150)
+_DTYPES = {"<f4", "<f8", "<i4", "<i8"}  # little-endian float32/64, int32/64: what the kinds send
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/]+){2,}")
+
+
+def bounded(text: object, limit: int = MAX_TEXT) -> str:
+    """A site's text made safe to log: first line only, paths masked, at most `limit` characters."""
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    line = _PATH.sub("<path>", line)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    site: str
+    update: object  # the kind's decoded update
+    metrics: dict[str, float]  # the kind's declared train metrics, nothing else
+    base_fingerprint: str
+    data_origin: str  # bounded description, no paths
+
+
+@dataclass(frozen=True)
+class EvaluateReply:
+    site: str
+    merged: dict[str, float]
+    specialist: dict[str, float]
+
+
+def _record(msg: Message, key: str, kind: type):
+    if key not in msg.content:
+        raise wire.InvalidUpdate(f"the reply has no '{key}' record")
+    record = msg.content[key]
+    if not isinstance(record, kind):
+        raise wire.InvalidUpdate(f"'{key}' is a {type(record).__name__}, not a {kind.__name__}")
+    return record
+
+
+def site_of(msg: Message, site_nodes: dict[str, int]) -> str:
+    """The declared site a reply is for, if its node is the one that hosts it."""
+    try:
+        return _site_of(msg, site_nodes)
+    except wire.InvalidUpdate:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise wire.InvalidUpdate(f"malformed reply ({type(err).__name__})") from None
+
+
+def _site_of(msg: Message, site_nodes: dict[str, int]) -> str:
+    if msg.has_error():
+        raise wire.InvalidUpdate(f"the node reported an error (code {msg.error.code}): {bounded(msg.error.reason)}")
+    site = _record(msg, wire.SITE_INFO, ConfigRecord).get(wire.SITE)
+    if not isinstance(site, str) or site not in site_nodes:
+        raise wire.InvalidUpdate(f"the reply names no declared site (got {bounded(repr(site), 40)})")
+    if site_nodes[site] != msg.metadata.src_node_id:
+        raise wire.InvalidUpdate(f"node {msg.metadata.src_node_id} answered for site {site!r}, which it does not host")
+    return site
+
+
+def read_arrays(record: ArrayRecord, max_elements: int) -> dict[str, torch.Tensor]:
+    """The tensors of an ArrayRecord, each read from its .npy bytes after its header is checked."""
+    if len(record) > MAX_ARRAYS:
+        raise wire.InvalidUpdate(f"'{wire.ARRAYS}' holds {len(record)} arrays")
+    tensors, total = {}, 0
+    for key, array in record.items():
+        if not isinstance(key, str) or len(key) > 200 or not isinstance(array, Array):
+            raise wire.InvalidUpdate("an array entry is not a named Array")
+        if array.stype != "numpy.ndarray" or not isinstance(array.data, bytes):
+            raise wire.InvalidUpdate(f"array {bounded(key, 60)!r} is not a serialised numpy array")
+        buffer = BytesIO(array.data)
+        try:
+            version = np.lib.format.read_magic(buffer)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(buffer)
+        except Exception:  # noqa: BLE001  whatever a forged header does, it is a rejection
+            raise wire.InvalidUpdate(f"array {bounded(key, 60)!r} has no valid .npy header") from None
+        if dtype.str not in _DTYPES or fortran or dtype.hasobject:
+            raise wire.InvalidUpdate(f"array {bounded(key, 60)!r} has dtype {dtype.str}: expected little-endian "
+                                     "float32/float64 or int32/int64")
+        count = math.prod(shape)
+        total += count
+        if total > max_elements:  # before anything is allocated
+            raise wire.InvalidUpdate(f"the update holds more than {max_elements} values")
+        if len(array.data) - buffer.tell() != count * dtype.itemsize:
+            raise wire.InvalidUpdate(f"array {bounded(key, 60)!r}: its bytes do not match its shape {shape}")
+        values = np.frombuffer(array.data, dtype=dtype, count=count, offset=buffer.tell()).reshape(shape)
+        tensors[key] = torch.from_numpy(values.copy())
+    return tensors
+
+
+def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, template: dict) -> TrainReply:
+    """A train reply as checked values; raises only wire.InvalidUpdate (prefixed with the site once known)."""
+    site = site_of(msg, site_nodes)
+    try:
+        metrics = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), kind.train_metrics)
+        tensors = read_arrays(_record(msg, wire.ARRAYS, ArrayRecord), kind.size_bound(template))
+        update = kind.decode(tensors, template)
+        info = msg.content[wire.SITE_INFO]
+        base = info.get(wire.BASE_FINGERPRINT)
+        if not isinstance(base, str) or not re.fullmatch(r"[0-9a-f]{1,64}", base):
+            raise wire.InvalidUpdate("the reply names no base-model fingerprint")
+        origin = info.get(wire.DATA_SOURCE, "")
+        return TrainReply(site, update, metrics, base, bounded(origin if isinstance(origin, str) else "", 80))
+    except wire.InvalidUpdate as err:
+        raise wire.InvalidUpdate(f"site {site}: {err}", site=site) from None
+    except Exception as err:  # noqa: BLE001  the boundary: no reply may raise out of the strategy
+        raise wire.InvalidUpdate(f"site {site}: malformed reply ({type(err).__name__})", site=site) from None
+
+
+def read_evaluate_reply(msg: Message, site_nodes: dict[str, int]) -> EvaluateReply:
+    site = site_of(msg, site_nodes)
+    try:
+        declared = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), wire.EVAL_METRICS,
+                                     optional=tuple(wire.SPECIALIST_PREFIX + m for m in wire.EVAL_METRICS))
+    except wire.InvalidUpdate as err:
+        raise wire.InvalidUpdate(f"site {site}: {err}", site=site) from None
+    except Exception as err:  # noqa: BLE001
+        raise wire.InvalidUpdate(f"site {site}: malformed reply ({type(err).__name__})", site=site) from None
+    merged = {k: v for k, v in declared.items() if not k.startswith(wire.SPECIALIST_PREFIX)}
+    specialist = {k.removeprefix(wire.SPECIALIST_PREFIX): v for k, v in declared.items()
+                  if k.startswith(wire.SPECIALIST_PREFIX)}
+    return EvaluateReply(site, merged, specialist)
