@@ -21,14 +21,14 @@ from fl_medlego import wire
 from fl_medlego.kinds import SiteKind
 
 MAX_TEXT = 120  # characters of a site's own text (an error reason, a data description) that may be logged
-MAX_ARRAYS = 100_000  # entries of one ArrayRecord (a full ViT-B/16 state dict has about 150)
 _DTYPES = {"<f4", "<f8", "<i4", "<i8"}  # little-endian float32/64, int32/64: what the kinds send
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/]+){2,}")
 
 
 def bounded(text: object, limit: int = MAX_TEXT) -> str:
     """A site's text made safe to log: first line only, paths masked, at most `limit` characters."""
-    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    head = str(text)[: 4 * limit].strip()  # never scan more of a site's text than could be shown
+    line = head.splitlines()[0] if head else ""
     line = _PATH.sub("<path>", line)
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
@@ -79,10 +79,10 @@ def _site_of(msg: Message, site_nodes: dict[str, int]) -> str:
     return site
 
 
-def read_arrays(record: ArrayRecord, max_elements: int) -> dict[str, torch.Tensor]:
+def read_arrays(record: ArrayRecord, max_elements: int, max_arrays: int) -> dict[str, torch.Tensor]:
     """The tensors of an ArrayRecord, each read from its .npy bytes after its header is checked."""
-    if len(record) > MAX_ARRAYS:
-        raise wire.InvalidUpdate(f"'{wire.ARRAYS}' holds {len(record)} arrays")
+    if len(record) > max_arrays:
+        raise wire.InvalidUpdate(f"'{wire.ARRAYS}' holds {len(record)} arrays, more than an update has")
     tensors, total = {}, 0
     for key, array in record.items():
         if not isinstance(key, str) or len(key) > 200 or not isinstance(array, Array):
@@ -116,7 +116,8 @@ def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, t
     site = site_of(msg, site_nodes)
     try:
         metrics = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), kind.train_metrics)
-        tensors = read_arrays(_record(msg, wire.ARRAYS, ArrayRecord), kind.size_bound(template))
+        # A kind's update has at most one array per template entry, plus its bookkeeping (ranks, ...).
+        tensors = read_arrays(_record(msg, wire.ARRAYS, ArrayRecord), kind.size_bound(template), len(template) + 2)
         update = kind.decode(tensors, template)
         info = msg.content[wire.SITE_INFO]
         base = info.get(wire.BASE_FINGERPRINT)
