@@ -17,7 +17,7 @@ from fl_medlego.config import RunConfig, parse_run_config
 from fl_medlego.site import load_site_data, sites_for_node
 from fl_medlego.train import progress_line
 
-from .state import load_state, save_state
+from .state import load_state, save_state, state_folder
 
 app = ClientApp()
 
@@ -29,6 +29,13 @@ def _site_of(msg: Message, context: Context, cfg: RunConfig) -> str:
     if site not in hosted:
         raise ValueError(f"this node hosts sites {hosted}, not {site!r}: refusing the message")
     return site
+
+
+def _round_and_folder(msg: Message, context: Context) -> tuple[int, object]:
+    """The run's round this message is for, and where this node keeps the run's site state."""
+    config = msg.content[wire.CONFIG]
+    run_key = str(config.get(wire.RUN_KEY, f"run-{context.run_id}"))
+    return int(config.get(wire.SERVER_ROUND, 1)), state_folder(context.node_config, run_key)
 
 
 def _progress(site: str):
@@ -63,8 +70,10 @@ def train(msg: Message, context: Context) -> Message:
     if config.get(wire.LEARNING_CURVE, False):
         curve = kind.learning_curve(cfg, data, start, int(config[wire.CURVE_EPOCHS]), on_epoch=_progress(site))
         return _reply(msg, {wire.NUM_EXAMPLES: float(len(data.train)), **curve}, {wire.SITE: site})
-    result = kind.train(cfg, data, start, load_state(context.state, site, kind, template), on_epoch=_progress(site))
-    save_state(context.state, site, kind, result.state)
+    server_round, folder = _round_and_folder(msg, context)
+    state = load_state(folder, site, server_round - 1, kind, template)
+    result = kind.train(cfg, data, start, state, on_epoch=_progress(site))
+    save_state(folder, site, server_round, kind, result.state)
     info = {wire.SITE: site, wire.BASE_FINGERPRINT: result.base_fingerprint, wire.DATA_SOURCE: data.origin}
     return _reply(msg, result.metrics, info, ArrayRecord(kind.encode(result.update)))
 
@@ -75,7 +84,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = parse_run_config(context.run_config)
     site, kind = _site_of(msg, context, cfg), cfg.kind
     template = kind.template(cfg)
-    state = load_state(context.state, site, kind, template)
+    server_round, folder = _round_and_folder(msg, context)
+    state = load_state(folder, site, server_round, kind, template)
     if state is None:
         raise ValueError(f"site {site!r} has not trained yet: it has no head to evaluate with")
     data = load_site_data(cfg, site, context.node_config)

@@ -76,6 +76,8 @@ RUN_DEFAULTS: dict[str, object] = {
     "min-sites": 0,
     # "" = nodes say which sites they host; "blood=1234,breast=5678" binds each site to its node id.
     "site-nodes": "",
+    # "" = a new run; a run folder = continue that run from its last complete round, same settings.
+    "resume": "",
     "model.name": "vit_medmnist_28",
     "model.pretrained": "bundled",
     # "" = the server builds the base itself and fingerprints it; else the fingerprint every site must have.
@@ -160,6 +162,7 @@ class RunConfig:
     min_sites: int
     site_nodes: dict  # site -> node id, when the coordinator declares the binding (else discovery decides)
     base_fingerprint: str  # "" = the server computes it from the model settings
+    resume: str  # a run folder to continue, or ""
 
     @property
     def kind(self) -> SiteKind:
@@ -263,6 +266,7 @@ def parse_run_config(run_config: dict) -> RunConfig:
             min_sites=_non_negative("min-sites", int(c["min-sites"])),
             site_nodes=_site_nodes(str(c["site-nodes"])),
             base_fingerprint=str(c["model.fingerprint"]),
+            resume=str(c["resume"]),
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"invalid run config: {err}") from err

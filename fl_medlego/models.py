@@ -101,9 +101,9 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
             "set model.pretrained to 'bundled', 'none', 'timm' or an existing file"
         )
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from .files import read_tensors
 
-        state = load_file(str(path))
+        state = read_tensors(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state.get("model", state))

@@ -1,7 +1,9 @@
 """A run's output folder: merged adapter per round, metrics as JSON lines, and the final summary.
 
     RUN_DIR/round-001/            the combined update of round 1, as its site kind saves it
-                                  (adapter/: adapter_config.json + adapter_model.safetensors; or backbone.safetensors)
+                                  (adapter/: adapter_config.json + adapter_model.safetensors; or backbone.safetensors),
+                                  and round.json, the state a resumed run continues from. Written as round-001.tmp/
+                                  and renamed once complete: a round folder is never half written.
     RUN_DIR/metrics.jsonl         one JSON object per event (train / evaluate / rejected reply)
     RUN_DIR/summary.json          per site: specialist and merged metrics, normalized accuracy
     RUN_DIR/summary.md            the same as a table
@@ -11,20 +13,37 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 import time
 from pathlib import Path
 
+from .files import replace_dir, write_text_atomic
 from .metrics import normalized_accuracy
 from .report import run_figure, summary_markdown
 
+ROUND_STATE = "round.json"
+_ROUND = re.compile(r"round-(\d{3,})$")
+
 
 class RunResults:
-    def __init__(self, run_dir: Path, settings: dict) -> None:
+    def __init__(self, run_dir: Path, settings: dict, resume: bool = False) -> None:
+        """A new run folder, or (resume=True) an existing one, whose settings must be the same."""
         self.run_dir = Path(run_dir)
+        settings_path = self.run_dir / "settings.json"
+        text = json.dumps(settings, indent=2, default=str)
+        if resume:
+            if not settings_path.is_file():
+                raise FileNotFoundError(f"cannot resume {self.run_dir}: it holds no settings.json (not a run folder)")
+            if json.loads(settings_path.read_text()) != json.loads(text):
+                raise ValueError(f"cannot resume {self.run_dir} with other settings than it was started with: "
+                                 "pass the same --run-config (plus resume)")
+            for stale in self.run_dir.glob("round-*.tmp"):  # a round that was being written when the run died
+                shutil.rmtree(stale)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         self.started = time.time()
-        (self.run_dir / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
+        write_text_atomic(settings_path, text)
 
     def log(self, event: str, **fields) -> None:
         record = {"event": event, "time": round(time.time() - self.started, 3), **fields}
@@ -32,8 +51,30 @@ class RunResults:
             f.write(json.dumps(record, default=_json_safe) + "\n")
 
     def round_dir(self, server_round: int) -> Path:
-        """Where round N's combined update is saved (by its site kind)."""
+        """Where round N's results are, once complete."""
         return self.run_dir / f"round-{server_round:03d}"
+
+    def staging_dir(self, server_round: int) -> Path:
+        """Where round N's results are written until the round is complete."""
+        path = self.run_dir / f"round-{server_round:03d}.tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def finish_round(self, server_round: int, state: dict) -> Path:
+        """Write the round's state last, then move the whole round folder into place."""
+        staging = self.staging_dir(server_round)
+        write_text_atomic(staging / ROUND_STATE, json.dumps(state, indent=2, default=_json_safe))
+        replace_dir(staging, self.round_dir(server_round))
+        return self.round_dir(server_round)
+
+    def last_complete_round(self) -> tuple[int, dict]:
+        """The last round whose folder is complete, and its state (0 and {} before the first)."""
+        rounds = [int(m.group(1)) for p in self.run_dir.iterdir() if (m := _ROUND.match(p.name))
+                  and (p / ROUND_STATE).is_file()]
+        if not rounds:
+            return 0, {}
+        last = max(rounds)
+        return last, json.loads((self.round_dir(last) / ROUND_STATE).read_text())
 
     def write_summary(self, specialist: dict[str, dict], merged: dict[str, dict], extra: dict | None = None) -> dict:
         """Per site: the specialist's and the merged model's test metrics and merged / specialist ACC."""
@@ -46,7 +87,7 @@ class RunResults:
                    "strategy": self.settings.get("strategy"), **(extra or {})}
         norm = [s["normalized_acc"] for s in sites.values() if not math.isnan(s["normalized_acc"])]
         summary["mean_normalized_acc"] = sum(norm) / len(norm) if norm else math.nan
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_safe))
+        write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_safe))
         render_run(self.run_dir, summary)
         return summary
 

@@ -25,7 +25,8 @@ SITE_INFO = "site-info"  # site -> server identity (ConfigRecord)
 # ConfigRecord entries
 SITE = "site"
 SITES = "sites"  # a node's answer to the site query: comma-separated site names
-SERVER_ROUND = "server-round"
+SERVER_ROUND = "server-round"  # the run's round number (a resumed run goes on counting)
+RUN_KEY = "run-key"  # names the run across a resume: where a site keeps its state between rounds
 WITH_SPECIALIST = "with-specialist"
 LEARNING_CURVE = "learning-curve"  # train message: fine-tune from the given adapter, report per-epoch ACC
 CURVE_EPOCHS = "curve-epochs"
@@ -50,6 +51,7 @@ NODE_SITE = "site"  # comma-separated site names this node hosts
 NODE_DATA_ROOT = "data-root"  # where this node's images are; wins over the run config's data.root when set
 NODE_PARTITION_ID = "partition-id"  # simulation
 NODE_NUM_PARTITIONS = "num-partitions"  # simulation
+NODE_STATE_DIR = "state-dir"  # a node-local folder for its sites' state between rounds (default under ~/.cache)
 
 
 class InvalidUpdate(ValueError):

@@ -36,21 +36,35 @@ class Federation:
 def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = ()) -> Federation:
     """Discover the sites, run the rounds with the configured merge (without `held_out` sites), write the summary."""
     cfg = parse_run_config(context.run_config)  # fails before any training on a wrong strategy or option
-    run_dir = cfg.output_path(f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}-{context.run_id}")
-    results = RunResults(run_dir, settings_table(cfg))
+    settings = {k: v for k, v in settings_table(cfg).items() if k != "resume"}
+    if cfg.resume:
+        run_dir = Path(cfg.resume).expanduser().resolve()
+    else:
+        run_dir = cfg.output_path(f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}-{context.run_id}")
+    results = RunResults(run_dir, settings, resume=bool(cfg.resume))
     print(f"fl-medlego: results of this run go to {run_dir}", flush=True)
 
     declared = cfg.site_names
     base_fingerprint, reference = federation_base(cfg)  # from the run's own configuration, never from replies
+    done, state = results.last_complete_round()
+    arrays = ArrayRecord()
+    if done:  # a resumed run: go on from the last complete round's combined update
+        if state.get("base_fingerprint") != base_fingerprint:
+            raise RuntimeError(f"{run_dir} was run on base {state.get('base_fingerprint')}, not {base_fingerprint}")
+        update = cfg.kind.load(results.round_dir(done), cfg, base_fingerprint)
+        arrays = ArrayRecord(cfg.kind.encode(update))
+        reference = update if reference is not None else None
+        print(f"fl-medlego: resuming after round {done} of {cfg.num_rounds}", flush=True)
     site_nodes = discover_sites(grid, declared, cfg.node_wait_timeout, pinned=cfg.site_nodes)
     merging = {s: n for s, n in site_nodes.items() if s not in held_out}
     strategy = SiteMergeStrategy(merging, cfg.kind.template(cfg), cfg, results, base_fingerprint, reference,
-                                 declared=[s for s in declared if s not in held_out])
-    failure, arrays = None, ArrayRecord()
+                                 declared=[s for s in declared if s not in held_out], resumed=(done, state))
+    failure = None
     try:
-        arrays = strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.num_rounds,
-                                timeout=cfg.round_timeout, train_config=ConfigRecord(),
-                                evaluate_config=ConfigRecord()).arrays
+        if cfg.num_rounds > done:
+            arrays = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=cfg.num_rounds - done,
+                                    timeout=cfg.round_timeout, train_config=ConfigRecord(),
+                                    evaluate_config=ConfigRecord()).arrays
     except RoundFailed as err:
         failure = str(err)
     summary = results.write_summary(strategy.specialist, strategy.merged, extra={

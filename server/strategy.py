@@ -43,7 +43,9 @@ class SiteMergeStrategy(FedAvg):
     """
 
     def __init__(self, site_nodes: dict[str, int], template: dict, cfg: RunConfig, results: RunResults,
-                 base_fingerprint: str, reference: object | None = None, declared: list[str] | None = None) -> None:
+                 base_fingerprint: str, reference: object | None = None, declared: list[str] | None = None,
+                 resumed: tuple[int, dict] = (0, {})) -> None:
+        """resumed: the last complete round of the run and its state (a resumed run goes on from there)."""
         super().__init__(min_available_nodes=0)
         self.site_nodes, self.template, self.cfg = dict(site_nodes), template, cfg
         self.kind, self.merge = cfg.kind, cfg.merge
@@ -54,6 +56,10 @@ class SiteMergeStrategy(FedAvg):
         self.merged: dict[str, dict] = {}
         # site -> {"state": merged | accepted (its round failed) | rejected | missing, "round", "reason"}
         self.status: dict[str, dict] = {}
+        self.offset, state = resumed  # Flower counts this process's rounds from 1; the run goes on counting
+        self.specialist.update(state.get("specialist", {}))
+        self.merged.update(state.get("merged", {}))
+        self.status.update(state.get("status", {}))
         self.round_started = time.monotonic()
 
     def summary(self) -> None:
@@ -64,7 +70,8 @@ class SiteMergeStrategy(FedAvg):
     def _messages(self, arrays: ArrayRecord, config: ConfigRecord, server_round: int, kind: str) -> list[Message]:
         messages = []
         for site, node in self.site_nodes.items():
-            site_config = ConfigRecord({**config, wire.SERVER_ROUND: server_round, wire.SITE: site})
+            site_config = ConfigRecord({**config, wire.SERVER_ROUND: server_round, wire.SITE: site,
+                                        wire.RUN_KEY: self.results.run_dir.name})
             content = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: site_config})
             messages.append(Message(content=content, message_type=kind, dst_node_id=node))
         return messages
@@ -72,14 +79,14 @@ class SiteMergeStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.round_started = time.monotonic()
-        return self._messages(arrays, config, server_round, MessageType.TRAIN)
+        return self._messages(arrays, config, server_round + self.offset, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         if len(arrays) == 0:  # nothing combined yet
             return []
         config = ConfigRecord({**config, wire.WITH_SPECIALIST: True})
-        return self._messages(arrays, config, server_round, MessageType.EVALUATE)
+        return self._messages(arrays, config, server_round + self.offset, MessageType.EVALUATE)
 
     def _reject(self, server_round: int, err: wire.InvalidUpdate, node: int) -> None:
         """Log why a reply is not used, naming the node and, once the reply is attributed, its site."""
@@ -120,6 +127,7 @@ class SiteMergeStrategy(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
                                                                                       MetricRecord | None]:
+        server_round += self.offset
         accepted = self._read_replies(server_round, replies)
         updates, decisions = guard_updates({s: r.update for s, r in accepted.items()}, self.kind, self.reference,
                                            self.cfg.guard)
@@ -142,7 +150,7 @@ class SiteMergeStrategy(FedAvg):
             examples = capped_examples({s: accepted[s].metrics[wire.NUM_EXAMPLES] for s in sites})
             weights = normalize_weights([examples[s] for s in sites], len(sites))
         combined = self.kind.combine([updates[s] for s in sites], weights, self.merge)
-        path = self.kind.save(combined, self.results.round_dir(server_round), self.cfg, self.base_fingerprint)
+        path = self.kind.save(combined, self.results.staging_dir(server_round), self.cfg, self.base_fingerprint)
         about = self.kind.describe(combined)
         log.info("round %d: combined %d sites with %s %s, saved %s", server_round, len(sites), self.merge.method,
                  about, path)
@@ -157,6 +165,7 @@ class SiteMergeStrategy(FedAvg):
                 MetricRecord({**mean, wire.SITES_MERGED: len(sites), **about}))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.offset
         per_site = {}
         for msg in replies:
             try:
@@ -177,6 +186,10 @@ class SiteMergeStrategy(FedAvg):
                              **{wire.SPECIALIST_PREFIX + k: v for k, v in reply.specialist.items()})
         self.results.log("round", round=server_round, seconds=round(time.monotonic() - self.round_started, 3),
                          server_peak_rss_mb=peak_rss_mb())
+        # The round is complete: its state goes in last, then the folder moves into place (resume point).
+        self.results.finish_round(server_round, {"round": server_round, "status": self.status,
+                                                 "specialist": self.specialist, "merged": self.merged,
+                                                 "base_fingerprint": self.base_fingerprint})
         if not per_site:
             return None
         keys = [k for k in wire.EVAL_METRICS if all(k in m for m in per_site.values())]

@@ -32,7 +32,13 @@ def test_query_reports_the_sites_of_this_node():
     assert reply.content[wire.SITE_INFO][wire.SITES] == "pneumonia"
 
 
-def test_train_then_evaluate_keeps_head_and_data_at_the_site():
+def saved(root, site, server_round, part):
+    from safetensors.torch import load_file
+
+    return load_file(str(root / "run-1" / site / f"round-{server_round:03d}" / f"{part}.safetensors"))
+
+
+def test_train_then_evaluate_keeps_head_and_data_at_the_site(site_state_in_tmp):
     ctx = context(0)
     reply = train(request(MessageType.TRAIN, "breast"), ctx)
     tensors = reply.content[wire.ARRAYS].to_torch_state_dict()
@@ -42,7 +48,9 @@ def test_train_then_evaluate_keeps_head_and_data_at_the_site():
     metrics = reply.content[wire.METRICS]
     assert metrics[wire.NUM_EXAMPLES] == 32 and 0 <= metrics[wire.VAL_ACC] <= 1
     assert "bundled sample" in reply.content[wire.SITE_INFO][wire.DATA_SOURCE]
-    assert {"breast.head", "breast.specialist", "breast.specialist-head"} <= set(ctx.state)
+    assert len(ctx.state) == 0  # nothing in the node's context: the state is in node-local files
+    assert {p.name for p in (site_state_in_tmp / "run-1" / "breast" / "round-001").iterdir()} == {
+        "head.safetensors", "specialist.safetensors", "specialist-head.safetensors"}
 
     ev = evaluate(request(MessageType.EVALUATE, "breast", reply.content[wire.ARRAYS],
                           **{wire.WITH_SPECIALIST: True}), ctx)
@@ -51,15 +59,16 @@ def test_train_then_evaluate_keeps_head_and_data_at_the_site():
     assert m["acc"] == pytest.approx(m["specialist-acc"]) and m[wire.NUM_EXAMPLES] == 32
 
     # Round 2 starts from a "merged" adapter (here: the site's own) and keeps the round-1 specialist.
-    specialist = ctx.state["breast.specialist"].to_torch_state_dict()
-    reply2 = train(request(MessageType.TRAIN, "breast", reply.content[wire.ARRAYS]), ctx)
+    root = site_state_in_tmp
+    specialist = saved(root, "breast", 1, "specialist")
+    reply2 = train(request(MessageType.TRAIN, "breast", reply.content[wire.ARRAYS], **{wire.SERVER_ROUND: 2}), ctx)
     assert reply2.content[wire.METRICS][wire.NUM_EXAMPLES] == 32
-    kept = ctx.state["breast.specialist"].to_torch_state_dict()
+    kept = saved(root, "breast", 2, "specialist")
     assert all(torch.equal(kept[k], specialist[k]) for k in specialist)  # the specialist is round 1's
     round2 = reply2.content[wire.ARRAYS].to_torch_state_dict()
     assert not torch.equal(round2[wire.PACKED], specialist[wire.PACKED])  # while the site trained on
-    assert not torch.equal(ctx.state["breast.head"].to_torch_state_dict()["weight"],
-                           ctx.state["breast.specialist-head"].to_torch_state_dict()["weight"])
+    head, specialist_head = saved(root, "breast", 2, "head"), saved(root, "breast", 2, "specialist-head")
+    assert not torch.equal(head["weight"], specialist_head["weight"])
 
 
 def test_a_node_refuses_a_site_it_does_not_host():
@@ -81,7 +90,7 @@ def test_deployment_node_names_its_site():
         query(message(RecordDict(), MessageType.QUERY, dst=5), bad)
 
 
-def test_full_weight_mode_sends_the_backbone_and_keeps_its_specialist():
+def test_full_weight_mode_sends_the_backbone_and_keeps_its_specialist(site_state_in_tmp):
     ctx = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
                   run_config={**RUN_CONFIG, "strategy": "vit_avg"})
     reply = train(request(MessageType.TRAIN, "breast"), ctx)
@@ -89,7 +98,7 @@ def test_full_weight_mode_sends_the_backbone_and_keeps_its_specialist():
     cfg = parse_run_config({**RUN_CONFIG, "strategy": "vit_avg"})
     assert cfg.kind.name == "full"
     assert {k: tuple(v.shape) for k, v in backbone.items()} == cfg.kind.template(cfg)
-    assert set(ctx.state["breast.specialist"].to_torch_state_dict()) == set(backbone)
+    assert set(saved(site_state_in_tmp, "breast", 1, "specialist")) == set(backbone)
     ev = evaluate(request(MessageType.EVALUATE, "breast", reply.content[wire.ARRAYS], **{wire.WITH_SPECIALIST: True}),
                   ctx)
     assert ev.content[wire.METRICS]["acc"] == pytest.approx(ev.content[wire.METRICS]["specialist-acc"])

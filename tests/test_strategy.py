@@ -57,7 +57,13 @@ def test_valid_replies_are_merged_exactly(strategy, tmp_path):
     for name in TEMPLATE:
         torch.testing.assert_close(merged.factors[name].delta(), expected.factors[name].delta())
     assert metrics[wire.SITES_MERGED] == 2
+    # Written under a temporary name until the round is evaluated, then moved into place with its state.
+    assert (tmp_path / "round-001.tmp" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "round-001").exists()
+    strategy.aggregate_evaluate(1, [])
     assert (tmp_path / "round-001" / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "round-001" / "round.json").read_text())["status"]["blood"]["state"] == "merged"
+    assert not (tmp_path / "round-001.tmp").exists()
 
 
 def test_invalid_replies_are_rejected_and_the_round_goes_on(strategy, tmp_path):
@@ -174,6 +180,6 @@ def test_the_same_strategy_averages_full_backbones_and_rejects_bad_ones(tmp_path
     assert metrics[wire.SITES_MERGED] == 2
     averaged = arrays.to_torch_state_dict()
     assert torch.equal(averaged["w"], torch.full((2, 3), 2.0)) and torch.equal(averaged["b"], torch.full((3,), 2.0))
-    assert (tmp_path / "round-001" / "backbone.safetensors").is_file()
+    assert (tmp_path / "round-001.tmp" / "backbone.safetensors").is_file()
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(e["site"], "NaN or Inf" in e["reason"]) for e in events if e["event"] == "rejected"] == [("organa", True)]

@@ -15,9 +15,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..config import RunConfig, settings_table
+from ..files import read_tensors
 
 # Settings that do not change what a specialist learns.
 _IRRELEVANT = ("strategy", "kind_name", "num_rounds", "output_dir", "round_timeout", "node_wait_timeout", "merge",
@@ -57,7 +58,7 @@ class SpecialistCache:
 
     @staticmethod
     def read(entry: Path, name: str) -> dict[str, torch.Tensor]:
-        return load_file(str(entry / f"{name}.safetensors"))
+        return read_tensors(entry / f"{name}.safetensors")
 
     @staticmethod
     def metrics(entry: Path) -> dict:

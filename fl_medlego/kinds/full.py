@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import wire
+from ..files import read_tensors
 from ..models import SiteModel, create_backbone, shared_base
 from ..seeds import site_seed
 from ..train import TrainConfig
@@ -90,7 +91,7 @@ class FullWeightKind(SiteKind):
     def load(self, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> dict[str, torch.Tensor]:
         """A saved backbone; its shapes must fit the configured model (an averaged backbone replaces the base
         as a whole, so it is not tied to the base's fingerprint the way an adapter is)."""
-        return self.decode(load_file(str(Path(directory) / WEIGHTS_FILE)), self.template(cfg))
+        return self.decode(read_tensors(Path(directory) / WEIGHTS_FILE), self.template(cfg))
 
     def combine(self, updates: Sequence[dict[str, torch.Tensor]], weights: torch.Tensor | None,
                 merge: MergeSettings) -> dict[str, torch.Tensor]:

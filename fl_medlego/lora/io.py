@@ -13,8 +13,9 @@ import logging
 import os
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from ..files import read_tensors
 from .config import SVDLoRAConfig
 from .factors import Adapter
 
@@ -62,9 +63,12 @@ def read_adapter_config(directory: str | Path) -> dict:
                 f"{path} not found: an adapter folder holds {CONFIG_FILE} and {WEIGHTS_FILE} "
                 "(written by fl-medlego or `fl_medlego.lora.save_adapter`)"
             )
-    config = json.loads(config_path.read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{config_path} is not an fl-medlego SVD-LoRA adapter (format {config.get('format')!r})")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path} is not valid JSON ({err}): the adapter folder is corrupt") from err
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{config_path} is not an fl-medlego SVD-LoRA adapter")
     return config
 
 
@@ -92,5 +96,5 @@ def load_adapter(directory: str | Path, expect_lora: SVDLoRAConfig | None = None
     directory = Path(directory)
     config = read_adapter_config(directory)
     check_adapter_fits(config, str(directory), expect_lora, expect_base, expect_fingerprint)
-    return Adapter.from_tensors(load_file(str(directory / WEIGHTS_FILE)), scale=float(config["scale"]),
+    return Adapter.from_tensors(read_tensors(directory / WEIGHTS_FILE), scale=float(config["scale"]),
                                 metadata=config.get("metadata", {}))
