@@ -58,19 +58,26 @@ def _record(msg: Message, key: str, kind: type):
     return record
 
 
-def site_of(msg: Message, site_nodes: dict[str, int]) -> str:
-    """The declared site a reply is for, if its node is the one that hosts it."""
+def site_of(msg: Message, site_nodes: dict[str, int], sent: dict[str, str] | None = None) -> str:
+    """The declared site a reply is for, if its node is the one that hosts it.
+
+    sent: message id -> site of the messages this round sent; an error reply (which Flower's SuperLink
+    may write itself, e.g. for a node that stopped its heartbeat) is attributed to its message's site.
+    """
     try:
-        return _site_of(msg, site_nodes)
+        return _site_of(msg, site_nodes, sent or {})
     except wire.InvalidUpdate:
         raise
     except Exception as err:  # noqa: BLE001
         raise wire.InvalidUpdate(f"malformed reply ({type(err).__name__})") from None
 
 
-def _site_of(msg: Message, site_nodes: dict[str, int]) -> str:
+def _site_of(msg: Message, site_nodes: dict[str, int], sent: dict[str, str]) -> str:
     if msg.has_error():
-        raise wire.InvalidUpdate(f"the node reported an error (code {msg.error.code}): {bounded(msg.error.reason)}")
+        site = sent.get(msg.metadata.reply_to_message_id)
+        prefix = f"site {site}: " if site else ""
+        raise wire.InvalidUpdate(f"{prefix}the node reported an error (code {msg.error.code}): "
+                                 f"{bounded(msg.error.reason)}", site=site)
     site = _record(msg, wire.SITE_INFO, ConfigRecord).get(wire.SITE)
     if not isinstance(site, str) or site not in site_nodes:
         raise wire.InvalidUpdate(f"the reply names no declared site (got {bounded(repr(site), 40)})")
@@ -111,9 +118,10 @@ def read_arrays(record: ArrayRecord, max_elements: int, max_arrays: int) -> dict
     return tensors
 
 
-def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, template: dict) -> TrainReply:
+def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, template: dict,
+                     sent: dict[str, str] | None = None) -> TrainReply:
     """A train reply as checked values; raises only wire.InvalidUpdate (prefixed with the site once known)."""
-    site = site_of(msg, site_nodes)
+    site = site_of(msg, site_nodes, sent)
     try:
         metrics = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), kind.train_metrics)
         # A kind's update has at most one array per template entry, plus its bookkeeping (ranks, ...).
@@ -131,8 +139,9 @@ def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, t
         raise wire.InvalidUpdate(f"site {site}: malformed reply ({type(err).__name__})", site=site) from None
 
 
-def read_evaluate_reply(msg: Message, site_nodes: dict[str, int]) -> EvaluateReply:
-    site = site_of(msg, site_nodes)
+def read_evaluate_reply(msg: Message, site_nodes: dict[str, int], sent: dict[str, str] | None = None
+                        ) -> EvaluateReply:
+    site = site_of(msg, site_nodes, sent)
     try:
         declared = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), wire.EVAL_METRICS,
                                      optional=tuple(wire.SPECIALIST_PREFIX + m for m in wire.EVAL_METRICS))

@@ -61,11 +61,16 @@ class SiteMergeStrategy(FedAvg):
         self.merged.update(state.get("merged", {}))
         self.status.update(state.get("status", {}))
         self.round_started = time.monotonic()
+        self._sent: list[tuple[Message, str]] = []
 
     def summary(self) -> None:
         log.info("\t├──> sites: %s", self.site_nodes)
         log.info("\t└──> %s sites, combined with %s %s, weighting %s, guard %s", self.kind.name, self.merge.method,
                  self.merge.options, self.merge.weighting, self.cfg.guard)
+
+    def _sent_sites(self) -> dict[str, str]:
+        """Message id -> site of the messages sent this round (Flower sets the ids when it pushes them)."""
+        return {m.metadata.message_id: site for m, site in self._sent if m.metadata.message_id}
 
     def _messages(self, arrays: ArrayRecord, config: ConfigRecord, server_round: int, kind: str) -> list[Message]:
         messages = []
@@ -74,6 +79,7 @@ class SiteMergeStrategy(FedAvg):
                                         wire.RUN_KEY: self.results.run_dir.name})
             content = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: site_config})
             messages.append(Message(content=content, message_type=kind, dst_node_id=node))
+        self._sent = list(zip(messages, self.site_nodes))
         return messages
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -99,7 +105,7 @@ class SiteMergeStrategy(FedAvg):
         accepted: dict[str, TrainReply] = {}
         for msg in replies:
             try:
-                reply = read_train_reply(msg, self.site_nodes, self.kind, self.template)
+                reply = read_train_reply(msg, self.site_nodes, self.kind, self.template, self._sent_sites())
                 if reply.site in accepted:
                     raise wire.InvalidUpdate(f"site {reply.site}: a second reply in round {server_round}",
                                              site=reply.site)
@@ -114,7 +120,7 @@ class SiteMergeStrategy(FedAvg):
     def _check_quorum(self, server_round: int, combined: list[str]) -> None:
         for site in self.declared:
             if site not in combined and self.status.get(site, {}).get("round") != server_round:
-                reason = "no node hosts it" if site not in self.site_nodes else "no reply within the round's timeout"
+                reason = "no node hosts it" if site not in self.site_nodes else "no reply within round-timeout"
                 self.status[site] = {"state": "missing", "round": server_round, "reason": reason}
         required = self.cfg.required_sites(server_round, len(self.declared))
         if len(combined) < required:
@@ -169,7 +175,7 @@ class SiteMergeStrategy(FedAvg):
         per_site = {}
         for msg in replies:
             try:
-                reply = read_evaluate_reply(msg, self.site_nodes)
+                reply = read_evaluate_reply(msg, self.site_nodes, self._sent_sites())
                 if reply.site in per_site:
                     raise wire.InvalidUpdate(f"site {reply.site}: a second evaluation in round {server_round}",
                                              site=reply.site)

@@ -183,3 +183,45 @@ def test_the_same_strategy_averages_full_backbones_and_rejects_bad_ones(tmp_path
     assert (tmp_path / "round-001.tmp" / "backbone.safetensors").is_file()
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(e["site"], "NaN or Inf" in e["reason"]) for e in events if e["event"] == "rejected"] == [("organa", True)]
+
+
+def test_an_error_reply_from_the_superlink_is_attributed_to_its_site(strategy, tmp_path):
+    from flwr.app import Error
+    from flwr.app.message.message import make_message
+
+    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid=None)
+    for i, msg in enumerate(messages):  # what Flower does when it pushes them
+        msg.metadata.__dict__["_message_id"] = f"id-{i}"
+    breast = next(i for i, m in enumerate(messages) if m.content[wire.CONFIG][wire.SITE] == "breast")
+    dead = message(None, MessageType.TRAIN, src=0, dst=0, error="x").metadata
+    dead.__dict__["_reply_to_message_id"] = f"id-{breast}"
+    unavailable = make_message(dead, error=Error(code=5, reason="Error: Node Unavailable - no heartbeat"))
+    strategy.aggregate_train(1, [train_reply("blood", 11, adapter(1)), unavailable])
+    assert strategy.status["breast"] == {"state": "rejected", "round": 1, "reason": strategy.status["breast"]["reason"]}
+    assert "Node Unavailable" in strategy.status["breast"]["reason"]
+    assert strategy.status["organa"]["state"] == "missing"
+
+
+def test_a_resumed_strategy_goes_on_counting_rounds(tmp_path):
+    set_task_identity()
+    cfg = parse_run_config({"min-sites": 1})
+    state = {"status": {"blood": {"state": "merged", "round": 2, "reason": ""}},
+             "specialist": {"blood": {"acc": 0.5}}, "merged": {"blood": {"acc": 0.4, "round": 2}}}
+    strategy = SiteMergeStrategy(SITES, TEMPLATE, cfg, RunResults(tmp_path, {}), "abc", resumed=(2, state))
+    (first, *_) = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid=None)
+    assert first.content[wire.CONFIG][wire.SERVER_ROUND] == 3
+    strategy.aggregate_train(1, [train_reply("blood", 11, adapter(1))])
+    strategy.aggregate_evaluate(1, [])
+    assert (tmp_path / "round-003" / "round.json").is_file() and strategy.specialist["blood"]["acc"] == 0.5
+
+
+def test_a_run_folder_resumes_only_with_its_own_settings(tmp_path):
+    results = RunResults(tmp_path, {"seed": 0})
+    (tmp_path / "round-002.tmp").mkdir()  # a round that was being written when the run was killed
+    results.finish_round(1, {"round": 1})
+    with pytest.raises(ValueError, match="other settings"):
+        RunResults(tmp_path, {"seed": 1}, resume=True)
+    again = RunResults(tmp_path, {"seed": 0}, resume=True)
+    assert again.last_complete_round() == (1, {"round": 1}) and not (tmp_path / "round-002.tmp").exists()
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        RunResults(tmp_path / "nothing", {"seed": 0}, resume=True)
