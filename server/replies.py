@@ -130,7 +130,7 @@ def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, t
         info = msg.content[wire.SITE_INFO]
         base = info.get(wire.BASE_FINGERPRINT)
         if not isinstance(base, str) or not re.fullmatch(r"[0-9a-f]{1,64}", base):
-            raise wire.InvalidUpdate("the reply names no base-model fingerprint")
+            raise wire.InvalidUpdate("the reply's base-model fingerprint is missing or malformed")
         origin = info.get(wire.DATA_SOURCE, "")
         return TrainReply(site, update, metrics, base, bounded(origin if isinstance(origin, str) else "", 80))
     except wire.InvalidUpdate as err:

@@ -37,6 +37,7 @@ def check_invariants(strategy, arrays, metrics, events, name):
     rejected = [e for e in events if e["event"] == "rejected"]
     assert all(e["reason"] and len(e["reason"]) <= 400 and "/hospital" not in e["reason"] for e in rejected)
     assert all(len(line) < 4000 for line in map(json.dumps, events))  # no reply can flood the log
+    assert not any("/hospital" in json.dumps(e) for e in events)  # nor write a site's paths into it
     honest = len(SITES) - 1
     if name in INVALID:
         assert metrics[wire.SITES_MERGED] == honest and strategy.status.get(HOSTILE, {}).get("state") != "merged"

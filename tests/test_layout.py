@@ -121,3 +121,11 @@ def test_site_kinds_are_decided_only_inside_the_kinds(pattern):
     offenders = [f"{p.relative_to(REPO)}:{i}" for p in CODE if kinds not in p.parents
                  for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(pattern, line)]
     assert not offenders, f"kind-specific checks outside fl_medlego/kinds ({pattern}):\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("path", ["dryrun/tls/ca.crt", "tls/server.key", "keys/blood_key", "keys/blood_key.pub"])
+def test_the_runbooks_key_folders_are_never_committed(path):
+    import subprocess
+
+    checked = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
+    assert checked.returncode == 0, f"{path} is not git-ignored"

@@ -149,3 +149,15 @@ def test_merging_saved_adapters_of_different_bases_is_refused(vit, tmp_path):
     save_adapter(adapter, tmp_path / "c", SVDLoRAConfig(rank=2), "vit_medmnist_28", "aaaa")
     merged = merge_saved_adapters([tmp_path / "a", tmp_path / "c"], tmp_path / "out")
     assert load_adapter(tmp_path / "out", expect_fingerprint="aaaa").factors.keys() == merged.factors.keys()
+
+
+def test_a_corrupt_adapter_file_is_named(vit, tmp_path):
+    inject_svd_lora(vit, SVDLoRAConfig(rank=2))
+    folder = save_adapter(get_adapter(vit), tmp_path / "a")
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated, as by a crash while copying
+    with pytest.raises(ValueError, match="adapter_model.safetensors is not a readable safetensors file"):
+        load_adapter(folder)
+    (folder / "adapter_config.json").write_text("{")
+    with pytest.raises(ValueError, match="adapter_config.json is not valid JSON"):
+        load_adapter(folder)

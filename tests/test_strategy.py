@@ -104,7 +104,7 @@ def test_a_reply_without_a_declared_metric_is_rejected(strategy, tmp_path):
 
 def test_a_site_on_another_base_model_is_rejected(strategy):
     replies = [train_reply("blood", 11, adapter(1)), train_reply("breast", 12, adapter(2)),
-               train_reply("organa", 13, adapter(3), base="other")]
+               train_reply("organa", 13, adapter(3), base="ffff")]
     _, metrics = strategy.aggregate_train(1, replies)
     assert metrics[wire.SITES_MERGED] == 2
 
@@ -225,3 +225,63 @@ def test_a_run_folder_resumes_only_with_its_own_settings(tmp_path):
     assert again.last_complete_round() == (1, {"round": 1}) and not (tmp_path / "round-002.tmp").exists()
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         RunResults(tmp_path / "nothing", {"seed": 0}, resume=True)
+
+
+def test_claimed_example_counts_are_capped_before_weighting(tmp_path):
+    set_task_identity()
+    cfg = parse_run_config({"merge.weighting": "examples", "merge.energy": 1.0, "merge.max-rank": 0,
+                            "min-sites": 1})
+    strategy = SiteMergeStrategy(SITES, TEMPLATE, cfg, RunResults(tmp_path, {}), "abc")
+    replies = [train_reply("blood", 11, adapter(1), examples=100.0), train_reply("breast", 12, adapter(2),
+                                                                                examples=100.0),
+               train_reply("organa", 13, adapter(3), examples=1e8)]  # the most the schema allows
+    arrays, _ = strategy.aggregate_train(1, replies)
+    merged = json.loads((tmp_path / "round-001.tmp" / "adapter" / "adapter_config.json").read_text())
+    weights = merged["metadata"]["merge"]["weights"]
+    assert weights[2] == pytest.approx(1000 / 1200)  # capped at 10 x the lower median claim, not 1e8 / (1e8 + 200)
+
+
+def test_the_base_comes_from_the_run_not_from_a_majority_of_replies(strategy):
+    from fl_medlego.server.strategy import RoundFailed
+
+    replies = [train_reply(s, n, adapter(n), base="ffff") for s, n in SITES.items()]  # everyone agrees, wrongly
+    with pytest.raises(RoundFailed, match="differs from the federation's abc"):
+        strategy.aggregate_train(1, replies)
+
+
+def test_evaluation_replies_with_impossible_metrics_are_dropped(strategy):
+    def reply(site, node, acc):
+        metrics = MetricRecord({"acc": acc, "auc": 0.9, "f1": 0.5, "loss": 0.3, wire.NUM_EXAMPLES: 10.0})
+        return message(RecordDict({wire.METRICS: metrics, wire.SITE_INFO: ConfigRecord({wire.SITE: site})}),
+                       MessageType.EVALUATE, src=node, dst=0)
+
+    mean = strategy.aggregate_evaluate(1, [reply("blood", 11, 0.6), reply("breast", 12, 1e9)])
+    assert mean["acc"] == pytest.approx(0.6) and "breast" not in strategy.merged
+
+
+class FakeGrid:
+    """Nodes that answer the site query with the given site lists."""
+
+    def __init__(self, claims: dict[int, str]) -> None:
+        self.claims = claims
+
+    def get_node_ids(self):
+        return list(self.claims)
+
+    def send_and_receive(self, messages, timeout):
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            content = RecordDict({wire.SITE_INFO: ConfigRecord({wire.SITES: self.claims[node]})})
+            replies.append(message(content, MessageType.QUERY, src=node, dst=0))
+        return replies
+
+
+def test_two_nodes_claiming_one_site_is_an_error_unless_the_coordinator_binds_it():
+    from fl_medlego.server.discovery import discover_sites
+
+    set_task_identity()
+    grid = FakeGrid({1: "blood,breast", 2: "blood"})  # node 2 claims blood too
+    with pytest.raises(RuntimeError, match="'blood' is claimed by nodes 1 and 2"):
+        discover_sites(grid, ["blood", "breast"], wait_s=0)
+    assert discover_sites(grid, ["blood", "breast"], wait_s=0, pinned={"blood": 2}) == {"blood": 2, "breast": 1}
