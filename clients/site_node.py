@@ -9,6 +9,7 @@ nothing in it leaves the site. Example:
     root-certificates = "ca.crt"        # the federation's CA certificate, from the coordinator
     private-key = "blood_key"           # made by `fl-medlego site keys`
     port = 9094                         # this SuperNode's local port (one per SuperNode on a host)
+    state-dir = "state"                 # optional: where the site keeps its state between rounds
 """
 
 from __future__ import annotations
@@ -35,13 +36,15 @@ class SiteNodeConfig:
     root_certificates: str
     private_key: str
     port: int = 9094
+    state_dir: str = ""  # where the site keeps its state between rounds ("" = ~/.cache/fl-medlego/site-state)
 
     @classmethod
     def from_file(cls, path: str | Path) -> SiteNodeConfig:
         path = Path(path)
         data = tomllib.loads(path.read_text())
-        keys = {wire.NODE_SITE, wire.NODE_DATA_ROOT, "superlink", "root-certificates", "private-key", "port"}
-        unknown, missing = sorted(set(data) - keys), sorted(keys - {"port"} - set(data))
+        keys = {wire.NODE_SITE, wire.NODE_DATA_ROOT, "superlink", "root-certificates", "private-key", "port",
+                wire.NODE_STATE_DIR}
+        unknown, missing = sorted(set(data) - keys), sorted(keys - {"port", wire.NODE_STATE_DIR} - set(data))
         if unknown or missing:
             raise ValueError(f"{path}: unknown keys {unknown}, missing keys {missing}; "
                              f"a site config has {sorted(keys)}")
@@ -52,11 +55,12 @@ class SiteNodeConfig:
 
         return cls(site=data[wire.NODE_SITE], data_root=local(data[wire.NODE_DATA_ROOT]), superlink=data["superlink"],
                    root_certificates=local(data["root-certificates"]), private_key=local(data["private-key"]),
-                   port=int(data.get("port", 9094)))
+                   port=int(data.get("port", 9094)), state_dir=local(data.get(wire.NODE_STATE_DIR, "")))
 
     def node_config(self) -> dict[str, str]:
         """What this SuperNode tells the apps about itself (its --node-config)."""
-        return {wire.NODE_SITE: self.site, wire.NODE_DATA_ROOT: self.data_root}
+        config = {wire.NODE_SITE: self.site, wire.NODE_DATA_ROOT: self.data_root}
+        return config | ({wire.NODE_STATE_DIR: self.state_dir} if self.state_dir else {})
 
 
 def modality_of(site: str) -> str:
