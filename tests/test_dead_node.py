@@ -28,10 +28,11 @@ def test_a_killed_node_fails_its_round_in_bounded_time(tmp_path):
         run = subprocess.Popen([str(BIN / "flwr"), "run", str(REPO / "scenarios" / "cross_domain"), "--stream",
                                 "--run-config", config], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while not list(out.glob("*/settings.json")) and time.monotonic() < deadline:
-            time.sleep(1)  # the ServerApp has started and discovery is under way
-        time.sleep(10)
+        blood_log = state["sites"]["blood"]["log"]
+        deadline = time.monotonic() + 240
+        while "site blood: epoch 1/3" not in open(blood_log).read() and time.monotonic() < deadline:
+            time.sleep(1)  # round 1 is under way: every site has its train message
+        assert time.monotonic() < deadline, "round 1 did not start"
         breast = state["sites"]["breast"]["pid"]
         for pid in [breast, *processes.descendants(breast)]:
             try:
@@ -48,7 +49,8 @@ def test_a_killed_node_fails_its_round_in_bounded_time(tmp_path):
         (run_dir,) = out.iterdir()
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"].startswith("failed") and "breast" in summary["status"], summary["status"]
-        assert summary["site_status"]["breast"]["state"] in ("missing", "rejected")
+        breast_status = summary["site_status"]["breast"]
+        assert breast_status["state"] in ("missing", "rejected") and breast_status["round"] == 1, breast_status
         print(f"the run ended {waited:.0f} s after the node was killed: {summary['status']}")
         assert waited < 300
     finally:

@@ -171,3 +171,18 @@ def test_fractions_outside_zero_one_are_refused(method, option):
         get_merge(method).make_options(**{option: 1.5})
     with pytest.raises(ValueError, match=option):
         get_merge(method).make_options(**{option: -0.1})
+
+
+@pytest.mark.parametrize("method", ["median", "trimmed_mean"])
+def test_robust_merges_ignore_one_huge_outlier(method, rng):
+    honest = sites(rng, (2, 2, 2, 2))
+    outlier = Factors(honest[0].B * 1e6, honest[0].E, honest[0].A * 1e6)
+    clean = merge(honest, method).delta()
+    attacked = merge([*honest, outlier], method).delta()
+    assert (attacked - clean).abs().max() < 10 * max(f.delta().abs().max() for f in honest)  # not 1e12 x
+
+
+def test_median_of_three_is_the_middle_entry():
+    a, b, c = (Factors(torch.eye(3, dtype=torch.float64) * v, torch.ones(3, dtype=torch.float64),
+                       torch.eye(3, dtype=torch.float64)) for v in (1.0, 5.0, 100.0))
+    close(merge([a, b, c], "median").delta(), torch.eye(3, dtype=torch.float64) * 5.0)
