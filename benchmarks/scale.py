@@ -36,8 +36,6 @@ def state_round_trip_s(repeats: int = 3) -> float:
     Site state lives in node-local files (clients/state.py), so the node's Flower context no longer grows
     with the number of sites it hosts; this is the per-message cost that replaced its round trip.
     """
-    import tempfile
-
     import torch
 
     from fl_medlego.clients.state import load_state, save_state

@@ -1,11 +1,13 @@
 """A site's state between rounds (head and specialist), in a node-local folder; it never leaves the node.
 
-    STATE_DIR/<run key>/<site>/round-NNN/   head.safetensors, specialist.safetensors, specialist-head.safetensors
+    STATE_DIR/<run key>/<site>/specialist/   specialist.safetensors + specialist-head.safetensors (round 1's)
+    STATE_DIR/<run key>/<site>/round-NNN/    head.safetensors after round N
 
-The state after round N is what round N+1 trains from and what round N is evaluated with. Files, not
-the node's Flower context: a restarted SuperNode or a resumed simulation finds it again, and the
-context no longer carries every hosted site's tensors with each message. Each round's folder is
-written under a temporary name and renamed when complete; older rounds are removed.
+A round trains from the newest head of an earlier round (a site that missed a round goes on from
+the one before) and is evaluated with its own. Files, not the node's Flower context: a restarted
+SuperNode or a resumed simulation finds them again, and the context no longer carries every hosted
+site's tensors with each message. Each folder is written under a temporary name and renamed when
+complete; the specialist is written once and kept, heads of older rounds are removed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from fl_medlego.files import read_tensors, replace_dir
 from fl_medlego.kinds import SiteKind, SiteState
 
 DEFAULT_ROOT = Path.home() / ".cache" / "fl-medlego" / "site-state"
-_PARTS = ("head", "specialist", "specialist-head")
+KEEP_ROUNDS = 2  # heads of the newest rounds kept (the one a resumed round starts from, and the last)
 
 
 def state_folder(node_config: dict, run_key: str) -> Path:
@@ -31,30 +33,38 @@ def state_folder(node_config: dict, run_key: str) -> Path:
     return root / safe
 
 
-def _round_dir(folder: Path, site: str, server_round: int) -> Path:
-    return folder / site / f"round-{server_round:03d}"
+def _rounds(folder: Path, site: str) -> list[int]:
+    found = (re.fullmatch(r"round-(\d+)", p.name) for p in (folder / site).glob("round-*"))
+    return sorted(int(m.group(1)) for m in found if m)
 
 
-def load_state(folder: Path, site: str, server_round: int, kind: SiteKind, template: dict) -> SiteState | None:
-    """The site's state after round `server_round` (None before its first training)."""
-    path = _round_dir(folder, site, server_round)
-    if server_round < 1 or not path.is_dir():
-        return None
-    head, specialist, specialist_head = (read_tensors(path / f"{part}.safetensors") for part in _PARTS)
-    return SiteState(head=head, specialist=kind.decode(specialist, template), specialist_head=specialist_head)
-
-
-def save_state(folder: Path, site: str, server_round: int, kind: SiteKind, site_state: SiteState) -> None:
-    """Keep the state after `server_round`; earlier rounds but the one before it are removed."""
-    final = _round_dir(folder, site, server_round)
+def _write(final: Path, tensors: dict[str, dict]) -> None:
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tensors = (site_state.head, kind.encode(site_state.specialist), site_state.specialist_head)
-    for part, values in zip(_PARTS, tensors):
-        save_file({k: v.contiguous() for k, v in values.items()}, str(tmp / f"{part}.safetensors"))
+    for name, values in tensors.items():
+        save_file({k: v.contiguous() for k, v in values.items()}, str(tmp / f"{name}.safetensors"))
     replace_dir(tmp, final)
-    for old in final.parent.glob("round-*"):
-        number = re.fullmatch(r"round-(\d+)", old.name)
-        if number and int(number.group(1)) < server_round - 1:
-            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(folder: Path, site: str, upto_round: int, kind: SiteKind, template: dict) -> SiteState | None:
+    """The site's state after its newest round <= `upto_round` (None before its first training)."""
+    rounds = [r for r in _rounds(folder, site) if r <= upto_round]
+    specialist = folder / site / "specialist"
+    if not rounds or not specialist.is_dir():
+        return None
+    head = read_tensors(folder / site / f"round-{rounds[-1]:03d}" / "head.safetensors")
+    return SiteState(head=head,
+                     specialist=kind.decode(read_tensors(specialist / "specialist.safetensors"), template),
+                     specialist_head=read_tensors(specialist / "specialist-head.safetensors"))
+
+
+def save_state(folder: Path, site: str, server_round: int, kind: SiteKind, site_state: SiteState) -> None:
+    """Keep the head after `server_round` (and, the first time, the specialist); drop older heads."""
+    specialist = folder / site / "specialist"
+    if not specialist.is_dir():
+        _write(specialist, {"specialist": kind.encode(site_state.specialist),
+                            "specialist-head": site_state.specialist_head})
+    _write(folder / site / f"round-{server_round:03d}", {"head": site_state.head})
+    for old in _rounds(folder, site)[:-KEEP_ROUNDS]:
+        shutil.rmtree(folder / site / f"round-{old:03d}", ignore_errors=True)

@@ -26,7 +26,10 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write a text file so that a crash leaves the old file or the new one, never half of it."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename: a power loss leaves the old file, not an empty one
     os.replace(tmp, path)
     return path
 

@@ -69,12 +69,14 @@ class RunResults:
 
     def last_complete_round(self) -> tuple[int, dict]:
         """The last round whose folder is complete, and its state (0 and {} before the first)."""
-        rounds = [int(m.group(1)) for p in self.run_dir.iterdir() if (m := _ROUND.match(p.name))
-                  and (p / ROUND_STATE).is_file()]
-        if not rounds:
-            return 0, {}
-        last = max(rounds)
-        return last, json.loads((self.round_dir(last) / ROUND_STATE).read_text())
+        rounds = sorted((int(m.group(1)) for p in self.run_dir.iterdir() if (m := _ROUND.match(p.name))
+                         and (p / ROUND_STATE).is_file()), reverse=True)
+        for last in rounds:
+            try:
+                return last, json.loads((self.round_dir(last) / ROUND_STATE).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):  # an unreadable state: the round before it
+                continue
+        return 0, {}
 
     def write_summary(self, specialist: dict[str, dict], merged: dict[str, dict], extra: dict | None = None) -> dict:
         """Per site: the specialist's and the merged model's test metrics and merged / specialist ACC."""
@@ -97,11 +99,23 @@ def render_run(run_dir: Path, summary: dict | None = None) -> list[Path]:
     run_dir = Path(run_dir)
     summary = summary or json.loads((run_dir / "summary.json").read_text())
     (run_dir / "summary.md").write_text(summary_markdown(summary) + "\n![summary](summary.png)\n")
-    events = []
-    if (run_dir / "metrics.jsonl").is_file():
-        events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    run_figure(summary, [e for e in events if e.get("event") == "evaluate"], run_dir / "summary.png")
+    events = read_events(run_dir / "metrics.jsonl")
+    latest = {(e.get("round"), e.get("site")): e for e in events if e.get("event") == "evaluate"}
+    run_figure(summary, list(latest.values()), run_dir / "summary.png")  # a redone round counts once
     return [run_dir / "summary.md", run_dir / "summary.png"]
+
+
+def read_events(path: Path) -> list[dict]:
+    """The events of metrics.jsonl; a line cut off by a crash is skipped."""
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
 
 
 def _json_safe(value):

@@ -36,7 +36,8 @@ class Federation:
 def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = ()) -> Federation:
     """Discover the sites, run the rounds with the configured merge (without `held_out` sites), write the summary."""
     cfg = parse_run_config(context.run_config)  # fails before any training on a wrong strategy or option
-    settings = {k: v for k, v in settings_table(cfg).items() if k != "resume"}
+    # What a resumed run may change: where and how long it waits, which nodes serve the sites.
+    settings = {k: v for k, v in settings_table(cfg).items() if k not in RESUMABLE_CHANGES}
     if cfg.resume:
         run_dir = Path(cfg.resume).expanduser().resolve()
     else:
@@ -67,6 +68,8 @@ def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = ())
                                     evaluate_config=ConfigRecord()).arrays
     except RoundFailed as err:
         failure = str(err)
+    except Exception as err:  # the summary says what happened even when the run breaks
+        failure = f"{type(err).__name__}: {err}"
     summary = results.write_summary(strategy.specialist, strategy.merged, extra={
         "status": f"failed: {failure}" if failure else "completed", "site_status": strategy.status,
         "sites_missing": [s for s in declared if s not in site_nodes], "sites_held_out": list(held_out),
@@ -76,6 +79,9 @@ def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = ())
     if failure:  # the run must end failed, not "completed" with too few sites
         raise RuntimeError(f"fl-medlego: the run failed: {failure}")
     return Federation(cfg, run_dir, site_nodes, strategy, arrays)
+
+
+RESUMABLE_CHANGES = ("resume", "round_timeout", "node_wait_timeout", "site_nodes", "min_sites")
 
 
 def federation_base(cfg: RunConfig) -> tuple[str, object | None]:

@@ -21,6 +21,18 @@ class GuardDecision:
     action: str  # "kept", "clipped" or "rejected"
 
 
+def check_combined(norm: float, kept: int, bound: float) -> str | None:
+    """Why a combined update cannot be sent back (None if it can): non-finite, or larger than any
+    combination of `kept` bounded updates could honestly be (10x slack for methods that rescale). A
+    merge of raw factors (lora_avg, pem) can blow up on factors that are balanced badly on purpose."""
+    if not norm < float("inf"):
+        return "the combined update is not finite"
+    if bound < float("inf") and norm > 10 * kept * bound:
+        return (f"the combined update's norm {norm:.4g} exceeds 10 x {kept} x the bound {bound:.4g}: some site's "
+                "factors are unbalanced (B large, A small); use a merge of the updates (medlego, post_avg)")
+    return None
+
+
 def norm_bound(norms: dict[str, float], settings: GuardSettings) -> float:
     """The round's bound: norm-factor x the lower median of the sites' norms, and max-norm when set."""
     bounds = []
@@ -51,8 +63,8 @@ def guard_updates(updates: dict[str, object], kind: SiteKind, reference: object 
     return kept, decisions
 
 
-def capped_examples(claims: dict[str, float], factor: float = 10.0) -> dict[str, float]:
-    """Example counts for weighting, each capped at `factor` x the lower median claim: one site that
-    claims more data than it has cannot take the merge."""
+def capped_examples(claims: dict[str, float], factor: float = 2.0) -> dict[str, float]:
+    """Example counts for weighting, each capped at `factor` x the lower median claim: a site that claims
+    more data than it has gets at most twice the weight of a typical site (with two sites, 2/3 of it)."""
     lower_median = float(torch.tensor(sorted(claims.values()), dtype=torch.float64).median())
     return {site: min(n, factor * lower_median) for site, n in claims.items()}

@@ -22,14 +22,15 @@ from fl_medlego.kinds import SiteKind
 
 MAX_TEXT = 120  # characters of a site's own text (an error reason, a data description) that may be logged
 _DTYPES = {"<f4", "<f8", "<i4", "<i8"}  # little-endian float32/64, int32/64: what the kinds send
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/]+){2,}")
+# From the first path-like token (/a/b, ~/a, C:\a\b) to the end of the line: a path may hold spaces.
+_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[\\/~][^\s\\/]*[\\/][^\n]*")
 
 
 def bounded(text: object, limit: int = MAX_TEXT) -> str:
     """A site's text made safe to log: first line only, paths masked, at most `limit` characters."""
     head = str(text)[: 4 * limit].strip()  # never scan more of a site's text than could be shown
     line = head.splitlines()[0] if head else ""
-    line = _PATH.sub("<path>", line)
+    line = _PATH.sub("<path…>", line)
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
@@ -83,6 +84,9 @@ def _site_of(msg: Message, site_nodes: dict[str, int], sent: dict[str, str]) -> 
         raise wire.InvalidUpdate(f"the reply names no declared site (got {bounded(repr(site), 40)})")
     if site_nodes[site] != msg.metadata.src_node_id:
         raise wire.InvalidUpdate(f"node {msg.metadata.src_node_id} answered for site {site!r}, which it does not host")
+    asked = sent.get(msg.metadata.reply_to_message_id)
+    if asked is not None and asked != site:  # a node hosting two sites answering one's message as the other
+        raise wire.InvalidUpdate(f"a reply to site {asked}'s message names site {site}", site=asked)
     return site
 
 
@@ -133,8 +137,8 @@ def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, t
             raise wire.InvalidUpdate("the reply's base-model fingerprint is missing or malformed")
         origin = info.get(wire.DATA_SOURCE, "")
         return TrainReply(site, update, metrics, base, bounded(origin if isinstance(origin, str) else "", 80))
-    except wire.InvalidUpdate as err:
-        raise wire.InvalidUpdate(f"site {site}: {err}", site=site) from None
+    except wire.InvalidUpdate as err:  # its text may quote the reply (array names): bounded
+        raise wire.InvalidUpdate(f"site {site}: {bounded(err, 300)}", site=site) from None
     except Exception as err:  # noqa: BLE001  the boundary: no reply may raise out of the strategy
         raise wire.InvalidUpdate(f"site {site}: malformed reply ({type(err).__name__})", site=site) from None
 

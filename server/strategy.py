@@ -23,7 +23,7 @@ from fl_medlego.memory import peak_rss_mb
 from fl_medlego.merging import normalize_weights
 from fl_medlego.results import RunResults
 
-from .guard import capped_examples, guard_updates
+from .guard import capped_examples, check_combined, guard_updates
 from .replies import TrainReply, read_evaluate_reply, read_train_reply
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,11 @@ class SiteMergeStrategy(FedAvg):
             examples = capped_examples({s: accepted[s].metrics[wire.NUM_EXAMPLES] for s in sites})
             weights = normalize_weights([examples[s] for s in sites], len(sites))
         combined = self.kind.combine([updates[s] for s in sites], weights, self.merge)
+        bound = min((d.bound for d in decisions), default=float("inf"))
+        problem = check_combined(self.kind.norm(combined, self.reference), len(sites), bound)
+        if problem:
+            self.results.log("round-failed", round=server_round, reason=problem)
+            raise RoundFailed(f"round {server_round}: {problem}")
         path = self.kind.save(combined, self.results.staging_dir(server_round), self.cfg, self.base_fingerprint)
         about = self.kind.describe(combined)
         log.info("round %d: combined %d sites with %s %s, saved %s", server_round, len(sites), self.merge.method,
@@ -172,6 +177,8 @@ class SiteMergeStrategy(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.offset
+        merged_now = [s for s in self.declared if self.status.get(s, {}).get("state") == "merged"
+                      and self.status[s].get("round") == server_round]
         per_site = {}
         for msg in replies:
             try:
@@ -181,6 +188,9 @@ class SiteMergeStrategy(FedAvg):
                                              site=reply.site)
             except wire.InvalidUpdate as err:
                 log.warning("round %d: evaluation reply dropped: %s", server_round, err)
+                if err.site is not None:
+                    self.status[err.site] = {"state": "rejected", "round": server_round,
+                                             "reason": f"evaluation: {err}"}
                 self.results.log("rejected", round=server_round, node=msg.metadata.src_node_id, site=err.site,
                                  reason=str(err), stage="evaluate")
                 continue
@@ -192,6 +202,13 @@ class SiteMergeStrategy(FedAvg):
                              **{wire.SPECIALIST_PREFIX + k: v for k, v in reply.specialist.items()})
         self.results.log("round", round=server_round, seconds=round(time.monotonic() - self.round_started, 3),
                          server_peak_rss_mb=peak_rss_mb())
+        evaluated = sorted(per_site)
+        required = min(self.cfg.required_sites(server_round, len(self.declared)), len(merged_now))
+        if len(evaluated) < required:
+            message = (f"round {server_round}: only {len(evaluated)} sites evaluated the combined update "
+                       f"({', '.join(evaluated) or 'none'}), fewer than min-sites requires ({required})")
+            self.results.log("round-failed", round=server_round, reason=message)
+            raise RoundFailed(message)
         # The round is complete: its state goes in last, then the folder moves into place (resume point).
         self.results.finish_round(server_round, {"round": server_round, "status": self.status,
                                                  "specialist": self.specialist, "merged": self.merged,

@@ -35,7 +35,8 @@ def test_query_reports_the_sites_of_this_node():
 def saved(root, site, server_round, part):
     from safetensors.torch import load_file
 
-    return load_file(str(root / "run-1" / site / f"round-{server_round:03d}" / f"{part}.safetensors"))
+    folder = "specialist" if part.startswith("specialist") else f"round-{server_round:03d}"
+    return load_file(str(root / "run-1" / site / folder / f"{part}.safetensors"))
 
 
 def test_train_then_evaluate_keeps_head_and_data_at_the_site(site_state_in_tmp):
@@ -49,8 +50,10 @@ def test_train_then_evaluate_keeps_head_and_data_at_the_site(site_state_in_tmp):
     assert metrics[wire.NUM_EXAMPLES] == 32 and 0 <= metrics[wire.VAL_ACC] <= 1
     assert "bundled sample" in reply.content[wire.SITE_INFO][wire.DATA_SOURCE]
     assert len(ctx.state) == 0  # nothing in the node's context: the state is in node-local files
-    assert {p.name for p in (site_state_in_tmp / "run-1" / "breast" / "round-001").iterdir()} == {
-        "head.safetensors", "specialist.safetensors", "specialist-head.safetensors"}
+    site_folder = site_state_in_tmp / "run-1" / "breast"
+    assert {p.name for p in (site_folder / "round-001").iterdir()} == {"head.safetensors"}
+    assert {p.name for p in (site_folder / "specialist").iterdir()} == {"specialist.safetensors",
+                                                                        "specialist-head.safetensors"}
 
     ev = evaluate(request(MessageType.EVALUATE, "breast", reply.content[wire.ARRAYS],
                           **{wire.WITH_SPECIALIST: True}), ctx)
@@ -69,6 +72,10 @@ def test_train_then_evaluate_keeps_head_and_data_at_the_site(site_state_in_tmp):
     assert not torch.equal(round2[wire.PACKED], specialist[wire.PACKED])  # while the site trained on
     head, specialist_head = saved(root, "breast", 2, "head"), saved(root, "breast", 2, "specialist-head")
     assert not torch.equal(head["weight"], specialist_head["weight"])
+    # A site that missed round 3 trains round 4 from its round-2 head, with its round-1 specialist.
+    reply4 = train(request(MessageType.TRAIN, "breast", reply.content[wire.ARRAYS], **{wire.SERVER_ROUND: 4}), ctx)
+    assert reply4.content[wire.METRICS][wire.NUM_EXAMPLES] == 32
+    assert all(torch.equal(saved(root, "breast", 4, "specialist")[k], specialist[k]) for k in specialist)
 
 
 def test_a_node_refuses_a_site_it_does_not_host():

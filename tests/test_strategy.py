@@ -42,6 +42,12 @@ def train_reply(site, node, a, base="abc", examples=100.0):
     return message(content, MessageType.TRAIN, src=node, dst=0)
 
 
+def eval_reply(site, node, acc=0.5):
+    metrics = MetricRecord({"acc": acc, "auc": 0.9, "f1": 0.5, "loss": 0.3, wire.NUM_EXAMPLES: 10.0})
+    return message(RecordDict({wire.METRICS: metrics, wire.SITE_INFO: ConfigRecord({wire.SITE: site})}),
+                   MessageType.EVALUATE, src=node, dst=0)
+
+
 def test_configure_train_addresses_each_site_on_its_node(strategy):
     messages = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid=None))
     assert {(m.metadata.dst_node_id, m.content[wire.CONFIG][wire.SITE]) for m in messages} == {
@@ -60,7 +66,7 @@ def test_valid_replies_are_merged_exactly(strategy, tmp_path):
     # Written under a temporary name until the round is evaluated, then moved into place with its state.
     assert (tmp_path / "round-001.tmp" / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "round-001").exists()
-    strategy.aggregate_evaluate(1, [])
+    strategy.aggregate_evaluate(1, [eval_reply("blood", 11), eval_reply("breast", 12)])
     assert (tmp_path / "round-001" / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "round-001" / "round.json").read_text())["status"]["blood"]["state"] == "merged"
     assert not (tmp_path / "round-001.tmp").exists()
@@ -211,7 +217,7 @@ def test_a_resumed_strategy_goes_on_counting_rounds(tmp_path):
     (first, *_) = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid=None)
     assert first.content[wire.CONFIG][wire.SERVER_ROUND] == 3
     strategy.aggregate_train(1, [train_reply("blood", 11, adapter(1))])
-    strategy.aggregate_evaluate(1, [])
+    strategy.aggregate_evaluate(1, [eval_reply("blood", 11)])
     assert (tmp_path / "round-003" / "round.json").is_file() and strategy.specialist["blood"]["acc"] == 0.5
 
 
@@ -238,7 +244,7 @@ def test_claimed_example_counts_are_capped_before_weighting(tmp_path):
     arrays, _ = strategy.aggregate_train(1, replies)
     merged = json.loads((tmp_path / "round-001.tmp" / "adapter" / "adapter_config.json").read_text())
     weights = merged["metadata"]["merge"]["weights"]
-    assert weights[2] == pytest.approx(1000 / 1200)  # capped at 10 x the lower median claim, not 1e8 / (1e8 + 200)
+    assert weights[2] == pytest.approx(200 / 400)  # capped at 2 x the lower median claim, not 1e8 / (1e8 + 200)
 
 
 def test_the_base_comes_from_the_run_not_from_a_majority_of_replies(strategy):
@@ -285,3 +291,29 @@ def test_two_nodes_claiming_one_site_is_an_error_unless_the_coordinator_binds_it
     with pytest.raises(RuntimeError, match="'blood' is claimed by nodes 1 and 2"):
         discover_sites(grid, ["blood", "breast"], wait_s=0)
     assert discover_sites(grid, ["blood", "breast"], wait_s=0, pinned={"blood": 2}) == {"blood": 2, "breast": 1}
+
+
+def test_a_round_whose_update_too_few_sites_evaluate_fails(strategy):
+    from fl_medlego.server.strategy import RoundFailed
+
+    strategy.cfg = parse_run_config({"merge.energy": 1.0, "merge.max-rank": 0, "min-sites": 2})
+    strategy.aggregate_train(1, [train_reply("blood", 11, adapter(1)), train_reply("breast", 12, adapter(2))])
+    with pytest.raises(RoundFailed, match="only 1 sites evaluated"):
+        strategy.aggregate_evaluate(1, [eval_reply("blood", 11), eval_reply("breast", 12, acc=7.0)])
+    assert strategy.status["breast"]["reason"].startswith("evaluation:")
+
+
+def test_unbalanced_factors_cannot_blow_up_a_factor_merge(tmp_path):
+    from fl_medlego.lora import Factors
+    from fl_medlego.server.strategy import RoundFailed
+
+    set_task_identity()
+    cfg = parse_run_config({"strategy": "lora_avg", "lora.rank": 2, "min-sites": 1})
+    strategy = SiteMergeStrategy(SITES, TEMPLATE, cfg, RunResults(tmp_path, {}), "abc")
+    honest = [adapter(1), adapter(2)]
+    same = adapter(3)
+    tilted = Adapter({n: Factors(f.B * 1e18, f.E, f.A * 1e-18) for n, f in same.factors.items()}, scale=same.scale)
+    replies = [train_reply("blood", 11, honest[0]), train_reply("breast", 12, honest[1]),
+               train_reply("organa", 13, tilted)]  # the same update as `same`: it passes the norm guard
+    with pytest.raises(RoundFailed, match="unbalanced"):
+        strategy.aggregate_train(1, replies)

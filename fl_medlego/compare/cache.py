@@ -22,7 +22,7 @@ from ..files import read_tensors
 
 # Settings that do not change what a specialist learns.
 _IRRELEVANT = ("strategy", "kind_name", "num_rounds", "output_dir", "round_timeout", "node_wait_timeout", "merge",
-               "seed")
+               "seed", "guard", "min_sites", "site_nodes", "base_fingerprint", "resume")
 
 
 def settings_hash(cfg: RunConfig) -> str:

@@ -3,9 +3,9 @@
 Coordinate-wise median / trimmed mean (Yin et al., "Byzantine-Robust Distributed Learning: Towards
 Optimal Statistical Rates", ICML 2018, arXiv 1803.01498), taken on the *dense* updates D_i: the
 low-rank factors B_i, A_i are defined only up to an invertible R (B R, R^-1 A is the same update), so
-a median of raw factors would depend on each site's arbitrary basis. Each site's update enters as
-N w_i D_i, so uniform weights give the plain median of the D_i and a weight of -1 negates. The
-result is dense: returned as its exact SVD factors unless `rank` is set.
+a median of raw factors would depend on each site's arbitrary basis. Weights count by their sign
+only (a weight of -1 negates a site's update): a weighted median would let one site's claimed
+example count buy the merge. The result is dense: its exact SVD factors unless `rank` is set.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ._registry import register_merge
 
 
 def _weighted_stack(factors: list[Factors], weights: torch.Tensor) -> torch.Tensor:
-    return dense_updates(factors) * (len(factors) * weights.double())[:, None, None]
+    return dense_updates(factors) * torch.sign(weights.double())[:, None, None]
 
 
 @dataclass
