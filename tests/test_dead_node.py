@@ -14,7 +14,7 @@ from fl_medlego.cli import loopback
 
 from flower_run import BIN, REPO
 
-pytestmark = pytest.mark.deployment
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]  # about 2 minutes: run with -m slow
 
 
 def test_a_killed_node_fails_its_round_in_bounded_time(tmp_path):
