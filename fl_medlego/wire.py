@@ -147,6 +147,9 @@ METRIC_SCHEMA: dict[str, tuple[float, float, bool]] = {
     **{name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
     **{SPECIALIST_PREFIX + name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
 }
+# AUC is undefined (NaN, as fl_medlego.metrics reports it) on a split that holds one class only: an honest
+# small site sends it. Every other metric must be a finite number.
+MAY_BE_UNDEFINED = frozenset({"auc", SPECIALIST_PREFIX + "auc"})
 
 
 def read_metrics(record: dict, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, float]:
@@ -161,6 +164,9 @@ def read_metrics(record: dict, required: tuple[str, ...], optional: tuple[str, .
             raise InvalidUpdate(f"metric '{name}' is missing")
         value = record[name]
         low, high, integral = METRIC_SCHEMA[name]
+        if name in MAY_BE_UNDEFINED and isinstance(value, float) and math.isnan(value):
+            metrics[name] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise InvalidUpdate(f"metric '{name}' must be a finite number, got a {type(value).__name__}")
         if not low <= value <= high or (integral and value != int(value)):

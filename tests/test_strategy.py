@@ -317,3 +317,13 @@ def test_unbalanced_factors_cannot_blow_up_a_factor_merge(tmp_path):
                train_reply("organa", 13, tilted)]  # the same update as `same`: it passes the norm guard
     with pytest.raises(RoundFailed, match="unbalanced"):
         strategy.aggregate_train(1, replies)
+
+
+def test_an_undefined_auc_is_an_honest_answer_an_undefined_acc_is_not(strategy):
+    def reply(site, node, acc, auc):
+        metrics = MetricRecord({"acc": acc, "auc": auc, "f1": 0.5, "loss": 0.3, wire.NUM_EXAMPLES: 10.0})
+        return message(RecordDict({wire.METRICS: metrics, wire.SITE_INFO: ConfigRecord({wire.SITE: site})}),
+                       MessageType.EVALUATE, src=node, dst=0)
+
+    strategy.aggregate_evaluate(1, [reply("blood", 11, 0.6, float("nan")), reply("breast", 12, float("nan"), 0.5)])
+    assert "blood" in strategy.merged and "breast" not in strategy.merged  # a one-class test split has no AUC
