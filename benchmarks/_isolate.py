@@ -33,3 +33,16 @@ def run_child(module: str, case: dict, timeout_s: float = 1800) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{module} child failed for {case}: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_csv(name: str, rows: list[dict]) -> Path:
+    """benchmarks/results/NAME, one row per dict (the first row's keys are the columns)."""
+    import csv
+
+    path = ROOT / "benchmarks" / "results" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -13,7 +13,6 @@ benchmarks/results/fuzz.csv. The template is the default model's (12 matrices of
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import random
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._flower import local_flower  # noqa: F401  (puts tests/ on the path)
-from benchmarks._isolate import ROOT
+from benchmarks._isolate import write_csv
 from fl_medlego import wire
 from fl_medlego.config import parse_run_config
 from fl_medlego.results import RunResults
@@ -34,8 +33,6 @@ from fl_medlego.server.strategy import SiteMergeStrategy
 
 from flower_mocks import set_task_identity
 from hostile_replies import BASE, HOSTILE, INVALID, SITES, VALID, honest_messages, hostile_message
-
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def one_case(name: str, seed: int, template: dict, folder: Path) -> dict:
@@ -108,11 +105,7 @@ def main() -> None:
            "mean_ms_per_round_of_5": round(1000 * totals["seconds"] / n, 2),
            "slowest_round_ms": round(1000 * slowest, 1)}
     print(row)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "fuzz.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, list(row))
-        writer.writeheader()
-        writer.writerow(row)
+    write_csv("fuzz.csv", [row])
 
 
 if __name__ == "__main__":

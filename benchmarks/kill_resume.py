@@ -12,7 +12,6 @@ benchmarks/results/kill_resume.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import random
 import signal
@@ -22,13 +21,12 @@ import time
 from pathlib import Path
 
 from benchmarks._flower import flwr_run, local_flower
-from benchmarks._isolate import ROOT
+from benchmarks._isolate import write_csv
 from fl_medlego.lora import load_adapter
 from fl_medlego.processes import descendants
 
 from flower_run import BIN, REPO, _superlink_pids
 
-RESULTS = ROOT / "benchmarks" / "results"
 TINY = ("sites='breast,pneumonia' num-rounds=3 train.local-epochs=1 data.max-train=48 data.max-eval=48 "
         "lora.rank=2")
 
@@ -107,11 +105,7 @@ def main() -> None:
                            resumed_status=status, max_abs_diff=diff)
             rows.append(row)
             print(row, flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "kill_resume.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv("kill_resume.csv", rows)
     resumed = [r for r in rows if r["run_started"]]
     ok = [r for r in resumed if r["resumed_status"] == "finished:completed" and r["max_abs_diff"] <= 1e-6]
     print(f"{len(rows)} kills, {len(resumed)} after the run folder existed: {len(ok)} resumed to the same final "

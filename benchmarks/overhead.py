@@ -12,18 +12,15 @@ Writes results/overhead.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks._flower import flwr_run, local_flower
-from benchmarks._isolate import ROOT
+from benchmarks._isolate import ROOT, write_csv
 from fl_medlego.scenario import load_scenario_config
 
 from plain_federation import plain_federation  # tests/ is on the path through benchmarks._flower
-
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def plain_loop(run_config: dict) -> float:
@@ -51,11 +48,7 @@ def main() -> None:
     row = {"plain_loop_s": round(loop_s, 1), "flower_ray_s": round(flower_s, 1), "ratio": round(flower_s / loop_s, 3),
            "status": status, "run_config": args.run_config or "(defaults)"}
     print(row)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "overhead.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, list(row))
-        writer.writeheader()
-        writer.writerow(row)
+    write_csv("overhead.csv", [row])
 
 
 if __name__ == "__main__":
