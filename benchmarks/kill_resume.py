@@ -73,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-delay", type=float, default=5.0, help="seconds before the earliest kill")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     rows = []
@@ -86,7 +87,7 @@ def main() -> None:
         reference = final_delta(next((tmp / "ref-out").iterdir()))
         print(f"reference run: {full_s:.0f} s", flush=True)
         for i in range(args.kills):
-            delay = rng.uniform(5.0, full_s)
+            delay = rng.uniform(args.min_delay, full_s)
             out = tmp / f"out-{i}"
             run_dir = killed_run(tmp / f"k{i}", out, delay)
             row = {"kill": i, "delay_s": round(delay, 1), "run_started": run_dir is not None}
