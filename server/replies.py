@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -50,6 +52,21 @@ class EvaluateReply:
     specialist: dict[str, float]
 
 
+@contextmanager
+def _rejections(site: str | None = None) -> Iterator[None]:
+    """Whatever reading a reply raises becomes wire.InvalidUpdate: prefixed with its site once that is known,
+    its text bounded (it may quote the reply), and an unexpected error named by its type alone."""
+    try:
+        yield
+    except wire.InvalidUpdate as err:
+        if site is None:
+            raise
+        raise wire.InvalidUpdate(f"site {site}: {bounded(err, 300)}", site=site) from None
+    except Exception as err:  # noqa: BLE001  the boundary: no reply may raise out of the strategy
+        prefix = f"site {site}: " if site else ""
+        raise wire.InvalidUpdate(f"{prefix}malformed reply ({type(err).__name__})", site=site) from None
+
+
 def _record(msg: Message, key: str, kind: type):
     if key not in msg.content:
         raise wire.InvalidUpdate(f"the reply has no '{key}' record")
@@ -65,12 +82,8 @@ def site_of(msg: Message, site_nodes: dict[str, int], sent: dict[str, str] | Non
     sent: message id -> site of the messages this round sent; an error reply (which Flower's SuperLink
     may write itself, e.g. for a node that stopped its heartbeat) is attributed to its message's site.
     """
-    try:
+    with _rejections():
         return _site_of(msg, site_nodes, sent or {})
-    except wire.InvalidUpdate:
-        raise
-    except Exception as err:  # noqa: BLE001
-        raise wire.InvalidUpdate(f"malformed reply ({type(err).__name__})") from None
 
 
 def _site_of(msg: Message, site_nodes: dict[str, int], sent: dict[str, str]) -> str:
@@ -126,7 +139,7 @@ def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, t
                      sent: dict[str, str] | None = None) -> TrainReply:
     """A train reply as checked values; raises only wire.InvalidUpdate (prefixed with the site once known)."""
     site = site_of(msg, site_nodes, sent)
-    try:
+    with _rejections(site):
         metrics = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), kind.train_metrics)
         # A kind's update has at most one array per template entry, plus its bookkeeping (ranks, ...).
         tensors = read_arrays(_record(msg, wire.ARRAYS, ArrayRecord), kind.size_bound(template), len(template) + 2)
@@ -137,22 +150,14 @@ def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, t
             raise wire.InvalidUpdate("the reply's base-model fingerprint is missing or malformed")
         origin = info.get(wire.DATA_SOURCE, "")
         return TrainReply(site, update, metrics, base, bounded(origin if isinstance(origin, str) else "", 80))
-    except wire.InvalidUpdate as err:  # its text may quote the reply (array names): bounded
-        raise wire.InvalidUpdate(f"site {site}: {bounded(err, 300)}", site=site) from None
-    except Exception as err:  # noqa: BLE001  the boundary: no reply may raise out of the strategy
-        raise wire.InvalidUpdate(f"site {site}: malformed reply ({type(err).__name__})", site=site) from None
 
 
 def read_evaluate_reply(msg: Message, site_nodes: dict[str, int], sent: dict[str, str] | None = None
                         ) -> EvaluateReply:
     site = site_of(msg, site_nodes, sent)
-    try:
+    with _rejections(site):
         declared = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), wire.EVAL_METRICS,
                                      optional=tuple(wire.SPECIALIST_PREFIX + m for m in wire.EVAL_METRICS))
-    except wire.InvalidUpdate as err:
-        raise wire.InvalidUpdate(f"site {site}: {err}", site=site) from None
-    except Exception as err:  # noqa: BLE001
-        raise wire.InvalidUpdate(f"site {site}: malformed reply ({type(err).__name__})", site=site) from None
     merged = {k: v for k, v in declared.items() if not k.startswith(wire.SPECIALIST_PREFIX)}
     specialist = {k.removeprefix(wire.SPECIALIST_PREFIX): v for k, v in declared.items()
                   if k.startswith(wire.SPECIALIST_PREFIX)}
