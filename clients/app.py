@@ -6,6 +6,7 @@ Written once over site kinds (`fl_medlego.kinds`): the kind says what is trained
 
 from __future__ import annotations
 
+import functools
 from logging import INFO
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -20,6 +21,21 @@ from fl_medlego.train import progress_line
 from .state import load_state, save_state, state_folder
 
 app = ClientApp()
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(run_config: tuple) -> tuple[RunConfig, dict]:
+    cfg = parse_run_config(dict(run_config))
+    return cfg, cfg.kind.template(cfg)
+
+
+def _setup(context: Context) -> tuple[RunConfig, dict]:
+    """The run's parsed config and its kind's update template, built once per process and run config.
+
+    A simulated node's process serves every message of its sites: parsing the config (it lists every
+    site) and building the template (a model on the meta device) per message cost more than the message.
+    """
+    return _parsed(tuple(sorted(context.run_config.items())))
 
 
 def _site_of(msg: Message, context: Context, cfg: RunConfig) -> str:
@@ -53,17 +69,16 @@ def _reply(msg: Message, metrics: dict, info: dict, arrays: ArrayRecord | None =
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which sites this node hosts."""
-    sites = sites_for_node(parse_run_config(context.run_config), context.node_config)
+    sites = sites_for_node(_setup(context)[0], context.node_config)
     return Message(RecordDict({wire.SITE_INFO: ConfigRecord({wire.SITES: ",".join(sites)})}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training from the federation's update (round 1: from the base)."""
-    cfg = parse_run_config(context.run_config)
+    cfg, template = _setup(context)
     site, kind = _site_of(msg, context, cfg), cfg.kind
     data = load_site_data(cfg, site, context.node_config)
-    template = kind.template(cfg)
     tensors = msg.content[wire.ARRAYS].to_torch_state_dict()
     start = kind.decode(tensors, template) if tensors else None
     config = msg.content[wire.CONFIG]
@@ -81,9 +96,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Test metrics of the federation's update with this site's head, and of its own specialist."""
-    cfg = parse_run_config(context.run_config)
+    cfg, template = _setup(context)
     site, kind = _site_of(msg, context, cfg), cfg.kind
-    template = kind.template(cfg)
     server_round, folder = _round_and_folder(msg, context)
     state = load_state(folder, site, server_round, kind, template)
     if state is None:

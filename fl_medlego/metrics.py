@@ -6,8 +6,6 @@ import logging
 import math
 
 import numpy as np
-from medmnist.evaluator import getACC, getAUC
-from sklearn.metrics import f1_score
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +14,10 @@ MULTI_LABEL = "multi-label, binary-class"
 
 def classification_metrics(labels: np.ndarray, scores: np.ndarray, task: str, loss: float) -> dict[str, float]:
     """labels (N, L) ints; scores (N, C) probabilities (softmax, or sigmoid for multi-label tasks)."""
+    # Imported on first use: they bring pandas and scikit-learn, which a coordinator never needs.
+    from medmnist.evaluator import getACC, getAUC
+    from sklearn.metrics import f1_score
+
     acc = float(getACC(labels, scores, task))
     try:
         auc = float(getAUC(labels, scores, task))

@@ -72,11 +72,12 @@ class SiteMergeStrategy(FedAvg):
         """Message id -> site of the messages sent this round (Flower sets the ids when it pushes them)."""
         return {m.metadata.message_id: site for m, site in self._sent if m.metadata.message_id}
 
-    def _messages(self, arrays: ArrayRecord, config: ConfigRecord, server_round: int, kind: str) -> list[Message]:
+    def _messages(self, arrays: ArrayRecord, config: ConfigRecord, server_round: int, kind: str,
+                  per_site: dict[str, dict] | None = None) -> list[Message]:
         messages = []
         for site, node in self.site_nodes.items():
-            site_config = ConfigRecord({**config, wire.SERVER_ROUND: server_round, wire.SITE: site,
-                                        wire.RUN_KEY: self.results.run_dir.name})
+            site_config = ConfigRecord({**config, **(per_site or {}).get(site, {}), wire.SERVER_ROUND: server_round,
+                                        wire.SITE: site, wire.RUN_KEY: self.results.run_dir.name})
             content = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: site_config})
             messages.append(Message(content=content, message_type=kind, dst_node_id=node))
         self._sent = list(zip(messages, self.site_nodes))
@@ -91,8 +92,10 @@ class SiteMergeStrategy(FedAvg):
                            grid: Grid) -> Iterable[Message]:
         if len(arrays) == 0:  # nothing combined yet
             return []
-        config = ConfigRecord({**config, wire.WITH_SPECIALIST: True})
-        return self._messages(arrays, config, server_round + self.offset, MessageType.EVALUATE)
+        # A specialist does not change after its site's first training: each is evaluated once (a resumed
+        # run knows the ones evaluated before it stopped).
+        ask = {site: {wire.WITH_SPECIALIST: site not in self.specialist} for site in self.site_nodes}
+        return self._messages(arrays, config, server_round + self.offset, MessageType.EVALUATE, per_site=ask)
 
     def _reject(self, server_round: int, err: wire.InvalidUpdate, node: int) -> None:
         """Log why a reply is not used, naming the node and, once the reply is attributed, its site."""
@@ -103,9 +106,10 @@ class SiteMergeStrategy(FedAvg):
 
     def _read_replies(self, server_round: int, replies: Iterable[Message]) -> dict[str, TrainReply]:
         accepted: dict[str, TrainReply] = {}
+        sent = self._sent_sites()
         for msg in replies:
             try:
-                reply = read_train_reply(msg, self.site_nodes, self.kind, self.template, self._sent_sites())
+                reply = read_train_reply(msg, self.site_nodes, self.kind, self.template, sent)
                 if reply.site in accepted:
                     raise wire.InvalidUpdate(f"site {reply.site}: a second reply in round {server_round}",
                                              site=reply.site)
@@ -180,9 +184,10 @@ class SiteMergeStrategy(FedAvg):
         merged_now = [s for s in self.declared if self.status.get(s, {}).get("state") == "merged"
                       and self.status[s].get("round") == server_round]
         per_site = {}
+        sent = self._sent_sites()
         for msg in replies:
             try:
-                reply = read_evaluate_reply(msg, self.site_nodes, self._sent_sites())
+                reply = read_evaluate_reply(msg, self.site_nodes, sent)
                 if reply.site in per_site:
                     raise wire.InvalidUpdate(f"site {reply.site}: a second evaluation in round {server_round}",
                                              site=reply.site)
@@ -195,7 +200,7 @@ class SiteMergeStrategy(FedAvg):
                                  reason=str(err), stage="evaluate")
                 continue
             per_site[reply.site] = reply.merged
-            if reply.specialist:
+            if reply.specialist and reply.site not in self.specialist:  # only the one asked for counts
                 self.specialist[reply.site] = reply.specialist
             self.merged[reply.site] = {**reply.merged, "round": server_round}
             self.results.log("evaluate", round=server_round, site=reply.site, **reply.merged,

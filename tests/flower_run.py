@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,14 +49,35 @@ def local_flower(tmp_path: Path):
 
 
 def flwr_run(env: dict, scenario: str, run_config: str, timeout_s: float, federation_config: str = "") -> dict:
-    """`flwr run SCENARIO --stream`, then the run's record from `flwr list` (status etc.) and the log."""
+    """`flwr run SCENARIO --stream`, then the run's record from `flwr list` (status etc.) and the log.
+
+    "lines" holds every streamed log line with the seconds since the command started when it arrived,
+    so a benchmark can tell where a run's time went (start-up, rounds, teardown).
+    """
     cmd = [str(BIN / "flwr"), "run", str(REPO / "scenarios" / scenario), "--stream", "--run-config", run_config]
     if federation_config:
         cmd += ["--federation-config", federation_config]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
-    log = proc.stdout + proc.stderr
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    lines: list[tuple[float, str]] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append((time.perf_counter() - start, line.rstrip("\n")))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        returncode = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_process(proc.pid)
+        raise
+    finally:
+        reader.join(timeout=10)
+    seconds = time.perf_counter() - start
     listed = subprocess.run([str(BIN / "flwr"), "list", "--format", "json"], env=env, capture_output=True,
                             text=True, timeout=60, cwd=REPO)
     runs = json.loads(listed.stdout)["runs"]
     run = max(runs, key=lambda r: r["pending-at"]) if runs else {}
-    return {"run": run, "log": log, "returncode": proc.returncode}
+    log = "\n".join(line for _, line in lines)
+    return {"run": run, "log": log, "lines": lines, "seconds": seconds, "returncode": returncode}

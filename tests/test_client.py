@@ -149,3 +149,24 @@ def test_a_node_without_data_root_reads_the_scenarios():
     ctx = Context(run_id=1, node_id=5, node_config={"site": "breast"}, state=RecordDict(), run_config=RUN_CONFIG)
     reply = train(request(MessageType.TRAIN, "breast"), ctx)
     assert "bundled sample" in reply.content[wire.SITE_INFO][wire.DATA_SOURCE]
+
+
+def test_a_node_process_parses_the_run_and_builds_the_template_once(site_state_in_tmp, monkeypatch):
+    """Per message they cost more than the message with many sites: a simulated node's process keeps them."""
+    from fl_medlego.clients import app as client_app
+    from fl_medlego.kinds.adapter import AdapterKind
+
+    built = []
+    original = AdapterKind.template
+    monkeypatch.setattr(AdapterKind, "template", lambda self, cfg: built.append(cfg) or original(self, cfg))
+    client_app._parsed.cache_clear()
+    ctx = context(0)
+    for site in ("breast", "blood"):
+        reply = train(request(MessageType.TRAIN, site), ctx)
+        assert reply.content[wire.ARRAYS]
+    query(message(RecordDict(), MessageType.QUERY, dst=5), ctx)
+    assert len(built) == 1
+    other = Context(run_id=2, node_id=5, node_config=ctx.node_config, state=RecordDict(),
+                    run_config={**RUN_CONFIG, "lora.rank": 4})
+    train(request(MessageType.TRAIN, "breast"), other)  # another run config is parsed on its own
+    assert len(built) == 2

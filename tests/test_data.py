@@ -81,3 +81,17 @@ def test_caps_and_grayscale_and_rgb_inputs():
         x = to_model_input(data.train.images[:4], 28)
         assert x.shape == (4, 3, 28, 28) and x.min() >= -1 and x.max() <= 1
     assert to_model_input(gray.train.images[:2], 56).shape == (2, 3, 56, 56)
+
+
+def test_sites_of_a_modality_share_one_partition_per_process(monkeypatch):
+    """1000 sites of one modality: drawing the partition per message made every message cost O(sites)."""
+    from fl_medlego.data import sites as site_data
+
+    drawn = []
+    original = site_data.partition
+    monkeypatch.setattr(site_data, "partition", lambda *a, **k: drawn.append(a[1]) or original(*a, **k))
+    site_data._parts_cached.cache_clear()
+    specs = parse_sites("breast:3")
+    shards = [load_site(spec, "bundled", max_train=8, max_eval=4, seed=7) for spec in specs]
+    assert drawn == [3, 3, 3]  # one partition of each split, for all three sites
+    assert len({s.train.images.numpy().tobytes() for s in shards}) == 3  # and each site still has its own

@@ -42,8 +42,9 @@ def train_reply(site, node, a, base="abc", examples=100.0):
     return message(content, MessageType.TRAIN, src=node, dst=0)
 
 
-def eval_reply(site, node, acc=0.5):
-    metrics = MetricRecord({"acc": acc, "auc": 0.9, "f1": 0.5, "loss": 0.3, wire.NUM_EXAMPLES: 10.0})
+def eval_reply(site, node, acc=0.5, specialist_acc=None):
+    own = {} if specialist_acc is None else {"specialist-acc": specialist_acc, "specialist-auc": 0.95}
+    metrics = MetricRecord({"acc": acc, "auc": 0.9, "f1": 0.5, "loss": 0.3, wire.NUM_EXAMPLES: 10.0, **own})
     return message(RecordDict({wire.METRICS: metrics, wire.SITE_INFO: ConfigRecord({wire.SITE: site})}),
                    MessageType.EVALUATE, src=node, dst=0)
 
@@ -162,6 +163,21 @@ def test_evaluation_collects_specialist_and_merged_metrics(strategy):
     summary = strategy.results.write_summary(strategy.specialist, strategy.merged)
     assert summary["sites"]["blood"]["normalized_acc"] == pytest.approx(0.75)
     assert summary["mean_normalized_acc"] == pytest.approx((0.75 + 1.0) / 2)
+
+
+def test_each_specialist_is_evaluated_once(strategy):
+    """A specialist does not change after its site's first training: evaluation asks for it until it came."""
+    def asked(server_round):
+        arrays = ArrayRecord(wire.encode_adapter(adapter(1)))
+        messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid=None)
+        return {m.content[wire.CONFIG][wire.SITE]: m.content[wire.CONFIG][wire.WITH_SPECIALIST] for m in messages}
+
+    assert asked(1) == {"blood": True, "breast": True, "organa": True}
+    strategy.aggregate_evaluate(1, [eval_reply("blood", 11, 0.6, specialist_acc=0.8), eval_reply("breast", 12, 0.7)])
+    assert asked(2) == {"blood": False, "breast": True, "organa": True}
+    # Specialist numbers a site sends unasked do not replace the ones it gave when asked.
+    strategy.aggregate_evaluate(2, [eval_reply("blood", 11, 0.6, specialist_acc=0.1)])
+    assert strategy.specialist["blood"]["acc"] == 0.8
 
 
 def test_the_same_strategy_averages_full_backbones_and_rejects_bad_ones(tmp_path):

@@ -8,12 +8,14 @@ shipped inside this package, so the default scenario runs offline.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import medmnist
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -23,12 +25,30 @@ BUNDLED_ROOT = Path(__file__).parent / "sample"
 SPLITS = ("train", "val", "test")
 
 
+@functools.cache
+def _medmnist_info():
+    """medmnist's info module (INFO: every data set's task, labels and class; DEFAULT_ROOT).
+
+    Loaded alone unless the package is imported already: the package's __init__ imports pandas and
+    scikit-learn (over a second), which a coordinator that only checks site names needs neither of.
+    Sites import the package when they load data.
+    """
+    if "medmnist" in sys.modules:
+        return sys.modules["medmnist"].info
+    path = Path(importlib.util.find_spec("medmnist").origin).with_name("info.py")
+    spec = importlib.util.spec_from_file_location("_medmnist_info", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def canonical_flag(name: str) -> str:
     """'blood' or 'bloodmnist' -> 'bloodmnist'; an unknown name lists the known ones."""
     flag = name.strip().lower()
     flag = flag if flag.endswith("mnist") else flag + "mnist"
-    if flag not in medmnist.INFO or flag.endswith("3d"):
-        known = sorted(k.removesuffix("mnist") for k in medmnist.INFO if not k.endswith("3d"))
+    info = _medmnist_info().INFO
+    if flag not in info or flag.endswith("3d"):
+        known = sorted(k.removesuffix("mnist") for k in info if not k.endswith("3d"))
         raise ValueError(f"unknown MedMNIST data set {name!r}; known 2D sets: {', '.join(known)}")
     return flag
 
@@ -59,12 +79,14 @@ def candidate_roots(config_root: str) -> list[Path]:
         roots.append(Path(config_root).expanduser())
     if os.environ.get("MEDMNIST_ROOT"):
         roots.append(Path(os.environ["MEDMNIST_ROOT"]).expanduser())
-    roots.append(Path(medmnist.dataset.DEFAULT_ROOT).expanduser())
+    roots.append(Path(_medmnist_info().DEFAULT_ROOT).expanduser())
     return roots
 
 
 def load_medmnist(name: str, root: str = BUNDLED, size: int = 28) -> LoadedSet:
     """Load all three splits of a MedMNIST 2D set as arrays, saying where they came from."""
+    import medmnist  # here, not at import time: see _medmnist_info
+
     flag = canonical_flag(name)
     info = medmnist.INFO[flag]
     if root == BUNDLED:

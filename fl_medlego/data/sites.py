@@ -74,6 +74,14 @@ def _load_cached(flag: str, root: str, size: int) -> LoadedSet:
     return load_medmnist(flag, root, size)
 
 
+@functools.lru_cache(maxsize=16)
+def _parts_cached(flag: str, root: str, size: int, split: str, count: int, scheme: str, alpha: float,
+                  seed: int) -> list[np.ndarray]:
+    # Every site of a modality needs the same partition of a split: with 1000 sites, drawing it per
+    # message made each message's cost grow with the number of sites.
+    return partition(_load_cached(flag, root, size).splits[split].labels, count, scheme, alpha, seed)
+
+
 def load_site(site: SiteSpec, root: str, size: int = 28, scheme: str = "iid", alpha: float = 0.5,
               max_train: int = 0, max_eval: int = 0, seed: int = 0) -> SiteData:
     """The site's shard of each split, capped (0 = no cap), identical on every machine for the same seed."""
@@ -82,7 +90,7 @@ def load_site(site: SiteSpec, root: str, size: int = 28, scheme: str = "iid", al
     shards = {}
     for s, split in enumerate(SPLITS):
         arrays = loaded.splits[split]
-        parts = partition(arrays.labels, site.count, scheme, alpha, base_seed + s)
+        parts = _parts_cached(site.flag, root, size, split, site.count, scheme, alpha, base_seed + s)
         cap = max_train if split == "train" else max_eval
         idx = subsample(parts[site.index], cap, base_seed + 10 + s)
         images = arrays.images[idx]
