@@ -14,7 +14,9 @@ told from the machine's noise. Two ratios per pair:
 - `ratio_to_process`: over the plain process's wall time (interpreter start and imports included).
 
 The Flower side is split by the arrival times of its streamed log lines (the log stream is polled,
-so each boundary is known to about half a second): start-up until round 1 begins, the rounds
+so each boundary is known to about half a second): start-up until round 1 begins (itself split at
+"Successfully started run": the local SuperLink is up; "Starting Flower Simulation": the simulation
+process is up; "results of this run go to": our ServerApp is imported and running), the rounds
 (Flower's own "Strategy execution finished in" figure), and what follows; the sites' local epochs
 (the seconds each progress line reports) are summed on both sides, so that time lost to processes
 competing for the CPU shows apart from time spent between epochs. Writes results/overhead.csv.
@@ -81,7 +83,9 @@ def flower_run(run_config_overrides: str, federation_config: str) -> dict:
     if round_1 is None or done is None:
         raise RuntimeError("the streamed log lacks Flower's round markers: cannot split the run's time")
     epochs = sum(float(m.group(1)) for _, line in lines if (m := EPOCH_LINE.search(line)))
-    return {"flower_s": result["seconds"], "serverapp_up_s": first_line_time(lines, "results of this run go to"),
+    return {"flower_s": result["seconds"], "run_started_s": first_line_time(lines, "Successfully started run"),
+            "simulation_up_s": first_line_time(lines, "Starting Flower Simulation"),
+            "serverapp_up_s": first_line_time(lines, "results of this run go to"),
             "startup_s": round_1, "rounds_s": done, "after_rounds_s": result["seconds"] - round_1 - done,
             "flower_epochs_s": epochs}
 

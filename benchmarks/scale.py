@@ -1,31 +1,33 @@
 """Scale: round time and server memory with 10, 100 and 1000 simulated sites (tiny shards).
 
-    python -m benchmarks.scale --data-root PATH_TO_MEDMNIST [--sites 10,100,1000]
+    python -m benchmarks.scale --data-root PATH_TO_MEDMNIST [--sites 10,100,1000] [--repeats 3]
 
 Each run is one `flwr run scenarios/many_sites` round over organA split into N sites (16 training
 and 8 validation / test images per site, rank 4), on about sqrt(N) simulated nodes of about sqrt(N)
 sites each (`--sites-per-node K` fixes K instead). Round time and the ServerApp's peak RSS come from
-the run's metrics.jsonl ("round" event). Writes results/scale.csv/png.
+the run's metrics.jsonl ("round" event; its "train" events mark the end of the training phase).
+The sizes are run in turn, `--repeats` times (10, 100, 1000, 10, 100, 1000, ...), so that the
+machine's drift falls on every size alike; the table gives each repetition and the medians.
+Writes results/scale.csv (each run), scale_medians.csv and scale.png (`--output NAME` renames them).
 
-Why sqrt(N): two costs of Flower 1.41's simulation grow with the layout. A node keeps its sites' state
-(heads, specialist adapters) in its Flower context, which travels to and from a Ray worker with every
-message (the table shows one such round trip for the node's number of sites): it grows with the sites
-per node. And the simulation engine polls every node for messages, scanning every stored message each
-time: it grows with nodes x messages, so one node per site is the slowest layout at 1000 sites.
+Why sqrt(N): Flower 1.41's simulation engine polls every node for messages every 0.1 s and scans
+every stored message each time, so its work grows with nodes x messages: one node per site is the
+slowest layout at 1000 sites. Site state lives in node-local files (clients/state.py), so a node
+hosting many sites costs nothing extra per message (the table shows one site's state round trip).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks._flower import flwr_run, local_flower
-from benchmarks._isolate import ROOT
+from benchmarks._isolate import ROOT, write_csv
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -58,11 +60,11 @@ def state_round_trip_s(repeats: int = 3) -> float:
         return (time.perf_counter() - start) / repeats
 
 
-def one(n: int, data_root: str, sites_per_node: int) -> dict:
+def one(n: int, data_root: str, sites_per_node: int, extra: str = "") -> dict:
     nodes = math.ceil(n / (sites_per_node or math.ceil(math.sqrt(n))))
     with tempfile.TemporaryDirectory() as tmp:
         config = (f"sites='organa:{n}' data.root='{data_root}' data.max-train=16 data.max-eval=8 num-rounds=1 "
-                  f"train.local-epochs=1 lora.site-ranks='' output-dir='{tmp}/outputs'")
+                  f"train.local-epochs=1 lora.site-ranks='' output-dir='{tmp}/outputs' {extra}").strip()
         with local_flower(Path(tmp)) as env:
             start = time.perf_counter()
             result = flwr_run(env, "many_sites", config, timeout_s=5400,
@@ -74,43 +76,83 @@ def one(n: int, data_root: str, sites_per_node: int) -> dict:
         (run_dir,) = Path(tmp, "outputs").iterdir()
         events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         rounds = [e for e in events if e["event"] == "round"]
-        return {"sites": n, "nodes": nodes, "round_s": rounds[-1]["seconds"],
-                "per_site_s": round(rounds[-1]["seconds"] / n, 3),
+        round_s = rounds[-1]["seconds"]
+        # The round starts round_s before its "round" event; its first "train" event ends the training phase.
+        round_start = rounds[-1]["time"] - round_s
+        train_s = min(e["time"] for e in events if e["event"] == "train") - round_start
+        return {"sites": n, "nodes": nodes, "round_s": round_s, "per_site_s": round(round_s / n, 4),
+                "train_phase_per_site_s": round(train_s / n, 4),
+                "evaluate_phase_per_site_s": round((round_s - train_s) / n, 4),
                 "server_peak_rss_mb": rounds[-1]["server_peak_rss_mb"], "run_wall_s": round(total, 1),
                 "merged": sum(e["event"] == "train" for e in events),
                 "state_round_trip_ms": round(1000 * state_round_trip_s(), 1)}
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """Per size: the median of each number over the repetitions, and the per-site cost's range."""
+    out = []
+    for n in sorted({r["sites"] for r in rows}):
+        runs = [r for r in rows if r["sites"] == n]
+        row = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k not in ("sites", "nodes")}
+        per_site = [r["per_site_s"] for r in runs]
+        out.append({"sites": n, "nodes": runs[0]["nodes"], "repeats": len(runs), **row,
+                    "per_site_min_s": min(per_site), "per_site_max_s": max(per_site)})
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-root", required=True, help="folder with organamnist.npz (full MedMNIST)")
     parser.add_argument("--sites", default="10,100,1000")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--run-config", default="", help="more overrides, e.g. \"messages-per-node=0\"")
+    parser.add_argument("--output", default="scale", help="file names under benchmarks/results/: NAME.csv ...")
     parser.add_argument("--sites-per-node", type=int, default=0,
                         help="sites hosted by one simulated node (0: about sqrt(sites); 1: one node per site)")
     args = parser.parse_args()
-    rows = []
-    for n in [int(s) for s in args.sites.split(",")]:
-        rows.append(one(n, str(Path(args.data_root).resolve()), args.sites_per_node))
-        print(rows[-1], flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "scale.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    sizes = [int(s) for s in args.sites.split(",")]
+    root, rows = str(Path(args.data_root).resolve()), []
+    for repeat in range(1, args.repeats + 1):
+        for n in sizes:
+            rows.append({"repeat": repeat, **one(n, root, args.sites_per_node, args.run_config)})
+            print(rows[-1], flush=True)
+    summary = medians([{k: v for k, v in r.items() if k != "repeat"} for r in rows])
+    print("\n| sites | nodes | per-site round cost, median (min-max) (s) | training phase / site (s) "
+          "| evaluation phase / site (s) | ServerApp peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
+    for r in summary:
+        print(f"| {r['sites']} | {r['nodes']} | {r['per_site_s']:.3f} ({r['per_site_min_s']:.3f}-"
+              f"{r['per_site_max_s']:.3f}) | {r['train_phase_per_site_s']:.3f} | {r['evaluate_phase_per_site_s']:.3f} "
+              f"| {r['server_peak_rss_mb']:.0f} |")
+    by_size = {r["sites"]: r["per_site_s"] for r in summary}
+    if 100 in by_size and 1000 in by_size:
+        print(f"\nper-site cost, 1000 sites / 100 sites: {by_size[1000] / by_size[100]:.3f} (medians)")
+    write_csv(f"{args.output}.csv", rows)
+    write_csv(f"{args.output}_medians.csv", summary)
+    plot(summary, args.output)
+
+
+def plot(summary: list[dict], name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    sites = [r["sites"] for r in summary]
     fig, (t, m) = plt.subplots(1, 2, figsize=(10, 4))
-    t.plot([r["sites"] for r in rows], [r["round_s"] for r in rows], marker="o")
-    m.plot([r["sites"] for r in rows], [r["server_peak_rss_mb"] for r in rows], marker="o")
-    for ax, label in ((t, "round time (s)"), (m, "ServerApp peak RSS (MB)")):
+    per_site = [r["per_site_s"] for r in summary]
+    spread = [[p - r["per_site_min_s"] for p, r in zip(per_site, summary)],
+              [r["per_site_max_s"] - p for p, r in zip(per_site, summary)]]
+    t.errorbar(sites, per_site, yerr=spread, marker="o", capsize=3)
+    t.set_ylim(bottom=0)
+    m.plot(sites, [r["server_peak_rss_mb"] for r in summary], marker="o")
+    for ax, label in ((t, "per-site round cost (s), median and range"), (m, "ServerApp peak RSS (MB)")):
         ax.set_xscale("log")
         ax.set_xlabel("simulated sites")
         ax.set_ylabel(label)
     fig.tight_layout()
-    fig.savefig(RESULTS / "scale.png", dpi=120)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,8 @@ RUN_DEFAULTS: dict[str, object] = {
     "site-nodes": "",
     # "" = a new run; a run folder = continue that run from its last complete round, same settings.
     "resume": "",
+    # Messages a node has waiting at once (0 = a round's messages all go out together). See server/window.py.
+    "messages-per-node": 2,
     "model.name": "vit_medmnist_28",
     "model.pretrained": "bundled",
     # "" = the server builds the base itself and fingerprints it; else the fingerprint every site must have.
@@ -163,6 +165,7 @@ class RunConfig:
     site_nodes: dict  # site -> node id, when the coordinator declares the binding (else discovery decides)
     base_fingerprint: str  # "" = the server computes it from the model settings
     resume: str  # a run folder to continue, or ""
+    messages_per_node: int  # messages a node has waiting at once (0: all of a round's at once)
 
     @property
     def kind(self) -> SiteKind:
@@ -267,6 +270,7 @@ def parse_run_config(run_config: dict) -> RunConfig:
             site_nodes=_site_nodes(str(c["site-nodes"])),
             base_fingerprint=str(c["model.fingerprint"]),
             resume=str(c["resume"]),
+            messages_per_node=_non_negative("messages-per-node", int(c["messages-per-node"])),
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"invalid run config: {err}") from err

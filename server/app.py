@@ -19,6 +19,7 @@ from fl_medlego.results import RunResults
 
 from .discovery import discover_sites
 from .strategy import RoundFailed, SiteMergeStrategy
+from .window import WindowedGrid
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -63,7 +64,8 @@ def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = ())
     failure = None
     try:
         if cfg.num_rounds > done:
-            arrays = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=cfg.num_rounds - done,
+            window = WindowedGrid(grid, cfg.messages_per_node) if cfg.messages_per_node else grid
+            arrays = strategy.start(grid=window, initial_arrays=arrays, num_rounds=cfg.num_rounds - done,
                                     timeout=cfg.round_timeout, train_config=ConfigRecord(),
                                     evaluate_config=ConfigRecord()).arrays
     except RoundFailed as err:
@@ -81,7 +83,7 @@ def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = ())
     return Federation(cfg, run_dir, site_nodes, strategy, arrays)
 
 
-RESUMABLE_CHANGES = ("resume", "round_timeout", "node_wait_timeout", "site_nodes", "min_sites")
+RESUMABLE_CHANGES = ("resume", "round_timeout", "node_wait_timeout", "site_nodes", "min_sites", "messages_per_node")
 
 
 def federation_base(cfg: RunConfig) -> tuple[str, object | None]:
