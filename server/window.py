@@ -1,11 +1,13 @@
 """A Grid whose send_and_receive keeps a bounded number of messages in flight to each node.
 
-Why: Flower 1.41's simulation engine looks for each node's next message by scanning every stored,
-unanswered message, for every node, ten times a second (`InMemoryLinkState.get_message_ins`). Pushing
-a round's 1000 messages at once to 32 simulated nodes made that scan cost a CPU core that the sites
-needed, and more per site the more sites a round had. A node serves its messages one at a time anyway,
-so keeping a few queued per node loses nothing: each node still has its next message waiting when it
-finishes one. With one site per node (a real federation) every message goes out at once, as before.
+Why: Flower 1.41's simulation finds each node's next message by walking the stored, unanswered
+messages in order (checking each one's expiry and federation) until one is for that node; a node
+with nothing waiting walks them all, and every lookup copies the ids of all stored messages; this
+runs for every node ten times a second (`InMemoryLinkState.get_message_ins`). Pushing a whole round
+at once stores every site's message for the round; the window stores at most `per_node` a node.
+A node serves its messages one at a time anyway, so keeping two queued per node loses nothing:
+each node has its next message waiting when it finishes one. With one site per node (a real
+federation) every message goes out at once, as before. Measured effect: docs/performance.md, "Scale".
 """
 
 from __future__ import annotations
