@@ -19,7 +19,6 @@ hosting many sites costs nothing extra per message (the table shows one site's s
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from benchmarks._flower import flwr_run, local_flower
 from benchmarks._isolate import ROOT, write_csv
+from fl_medlego.results import read_events
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -66,15 +66,13 @@ def one(n: int, data_root: str, sites_per_node: int, extra: str = "") -> dict:
         config = (f"sites='organa:{n}' data.root='{data_root}' data.max-train=16 data.max-eval=8 num-rounds=1 "
                   f"train.local-epochs=1 lora.site-ranks='' output-dir='{tmp}/outputs' {extra}").strip()
         with local_flower(Path(tmp)) as env:
-            start = time.perf_counter()
             result = flwr_run(env, "many_sites", config, timeout_s=5400,
                               federation_config=f"num-supernodes={nodes} client-resources-num-cpus=1")
-            total = time.perf_counter() - start
         status = result["run"].get("status")
         if status != "finished:completed":
             raise RuntimeError(f"{n} sites: run ended {status}: {result['log'][-2000:]}")
         (run_dir,) = Path(tmp, "outputs").iterdir()
-        events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        events = read_events(run_dir / "metrics.jsonl")
         rounds = [e for e in events if e["event"] == "round"]
         round_s = rounds[-1]["seconds"]
         # The round starts round_s before its "round" event; its first "train" event ends the training phase.
@@ -83,7 +81,7 @@ def one(n: int, data_root: str, sites_per_node: int, extra: str = "") -> dict:
         return {"sites": n, "nodes": nodes, "round_s": round_s, "per_site_s": round(round_s / n, 4),
                 "train_phase_per_site_s": round(train_s / n, 4),
                 "evaluate_phase_per_site_s": round((round_s - train_s) / n, 4),
-                "server_peak_rss_mb": rounds[-1]["server_peak_rss_mb"], "run_wall_s": round(total, 1),
+                "server_peak_rss_mb": rounds[-1]["server_peak_rss_mb"], "run_wall_s": round(result["seconds"], 1),
                 "merged": sum(e["event"] == "train" for e in events),
                 "state_round_trip_ms": round(1000 * state_round_trip_s(), 1)}
 
@@ -93,7 +91,7 @@ def medians(rows: list[dict]) -> list[dict]:
     out = []
     for n in sorted({r["sites"] for r in rows}):
         runs = [r for r in rows if r["sites"] == n]
-        row = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k not in ("sites", "nodes")}
+        row = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k not in ("repeat", "sites", "nodes")}
         per_site = [r["per_site_s"] for r in runs]
         out.append({"sites": n, "nodes": runs[0]["nodes"], "repeats": len(runs), **row,
                     "per_site_min_s": min(per_site), "per_site_max_s": max(per_site)})
@@ -116,7 +114,7 @@ def main() -> None:
         for n in sizes:
             rows.append({"repeat": repeat, **one(n, root, args.sites_per_node, args.run_config)})
             print(rows[-1], flush=True)
-    summary = medians([{k: v for k, v in r.items() if k != "repeat"} for r in rows])
+    summary = medians(rows)
     print("\n| sites | nodes | per-site round cost, median (min-max) (s) | training phase / site (s) "
           "| evaluation phase / site (s) | ServerApp peak RSS (MB) |")
     print("|---|---|---|---|---|---|")
