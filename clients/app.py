@@ -18,7 +18,7 @@ from fl_medlego.config import RunConfig, parse_run_config
 from fl_medlego.site import load_site_data, sites_for_node
 from fl_medlego.train import progress_line
 
-from .state import load_state, save_state, state_folder
+from .state import load_ledger, load_state, save_ledger, save_state, state_folder
 
 app = ClientApp()
 
@@ -87,7 +87,10 @@ def train(msg: Message, context: Context) -> Message:
         return _reply(msg, {wire.NUM_EXAMPLES: float(len(data.train)), **curve}, {wire.SITE: site})
     server_round, folder = _round_and_folder(msg, context)
     state = load_state(folder, site, server_round - 1, kind, template)
-    result = kind.train(cfg, data, start, state, on_epoch=_progress(site))
+    ledger = load_ledger(folder, site) if cfg.privacy.private else None
+    result = kind.train(cfg, data, start, state, on_epoch=_progress(site), privacy=ledger, server_round=server_round)
+    if result.privacy is not None:  # before the update leaves: what is sent has been counted
+        save_ledger(folder, site, result.privacy)
     save_state(folder, site, server_round, kind, result.state)
     info = {wire.SITE: site, wire.BASE_FINGERPRINT: result.base_fingerprint, wire.DATA_SOURCE: data.origin}
     return _reply(msg, result.metrics, info, ArrayRecord(kind.encode(result.update)))

@@ -2,12 +2,14 @@
 
     STATE_DIR/<run key>/<site>/specialist/   specialist.safetensors + specialist-head.safetensors (round 1's)
     STATE_DIR/<run key>/<site>/round-NNN/    head.safetensors after round N
+    STATE_DIR/<run key>/<site>/privacy.json  DP-SGD runs: the site's budget and every round it spent on
 
 A round trains from the newest head of an earlier round (a site that missed a round goes on from
 the one before) and is evaluated with its own. Files, not the node's Flower context: a restarted
 SuperNode or a resumed simulation finds them again, and the context no longer carries every hosted
 site's tensors with each message. Each folder is written under a temporary name and renamed when
-complete; the specialist is written once and kept, heads of older rounds are removed.
+complete; the specialist is written once and kept, heads of older rounds are removed. The privacy
+ledger only grows: a round trained again after a crash is counted again (it was trained twice).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from fl_medlego import wire
-from fl_medlego.files import read_tensors, replace_dir
+from fl_medlego.files import read_tensors, replace_dir, write_text_atomic
 from fl_medlego.kinds import SiteKind, SiteState
+from fl_medlego.privacy import PrivacyLedger
 
 DEFAULT_ROOT = Path.home() / ".cache" / "fl-medlego" / "site-state"
 KEEP_ROUNDS = 2  # heads of the newest rounds kept (the one a resumed round starts from, and the last)
@@ -68,3 +71,21 @@ def save_state(folder: Path, site: str, server_round: int, kind: SiteKind, site_
     _write(folder / site / f"round-{server_round:03d}", {"head": site_state.head})
     for old in _rounds(folder, site)[:-KEEP_ROUNDS]:
         shutil.rmtree(folder / site / f"round-{old:03d}", ignore_errors=True)
+
+
+def load_ledger(folder: Path, site: str) -> PrivacyLedger | None:
+    """The site's privacy ledger for this run (None before its first private round)."""
+    path = folder / site / "privacy.json"
+    if not path.is_file():
+        return None
+    try:
+        return PrivacyLedger.from_json(path.read_text())
+    except (ValueError, TypeError) as err:
+        # Never start a fresh budget over a broken record: that would forget what was spent.
+        raise RuntimeError(f"site {site}: its privacy ledger {path.name} is unreadable ({err}); it will not train "
+                           "until the file is restored or the run is started anew") from err
+
+
+def save_ledger(folder: Path, site: str, ledger: PrivacyLedger) -> None:
+    (folder / site).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / site / "privacy.json", ledger.to_json())

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import SiteSpec, parse_sites
-from .kinds import SiteKind, get_kind, kind_for_strategy
+from .kinds import SiteKind, get_kind, kind_for_strategy, list_kinds
 from .lora import SVDLoRAConfig
 from .merging.medlego import MedLegoOptions
 from .models import preset_image_size
+from .privacy import PrivacySettings
 from .scenario import parse_overrides
 from .train import TrainConfig
 
@@ -61,7 +62,7 @@ class GuardSettings:
             raise ValueError(f"guard.action must be one of {GUARD_ACTIONS}, got {self.action!r}")
 
 
-_LORA, _TRAIN, _DATA, _GUARD = SVDLoRAConfig(), TrainConfig(), DataSettings(), GuardSettings()
+_LORA, _TRAIN, _DATA, _GUARD, _PRIVACY = SVDLoRAConfig(), TrainConfig(), DataSettings(), GuardSettings(), PrivacySettings()
 
 # Settings of the run itself (no dataclass of their own elsewhere).
 RUN_DEFAULTS: dict[str, object] = {
@@ -116,6 +117,11 @@ DEFAULTS: dict[str, object] = {
     "guard.norm-factor": _GUARD.norm_factor,
     "guard.max-norm": _GUARD.max_norm,
     "guard.action": _GUARD.action,
+    "privacy.mode": _PRIVACY.mode,
+    "privacy.epsilon": _PRIVACY.epsilon,
+    "privacy.delta": _PRIVACY.delta,
+    "privacy.max-grad-norm": _PRIVACY.max_grad_norm,
+    "privacy.accountant": _PRIVACY.accountant,
 }
 
 
@@ -166,6 +172,7 @@ class RunConfig:
     base_fingerprint: str  # "" = the server computes it from the model settings
     resume: str  # a run folder to continue, or ""
     messages_per_node: int  # messages a node has waiting at once (0: all of a round's at once)
+    privacy: PrivacySettings
 
     @property
     def kind(self) -> SiteKind:
@@ -237,6 +244,20 @@ def _site_nodes(text: str) -> dict:
     return pairs
 
 
+def _privacy_settings(c: dict, kind_name: str) -> PrivacySettings:
+    privacy = PrivacySettings(mode=str(c["privacy.mode"]), epsilon=float(c["privacy.epsilon"]),
+                              delta=float(c["privacy.delta"]), max_grad_norm=float(c["privacy.max-grad-norm"]),
+                              accountant=str(c["privacy.accountant"]))
+    if privacy.private and not get_kind(kind_name).supports_privacy:
+        private_kinds = [k for k in list_kinds() if get_kind(k).supports_privacy]
+        raise ValueError(f"privacy.mode={privacy.mode!r} is not available for strategy {c['strategy']!r} (site kind "
+                         f"{kind_name!r}); it is for the strategies of site kind(s) {private_kinds}")
+    if privacy.private and str(c["new-task.site"]):
+        raise ValueError("privacy.mode='dp-sgd' does not cover the new_task scenario's learning curves: "
+                         "leave new-task.site empty or privacy.mode='none'")
+    return privacy
+
+
 def parse_run_config(run_config: dict) -> RunConfig:
     """Typed settings from a Flower run config; unknown keys are an error that lists the known ones."""
     unknown = sorted(set(run_config) - set(DEFAULTS))
@@ -271,6 +292,7 @@ def parse_run_config(run_config: dict) -> RunConfig:
             base_fingerprint=str(c["model.fingerprint"]),
             resume=str(c["resume"]),
             messages_per_node=_non_negative("messages-per-node", int(c["messages-per-node"])),
+            privacy=_privacy_settings(c, kind_name),
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"invalid run config: {err}") from err

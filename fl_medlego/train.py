@@ -58,6 +58,7 @@ class FitResult:
     best_epoch: int
     num_examples: int
     history: list[dict[str, float]]
+    steps: int = 0  # optimizer steps taken (DP-SGD's accountant counts them)
 
 
 def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -80,46 +81,84 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
+class PlainSteps:
+    """Shuffled batches and AdamW steps: ordinary local training."""
+
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], cfg: TrainConfig) -> None:
+        self.model, self.cfg = model, cfg
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.steps = 0
+
+    def batches(self, num_train: int) -> list[torch.Tensor]:
+        return list(torch.randperm(num_train, generator=self.generator).split(self.cfg.batch_size))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def step(self, loss: torch.Tensor) -> None:
+        if self.cfg.orth_weight > 0:
+            loss = loss + self.cfg.orth_weight * orthogonality_penalty(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+
+    def empty_step(self) -> None:
+        raise AssertionError("a shuffled split has no empty batch")
+
+    def close(self) -> None:
+        pass
+
+
+# Makes the steps of one local training: PlainSteps, or DP-SGD steps (fl_medlego.privacy.PrivateSteps).
+StepsFactory = Callable[[nn.Module, list[nn.Parameter], TrainConfig], PlainSteps]
+
+
 def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, cfg: TrainConfig,
-        watch: Split | None = None, on_epoch: Callable[[EpochReport], None] | None = None) -> FitResult:
+        watch: Split | None = None, on_epoch: Callable[[EpochReport], None] | None = None,
+        steps: StepsFactory = PlainSteps) -> FitResult:
     """Train the trainable parameters (adapter + head); keep the epoch with the best validation ACC.
 
     `watch`, if given, is evaluated after every epoch for learning curves only: it never picks the epoch.
     `on_epoch`, if given, is called after every epoch (progress for people; it cannot change training).
+    `steps` makes the batches and optimizer steps (DP-SGD passes its own); `FitResult.steps` counts them.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    stepper = steps(model, params, cfg)
     best_acc, best_epoch, best_state, history = -1.0, 0, None, []
-    for epoch in range(1, cfg.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
-        batches = order.split(cfg.batch_size)
-        total = 0.0
-        for batch in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False):
-            logits = model(to_model_input(train.images[batch], image_size))
-            loss = task_loss(logits, train.labels[batch], task)
-            total += loss.item() * len(batch)  # report the task loss; the regulariser is not a quality measure
-            if cfg.orth_weight > 0:
-                loss = loss + cfg.orth_weight * orthogonality_penalty(model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        metrics = evaluate(model, val, task, image_size, cfg.batch_size * 4)
-        val_metrics = {f"val_{k}": v for k, v in metrics.items()}
-        if watch is not None:
-            val_metrics["watch_acc"] = evaluate(model, watch, task, image_size, cfg.batch_size * 4)["acc"]
-        history.append({"epoch": epoch, "train_loss": total / len(train), **val_metrics})
-        log.info("epoch %d/%d: train loss %.4f, val acc %.4f", epoch, cfg.epochs, total / len(train), metrics["acc"])
-        if on_epoch is not None:
-            on_epoch(EpochReport(epoch, cfg.epochs, total / len(train), metrics["acc"], time.perf_counter() - started))
-        if metrics["acc"] > best_acc:
-            best_acc, best_epoch, best_state = metrics["acc"], epoch, _trainable_state(model)
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            started = time.perf_counter()
+            model.train()
+            total, seen = 0.0, 0
+            batches = stepper.batches(len(train))
+            for batch in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False):
+                if len(batch) == 0:  # Poisson sampling may draw no image: DP-SGD still takes its (noise) step
+                    stepper.empty_step()
+                    continue
+                logits = stepper.forward(to_model_input(train.images[batch], image_size))
+                loss = task_loss(logits, train.labels[batch], task)
+                total += loss.item() * len(batch)  # the task loss; the regulariser is not a quality measure
+                seen += len(batch)
+                stepper.step(loss)
+            metrics = evaluate(model, val, task, image_size, cfg.batch_size * 4)
+            val_metrics = {f"val_{k}": v for k, v in metrics.items()}
+            if watch is not None:
+                val_metrics["watch_acc"] = evaluate(model, watch, task, image_size, cfg.batch_size * 4)["acc"]
+            train_loss = total / max(seen, 1)
+            history.append({"epoch": epoch, "train_loss": train_loss, **val_metrics})
+            log.info("epoch %d/%d: train loss %.4f, val acc %.4f", epoch, cfg.epochs, train_loss, metrics["acc"])
+            if on_epoch is not None:
+                on_epoch(EpochReport(epoch, cfg.epochs, train_loss, metrics["acc"], time.perf_counter() - started))
+            if metrics["acc"] > best_acc:
+                best_acc, best_epoch, best_state = metrics["acc"], epoch, _trainable_state(model)
+    finally:
+        stepper.close()
     model.load_state_dict(best_state, strict=False)
-    return FitResult(best_acc, best_epoch, len(train), history)
+    return FitResult(best_acc, best_epoch, len(train), history, stepper.steps)
 
 
 @torch.no_grad()

@@ -39,6 +39,9 @@ VAL_ACC = "val-acc"  # best validation ACC of the round's local training
 TRAIN_LOSS = "train-loss"  # mean task loss of that epoch
 BEST_EPOCH = "best-epoch"
 TEST_ACC = "test-acc"  # learning curves only (new_task), one value per epoch
+EPSILON_SPENT = "epsilon-spent"  # DP-SGD sites: the epsilon their training has spent so far in this run
+PRIVACY_DELTA = "privacy-delta"  # ... and the delta it holds at
+PRIVACY_METRICS = (EPSILON_SPENT, PRIVACY_DELTA)
 EVAL_METRICS = ("acc", "auc", "f1", "loss")
 SPECIALIST_PREFIX = "specialist-"
 ROUND_MEAN_METRICS = (VAL_ACC, TRAIN_LOSS)  # averaged over the sites in the round's aggregate
@@ -144,12 +147,15 @@ METRIC_SCHEMA: dict[str, tuple[float, float, bool]] = {
     VAL_ACC: (0.0, 1.0, False),
     TRAIN_LOSS: (0.0, MAX_LOSS, False),
     BEST_EPOCH: (1, 10**6, True),
+    EPSILON_SPENT: (0.0, 1e6, False),
+    PRIVACY_DELTA: (0.0, 1.0, False),
     **{name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
     **{SPECIALIST_PREFIX + name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
 }
 # AUC is undefined (NaN, as fl_medlego.metrics reports it) on a split that holds one class only: an honest
 # small site sends it. Every other metric must be a finite number.
-MAY_BE_UNDEFINED = frozenset({"auc", SPECIALIST_PREFIX + "auc"})
+# A DP-SGD site sends no training loss (NaN): it would be computed on its private images outside the guarantee.
+MAY_BE_UNDEFINED = frozenset({"auc", SPECIALIST_PREFIX + "auc", TRAIN_LOSS})
 
 
 def read_metrics(record: dict, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, float]:

@@ -75,12 +75,21 @@ def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = ())
     summary = results.write_summary(strategy.specialist, strategy.merged, extra={
         "status": f"failed: {failure}" if failure else "completed", "site_status": strategy.status,
         "sites_missing": [s for s in declared if s not in site_nodes], "sites_held_out": list(held_out),
-        "base_fingerprint": base_fingerprint, "server_peak_rss_mb": peak_rss_mb()})
+        "base_fingerprint": base_fingerprint, "server_peak_rss_mb": peak_rss_mb(),
+        "privacy": privacy_summary(cfg, strategy.privacy)})
     Console(width=120).print(summary_table(summary))
     print(f"fl-medlego: summary written to {run_dir / 'summary.md'} and {run_dir / 'summary.json'}", flush=True)
     if failure:  # the run must end failed, not "completed" with too few sites
         raise RuntimeError(f"fl-medlego: the run failed: {failure}")
     return Federation(cfg, run_dir, site_nodes, strategy, arrays)
+
+
+def privacy_summary(cfg: RunConfig, spent: dict[str, dict]) -> dict:
+    """The run's privacy as the summary states it: the budget, and each site's reported (epsilon, delta)."""
+    if not cfg.privacy.private:
+        return {"mode": cfg.privacy.mode}
+    return {"mode": cfg.privacy.mode, "epsilon_budget": cfg.privacy.epsilon, "accountant": cfg.privacy.accountant,
+            "max_grad_norm": cfg.privacy.max_grad_norm, "sites": spent}
 
 
 RESUMABLE_CHANGES = ("resume", "round_timeout", "node_wait_timeout", "site_nodes", "min_sites", "messages_per_node")

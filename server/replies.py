@@ -140,7 +140,8 @@ def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, t
     """A train reply as checked values; raises only wire.InvalidUpdate (prefixed with the site once known)."""
     site = site_of(msg, site_nodes, sent)
     with _rejections(site):
-        metrics = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), kind.train_metrics)
+        metrics = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), kind.train_metrics,
+                                    optional=wire.PRIVACY_METRICS)
         # A kind's update has at most one array per template entry, plus its bookkeeping (ranks, ...).
         tensors = read_arrays(_record(msg, wire.ARRAYS, ArrayRecord), kind.size_bound(template), len(template) + 2)
         update = kind.decode(tensors, template)

@@ -10,6 +10,7 @@ reasons, instead of letting it end "completed".
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 
@@ -21,6 +22,7 @@ from fl_medlego import wire
 from fl_medlego.config import RunConfig
 from fl_medlego.memory import peak_rss_mb
 from fl_medlego.merging import normalize_weights
+from fl_medlego.privacy.settings import MAX_DELTA
 from fl_medlego.results import RunResults
 
 from .guard import capped_examples, check_combined, guard_updates
@@ -60,6 +62,8 @@ class SiteMergeStrategy(FedAvg):
         self.specialist.update(state.get("specialist", {}))
         self.merged.update(state.get("merged", {}))
         self.status.update(state.get("status", {}))
+        # site -> {"epsilon", "delta", "round"}: what each DP-SGD site reports it has spent (its own claim)
+        self.privacy: dict[str, dict] = dict(state.get("privacy", {}))
         self.round_started = time.monotonic()
         self._sent: list[tuple[Message, str]] = []
 
@@ -116,10 +120,29 @@ class SiteMergeStrategy(FedAvg):
                 if reply.base_fingerprint != self.base_fingerprint:
                     raise wire.InvalidUpdate(f"site {reply.site}: base model {reply.base_fingerprint} differs from "
                                              f"the federation's {self.base_fingerprint}", site=reply.site)
+                self._check_privacy(reply)
                 accepted[reply.site] = reply
             except wire.InvalidUpdate as err:
                 self._reject(server_round, err, msg.metadata.src_node_id)
         return accepted
+
+    def _check_privacy(self, reply: TrainReply) -> None:
+        """In a DP-SGD run, an update must come with the privacy it spent, within the run's budget.
+
+        The coordinator cannot verify a site's noise; it can refuse an update that does not claim to be
+        private, so that a site running without DP-SGD never looks private in the summary.
+        """
+        settings = self.cfg.privacy
+        if not settings.private:
+            return
+        spent, delta = (reply.metrics.get(k) for k in wire.PRIVACY_METRICS)
+        if spent is None or delta is None:
+            raise wire.InvalidUpdate(f"site {reply.site}: this run requires DP-SGD (privacy.mode={settings.mode!r}) "
+                                     "and the reply reports no privacy spent", site=reply.site)
+        if spent > settings.epsilon + 0.01 or delta > (settings.delta or MAX_DELTA):
+            raise wire.InvalidUpdate(f"site {reply.site}: reports (epsilon {spent:.3g}, delta {delta:.2g}), over the "
+                                     f"run's budget (epsilon {settings.epsilon:g}, delta at most "
+                                     f"{settings.delta or MAX_DELTA:.2g})", site=reply.site)
 
     def _check_quorum(self, server_round: int, combined: list[str]) -> None:
         for site in self.declared:
@@ -173,9 +196,13 @@ class SiteMergeStrategy(FedAvg):
             self.status[site] = {"state": "merged", "round": server_round, "reason": ""}
             self.results.log("train", round=server_round, site=site, data_source=accepted[site].data_origin,
                              **accepted[site].metrics)
+        for site, reply in accepted.items():  # a rejected update was still trained: its spending counts
+            if wire.EPSILON_SPENT in reply.metrics:
+                self.privacy[site] = {"epsilon": reply.metrics[wire.EPSILON_SPENT],
+                                      "delta": reply.metrics[wire.PRIVACY_DELTA], "round": server_round}
         if self.reference is not None:
             self.reference = combined  # the next round's changes are measured from here
-        mean = {k: sum(accepted[s].metrics[k] for s in sites) / len(sites) for k in wire.ROUND_MEAN_METRICS}
+        mean = {k: _mean(accepted[s].metrics[k] for s in sites) for k in wire.ROUND_MEAN_METRICS}
         return (ArrayRecord(self.kind.encode(combined)),
                 MetricRecord({**mean, wire.SITES_MERGED: len(sites), **about}))
 
@@ -217,8 +244,15 @@ class SiteMergeStrategy(FedAvg):
         # The round is complete: its state goes in last, then the folder moves into place (resume point).
         self.results.finish_round(server_round, {"round": server_round, "status": self.status,
                                                  "specialist": self.specialist, "merged": self.merged,
+                                                 "privacy": self.privacy,
                                                  "base_fingerprint": self.base_fingerprint})
         if not per_site:
             return None
         keys = [k for k in wire.EVAL_METRICS if all(k in m for m in per_site.values())]
         return MetricRecord({k: sum(m[k] for m in per_site.values()) / len(per_site) for k in keys})
+
+
+def _mean(values: Iterable[float]) -> float:
+    """Mean of the defined values (a DP-SGD site sends no training loss); NaN when none is."""
+    defined = [v for v in values if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else float("nan")

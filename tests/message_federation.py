@@ -19,8 +19,12 @@ from fl_medlego.server.strategy import SiteMergeStrategy
 from flower_mocks import message, set_task_identity
 
 
-def run(run_config: dict, out: Path, tamper: dict[str, Callable] | None = None) -> SiteMergeStrategy:
-    """All rounds; `tamper[site](reply) -> reply` changes that site's train replies. Returns the strategy."""
+def run(run_config: dict, out: Path, tamper: dict[str, Callable] | None = None, stop_after: int | None = None,
+        resume: bool = False) -> SiteMergeStrategy:
+    """All rounds; `tamper[site](reply) -> reply` changes that site's train replies. Returns the strategy.
+
+    stop_after: end after that round (as a stopped coordinator would); resume: go on from the run folder's
+    last complete round, as `resume=RUN_DIR` does (the sites find their state again under `out`)."""
     set_task_identity()
     cfg = parse_run_config(run_config)
     sites = cfg.site_names
@@ -28,11 +32,12 @@ def run(run_config: dict, out: Path, tamper: dict[str, Callable] | None = None) 
     contexts = {site: Context(run_id=7, node_id=nodes[site], node_config={wire.NODE_SITE: site,
                                                                          wire.NODE_STATE_DIR: str(out / "state")},
                               state=RecordDict(), run_config=dict(run_config)) for site in sites}
-    results = RunResults(out / "run", settings_table(cfg))
-    strategy = SiteMergeStrategy(nodes, cfg.kind.template(cfg), cfg, results,
-                                 shared_base(cfg.model_name, cfg.pretrained, cfg.seed)[1])
-    arrays = ArrayRecord()
-    for server_round in range(1, cfg.num_rounds + 1):
+    results = RunResults(out / "run", settings_table(cfg), resume=resume)
+    base = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)[1]
+    done, state = results.last_complete_round() if resume else (0, {})
+    strategy = SiteMergeStrategy(nodes, cfg.kind.template(cfg), cfg, results, base, resumed=(done, state))
+    arrays = ArrayRecord(cfg.kind.encode(cfg.kind.load(results.round_dir(done), cfg, base))) if done else ArrayRecord()
+    for server_round in range(1, (stop_after or cfg.num_rounds) - done + 1):
         replies = []
         for msg in strategy.configure_train(server_round, arrays, ConfigRecord(), grid=None):
             site = msg.content[wire.CONFIG][wire.SITE]

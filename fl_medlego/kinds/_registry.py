@@ -22,7 +22,8 @@ import torch
 
 from .. import wire
 from ..models import SiteModel
-from ..train import EpochReport, TrainConfig, evaluate, fit
+from ..privacy import PrivacyLedger, private_steps, steps_per_epoch
+from ..train import EpochReport, PlainSteps, TrainConfig, evaluate, fit
 
 if TYPE_CHECKING:
     from ..config import MergeSettings, RunConfig
@@ -47,6 +48,7 @@ class TrainResult:
     state: SiteState
     metrics: dict[str, float]  # the kind's `train_metrics`, by their wire names
     base_fingerprint: str  # of the frozen base the site trained on: updates merge only over one base
+    privacy: PrivacyLedger | None = None  # DP-SGD: the site's budget, this round included
 
 
 class SiteKind(ABC):
@@ -55,6 +57,7 @@ class SiteKind(ABC):
     specialist_label: ClassVar[str]  # how comparison tables name this kind's specialists
     train_metrics: ClassVar[tuple[str, ...]] = (wire.VAL_ACC, wire.TRAIN_LOSS, wire.BEST_EPOCH, wire.NUM_EXAMPLES)
     needs_reference: ClassVar[bool] = False  # an update's size is a change from the weights the round started at
+    supports_privacy: ClassVar[bool] = False  # its sites can train with DP-SGD (privacy.mode)
 
     # -- which strategies run this kind, and their options ---------------------------------------
     @abstractmethod
@@ -126,11 +129,25 @@ class SiteKind(ABC):
     def train_config(self, cfg: RunConfig) -> TrainConfig: ...
 
     def train(self, cfg: RunConfig, data: SiteData, start: Update | None, state: SiteState | None,
-              on_epoch: Callable[[EpochReport], None] | None = None) -> TrainResult:
-        """One round of local training from `start` (None in round 1: from the base), keeping the best epoch."""
+              on_epoch: Callable[[EpochReport], None] | None = None, privacy: PrivacyLedger | None = None,
+              server_round: int = 1) -> TrainResult:
+        """One round of local training from `start` (None in round 1: from the base), keeping the best epoch.
+
+        With privacy.mode 'dp-sgd' the round is DP-SGD under the site's ledger (`privacy`; None before
+        its first private round: a new one is planned for the whole run) and the result carries the
+        ledger with this round recorded. A round that would overspend the budget raises
+        PrivacyBudgetExhausted before any step.
+        """
         model = self.build_model(cfg, data, start, state.head if state is not None else None)
-        result = fit(model, data.train, data.val, data.task, model.image_size, self.train_config(cfg),
-                     on_epoch=on_epoch)
+        train_cfg = self.train_config(cfg)
+        steps, ledger = PlainSteps, None
+        if cfg.privacy.private:
+            ledger = privacy or PrivacyLedger.plan(cfg.privacy, len(data.train), train_cfg.batch_size,
+                                                   train_cfg.epochs, cfg.num_rounds)
+            ledger.check_room(data.site.name, train_cfg.epochs * steps_per_epoch(len(data.train), train_cfg.batch_size))
+            steps = private_steps(cfg.privacy, ledger, len(data.train))
+        result = fit(model, data.train, data.val, data.task, model.image_size, train_cfg, on_epoch=on_epoch,
+                     steps=steps)
         update = self.extract(model)
         head = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
         if state is None:  # the first training from the base: this is the site's specialist
@@ -138,9 +155,15 @@ class SiteKind(ABC):
         else:
             state = SiteState(head=head, specialist=state.specialist, specialist_head=state.specialist_head)
         best = result.history[result.best_epoch - 1]
-        values = (result.best_val_acc, best["train_loss"], float(result.best_epoch), float(result.num_examples))
+        # A private site does not send its training loss: it is computed on the private images, outside
+        # the guarantee. The update is (it is what DP-SGD released) and so is the validation ACC (other images).
+        train_loss = float("nan") if ledger is not None else best["train_loss"]
+        values = (result.best_val_acc, train_loss, float(result.best_epoch), float(result.num_examples))
         metrics = dict(zip(self.train_metrics, values))
-        return TrainResult(update, state, metrics, model.base_fingerprint)
+        if ledger is not None:
+            ledger.record(server_round, result.steps)
+            metrics |= {wire.EPSILON_SPENT: ledger.spent(), wire.PRIVACY_DELTA: ledger.delta}
+        return TrainResult(update, state, metrics, model.base_fingerprint, ledger)
 
     def evaluate(self, cfg: RunConfig, data: SiteData, update: Update, head: dict[str, torch.Tensor],
                  split: str = "test") -> dict[str, float]:

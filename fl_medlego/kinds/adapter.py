@@ -28,6 +28,7 @@ class AdapterKind(SiteKind):
     name = "adapter"
     summary = "SVD-LoRA adapter + head on a frozen shared base; the low-rank factors are merged"
     specialist_label = "SVD-LoRA"
+    supports_privacy = True
 
     def strategies(self) -> list[str]:
         return list_merges()

@@ -1,0 +1,245 @@
+"""Differentially private sites: per-example gradients, the accountant and its independent check, the budget
+enforced at the site and checked at the coordinator, and counting that survives a resume."""
+
+import logging
+import math
+import re
+
+import pytest
+import torch
+from flwr.app import MessageType, MetricRecord, RecordDict
+
+from fl_medlego import wire
+from fl_medlego.clients import app as client_app
+from fl_medlego.clients.state import load_ledger, save_ledger, state_folder
+from fl_medlego.config import parse_run_config
+from fl_medlego.lora.layer import SVDLoRAUpdate
+from fl_medlego.privacy import (PrivacyBudgetExhausted, PrivacyLedger, PrivacySettings, calibrate_noise, epsilon_of,
+                                private_steps, steps_per_epoch)
+from fl_medlego.site import load_site_data
+from fl_medlego.train import TrainConfig, fit, task_loss, to_model_input
+
+import message_federation
+from flower_mocks import message
+
+# Small private runs: two sites, 64 training images each, one epoch a round.
+PRIVATE = {"sites": "blood,pneumonia", "data.max-train": 64, "data.max-eval": 32, "train.local-epochs": 1,
+           "train.batch-size": 16, "num-rounds": 3, "privacy.mode": "dp-sgd", "privacy.epsilon": 8.0}
+
+
+def _per_example_by_loop(model, params, x, y, task):
+    grads = []
+    for i in range(len(x)):
+        model.zero_grad()
+        task_loss(model(x[i:i + 1]), y[i:i + 1], task).backward()
+        grads.append([p.grad.clone() for p in params])
+    return [torch.stack(g) for g in zip(*grads)]
+
+
+def _opacus_per_example(model, params, x, y, task):
+    from opacus import GradSampleModule
+
+    import fl_medlego.privacy.grad_sampler  # noqa: F401  registers the SVD-LoRA sampler
+
+    wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
+    try:
+        (task_loss(wrapped(x), y, task) * len(y)).backward()
+        return [p.grad_sample.clone() for p in params]
+    finally:
+        wrapped._close()
+
+
+def test_svd_lora_per_example_gradients_equal_a_loop_over_single_examples():
+    gen = torch.Generator().manual_seed(0)
+    layer = SVDLoRAUpdate(6, 5, rank=3, scale=2.0, init_std=0.5)
+    with torch.no_grad():
+        layer.lora_E.copy_(torch.randn(3, generator=gen))  # E = 0 at init would hide a wrong dB or dA
+    model = torch.nn.Sequential(layer, torch.nn.Flatten(), torch.nn.Linear(6 * 4, 3))
+    x, y = torch.randn(5, 4, 5, generator=gen), torch.randint(0, 3, (5, 1), generator=gen)  # 4 tokens each
+    params = list(model.parameters())
+    expected = _per_example_by_loop(model, params, x, y, "multi-class")
+    got = _opacus_per_example(model, params, x, y, "multi-class")
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+def test_site_model_per_example_gradients_equal_the_loop():
+    """The whole site model (adapter on the ViT's fused qkv, head): every trainable tensor, per image."""
+    cfg = parse_run_config({"sites": "blood", "data.max-train": 8, "data.max-eval": 8})
+    data = load_site_data(cfg, "blood")
+    model = cfg.kind.build_model(cfg, data, None, None)
+    gen = torch.Generator().manual_seed(1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    x, y = to_model_input(data.train.images[:4], 28), data.train.labels[:4]
+    expected = _per_example_by_loop(model, params, x, y, data.task)
+    got = _opacus_per_example(model, params, x, y, data.task)
+    assert len(got) == len(params) and any(g.abs().sum() > 0 for g in got)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("sample_rate,noise,steps", [(1 / 10, 0.82, 60), (1 / 40, 1.0, 600), (0.01, 0.7, 3000)])
+def test_the_accountant_agrees_with_google_dp_accounting(sample_rate, noise, steps):
+    """The same Poisson-subsampled Gaussian mechanism, composed `steps` times, through an independent library.
+
+    RDP against RDP (same orders): within 1 %. Opacus's PRV accountant against dp-accounting's privacy loss
+    distributions (both numerically tight): within 2 %. And RDP, an upper bound, is never below PLD.
+    """
+    from dp_accounting import dp_event, pld, rdp
+    from opacus.accountants import RDPAccountant
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    delta = 1e-5
+    event = dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(sample_rate, dp_event.GaussianDpEvent(noise)),
+                                         steps)
+    google_rdp = rdp.RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
+    google_rdp.compose(event)
+    google_pld = pld.PLDAccountant(value_discretization_interval=1e-4)
+    google_pld.compose(event)
+    ours_rdp = epsilon_of([(noise, sample_rate, steps)], delta, "rdp")
+    ours_prv = epsilon_of([(noise, sample_rate, steps)], delta, "prv")
+    assert ours_rdp == pytest.approx(google_rdp.get_epsilon(delta), rel=0.01)
+    assert ours_prv == pytest.approx(google_pld.get_epsilon(delta), rel=0.02)
+    assert ours_rdp >= google_pld.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_the_noise_spends_the_budget_over_the_planned_run(accountant):
+    settings = PrivacySettings(mode="dp-sgd", epsilon=4.0, accountant=accountant)
+    ledger = PrivacyLedger.plan(settings, num_train=500, batch_size=50, epochs=2, num_rounds=3)
+    assert ledger.planned_steps == 3 * 2 * 10 and ledger.sample_rate == pytest.approx(0.1)
+    assert ledger.delta == pytest.approx(1e-5)  # 1/(10 N) = 2e-4, capped at 1e-5
+    planned = [(ledger.noise_multiplier, ledger.sample_rate, ledger.planned_steps)]
+    assert 3.95 <= epsilon_of(planned, ledger.delta, accountant) <= 4.0
+    # a little less noise would overspend: the calibration is not needlessly loose
+    assert epsilon_of([(0.97 * ledger.noise_multiplier, 0.1, 60)], ledger.delta, accountant) > 4.0
+    assert calibrate_noise(settings, 1e-5, 0.1, 30) < ledger.noise_multiplier  # fewer steps, less noise
+
+
+def test_delta_defaults_to_a_tenth_of_one_over_n_at_most_1e_5():
+    assert PrivacySettings().delta_for(2500) == pytest.approx(1e-5)
+    assert PrivacySettings().delta_for(200_000) == pytest.approx(5e-7)
+    assert PrivacySettings(delta=1e-6).delta_for(10) == 1e-6
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"privacy.mode": "dp"}, "privacy.mode must be one of"),
+    ({"privacy.accountant": "gdp"}, "privacy.accountant must be one of"),
+    ({"privacy.mode": "dp-sgd", "privacy.epsilon": 0.0}, "must be positive"),
+    ({"privacy.mode": "dp-sgd", "strategy": "vit_avg"}, "not available for strategy 'vit_avg'"),
+    ({"privacy.mode": "dp-sgd", "new-task.site": "pneumonia"}, "does not cover the new_task"),
+])
+def test_bad_privacy_settings_are_refused_by_name(bad, match):
+    with pytest.raises(ValueError, match=match):
+        parse_run_config(bad)
+
+
+def test_a_private_round_reports_epsilon_and_no_training_loss():
+    cfg = parse_run_config(PRIVATE)
+    data = load_site_data(cfg, "blood")
+    result = cfg.kind.train(cfg, data, None, None)
+    per_round = steps_per_epoch(64, 16)
+    assert result.privacy.rounds == [{"round": 1, "noise_multiplier": result.privacy.noise_multiplier,
+                                      "sample_rate": 1 / per_round, "steps": per_round}]
+    assert result.metrics[wire.EPSILON_SPENT] == pytest.approx(result.privacy.spent())
+    assert 0 < result.metrics[wire.EPSILON_SPENT] < 8.0 and result.metrics[wire.PRIVACY_DELTA] == pytest.approx(1e-5)
+    assert math.isnan(result.metrics[wire.TRAIN_LOSS])
+    assert any(f.E.abs().sum() > 0 for f in result.update.factors.values())  # it did train
+
+
+def test_an_empty_poisson_batch_is_a_noise_only_step():
+    cfg = parse_run_config(PRIVATE)
+    data = load_site_data(cfg, "blood")
+    model = cfg.kind.build_model(cfg, data, None, None)
+    ledger = PrivacyLedger.plan(cfg.privacy, 64, 16, 1, 1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    stepper = private_steps(cfg.privacy, ledger, 64)(model, params, TrainConfig(orth_weight=0.0))
+    head = model.head.weight.detach().clone()
+    stepper.empty_step()
+    stepper.close()
+    assert stepper.steps == 1 and not torch.equal(model.head.weight, head)  # noise moved it
+
+
+def test_private_fit_counts_its_steps():
+    cfg = parse_run_config(PRIVATE)
+    data = load_site_data(cfg, "pneumonia")
+    model = cfg.kind.build_model(cfg, data, None, None)
+    ledger = PrivacyLedger.plan(cfg.privacy, len(data.train), 16, 2, 1)
+    result = fit(model, data.train, data.val, data.task, 28, TrainConfig(epochs=2, batch_size=16),
+                 steps=private_steps(cfg.privacy, ledger, len(data.train)))
+    assert result.steps == 2 * steps_per_epoch(len(data.train), 16)
+
+
+def _train_message(site: str, server_round: int):
+    content = RecordDict({wire.ARRAYS: client_app.ArrayRecord(), wire.CONFIG: client_app.ConfigRecord(
+        {wire.SITE: site, wire.SERVER_ROUND: server_round, wire.RUN_KEY: "budget-test"})})
+    return message(content, MessageType.TRAIN)
+
+
+def test_a_site_refuses_to_train_past_its_budget_and_keeps_its_ledger(tmp_path):
+    """Three rounds are planned; a round trained twice (after a crash, say) is counted twice, so the site
+    refuses its fourth training, names the budget, and its ledger is unchanged by the refusal."""
+    from flwr.app import Context
+
+    run_config = {**PRIVATE, "sites": "blood"}
+    context = Context(run_id=3, node_id=1, node_config={wire.NODE_SITE: "blood", wire.NODE_STATE_DIR: str(tmp_path)},
+                      state=RecordDict(), run_config=run_config)
+    spent = []
+    for server_round in (1, 2, 2):
+        reply = client_app.train(_train_message("blood", server_round), context)
+        spent.append(reply.content[wire.METRICS][wire.EPSILON_SPENT])
+    assert spent[0] < spent[1] < spent[2] <= 8.0 + 0.01
+    folder = state_folder(context.node_config, "budget-test")
+    before = load_ledger(folder, "blood")
+    with pytest.raises(PrivacyBudgetExhausted, match=r"site blood: privacy budget exhausted: it has spent epsilon"):
+        client_app.train(_train_message("blood", 3), context)
+    assert load_ledger(folder, "blood") == before and len(before.rounds) == 3
+
+
+def test_an_unreadable_ledger_stops_the_site_instead_of_starting_a_new_budget(tmp_path):
+    ledger = PrivacyLedger.plan(PrivacySettings(mode="dp-sgd"), 64, 16, 1, 1)
+    save_ledger(tmp_path, "blood", ledger)
+    assert load_ledger(tmp_path, "blood") == ledger
+    (tmp_path / "blood" / "privacy.json").write_text("{not json")
+    with pytest.raises(RuntimeError, match="privacy ledger privacy.json is unreadable"):
+        load_ledger(tmp_path, "blood")
+
+
+def test_epsilon_survives_a_resume(tmp_path):
+    """Stopped after round 2 and resumed, each site ends with the epsilon of three rounds, as in a run that was
+    never stopped (epsilon depends on the noise, the sampling rate and the steps, not on the random draws)."""
+    straight = message_federation.run(PRIVATE, tmp_path / "straight")
+    message_federation.run(PRIVATE, tmp_path / "stopped", stop_after=2)
+    stopped = load_ledger(state_folder({wire.NODE_STATE_DIR: str(tmp_path / "stopped" / "state")}, "run"), "blood")
+    assert [r["round"] for r in stopped.rounds] == [1, 2]
+    client_app._parsed.cache_clear()  # a restarted site process
+    resumed = message_federation.run(PRIVATE, tmp_path / "stopped", resume=True)
+    assert set(resumed.privacy) == {"blood", "pneumonia"}
+    for site in ("blood", "pneumonia"):
+        assert resumed.privacy[site]["round"] == 3
+        assert resumed.privacy[site]["epsilon"] == pytest.approx(straight.privacy[site]["epsilon"], rel=1e-9)
+        assert resumed.privacy[site]["epsilon"] > stopped.spent()
+        assert resumed.privacy[site]["epsilon"] <= 8.0 + 0.01
+
+
+def _without_privacy(reply):
+    metrics = {k: v for k, v in reply.content[wire.METRICS].items() if k not in wire.PRIVACY_METRICS}
+    return message(RecordDict({**reply.content, wire.METRICS: MetricRecord(metrics)}), MessageType.TRAIN)
+
+
+def _overspent(reply):
+    metrics = {**reply.content[wire.METRICS], wire.EPSILON_SPENT: 50.0}
+    return message(RecordDict({**reply.content, wire.METRICS: MetricRecord(metrics)}), MessageType.TRAIN)
+
+
+@pytest.mark.parametrize("tamper,reason", [(_without_privacy, "reports no privacy spent"),
+                                           (_overspent, r"reports \(epsilon 50")])
+def test_the_coordinator_refuses_an_update_that_is_not_private_enough(tmp_path, tamper, reason):
+    strategy = message_federation.run({**PRIVATE, "num-rounds": 1, "min-sites": 1}, tmp_path,
+                                      tamper={"pneumonia": tamper})
+    assert strategy.status["pneumonia"]["state"] == "rejected"
+    assert re.search(reason, strategy.status["pneumonia"]["reason"])
+    assert strategy.status["blood"]["state"] == "merged" and set(strategy.privacy) == {"blood"}
