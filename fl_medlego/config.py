@@ -62,7 +62,8 @@ class GuardSettings:
             raise ValueError(f"guard.action must be one of {GUARD_ACTIONS}, got {self.action!r}")
 
 
-_LORA, _TRAIN, _DATA, _GUARD, _PRIVACY = SVDLoRAConfig(), TrainConfig(), DataSettings(), GuardSettings(), PrivacySettings()
+_LORA, _TRAIN, _DATA, _GUARD = SVDLoRAConfig(), TrainConfig(), DataSettings(), GuardSettings()
+_PRIVACY = PrivacySettings()
 
 # Settings of the run itself (no dataclass of their own elsewhere).
 RUN_DEFAULTS: dict[str, object] = {

@@ -5,6 +5,7 @@ import logging
 import math
 import re
 
+import message_federation
 import pytest
 import torch
 from flwr.app import MessageType, MetricRecord, RecordDict
@@ -14,12 +15,18 @@ from fl_medlego.clients import app as client_app
 from fl_medlego.clients.state import load_ledger, save_ledger, state_folder
 from fl_medlego.config import parse_run_config
 from fl_medlego.lora.layer import SVDLoRAUpdate
-from fl_medlego.privacy import (PrivacyBudgetExhausted, PrivacyLedger, PrivacySettings, calibrate_noise, epsilon_of,
-                                private_steps, steps_per_epoch)
+from fl_medlego.privacy import (
+    PrivacyBudgetExhausted,
+    PrivacyLedger,
+    PrivacySettings,
+    calibrate_noise,
+    epsilon_of,
+    private_steps,
+    steps_per_epoch,
+)
 from fl_medlego.site import load_site_data
 from fl_medlego.train import TrainConfig, fit, task_loss, to_model_input
 
-import message_federation
 from flower_mocks import message
 
 # Small private runs: two sites, 64 training images each, one epoch a round.
