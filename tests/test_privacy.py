@@ -6,6 +6,7 @@ import math
 import re
 
 import message_federation
+import numpy as np
 import pytest
 import torch
 from flwr.app import MessageType, MetricRecord, RecordDict
@@ -250,3 +251,47 @@ def test_the_coordinator_refuses_an_update_that_is_not_private_enough(tmp_path, 
     assert strategy.status["pneumonia"]["state"] == "rejected"
     assert re.search(reason, strategy.status["pneumonia"]["reason"])
     assert strategy.status["blood"]["state"] == "merged" and set(strategy.privacy) == {"blood"}
+
+
+def test_attack_quality_reads_auc_and_tpr_at_low_fpr():
+    from fl_medlego.privacy.audit import attack_quality
+
+    rng = np.random.default_rng(0)
+    members = np.r_[np.ones(2000), np.zeros(2000)].astype(bool)
+    same = attack_quality(rng.normal(size=4000), members)
+    assert abs(same["auc"] - 0.5) < 0.03 and same["tpr_at_fpr"] < 0.03  # a useless attack
+    shifted = attack_quality(rng.normal(size=4000) + 2.0 * members, members)
+    assert shifted["auc"] > 0.9 and shifted["tpr_at_fpr"] > 0.2
+    with pytest.raises(ValueError, match="both members and non-members"):
+        attack_quality(np.zeros(3), np.ones(3))
+
+
+def test_lira_calibrates_away_how_easy_each_image_is():
+    """Images differ wildly in difficulty; membership adds a small shift. The loss threshold drowns in the
+    difficulty, LiRA (difficulty measured on shadow models) finds the shift."""
+    from fl_medlego.privacy.audit import attack_quality, lira_offline_scores
+
+    rng = np.random.default_rng(1)
+    n, members = 2000, np.r_[np.ones(1000), np.zeros(1000)].astype(bool)
+    difficulty = rng.normal(scale=5.0, size=n)
+    shadows = difficulty + rng.normal(scale=0.3, size=(4, n))
+    target = difficulty + rng.normal(scale=0.3, size=n) + 0.6 * members
+    assert attack_quality(target, members)["auc"] < 0.6
+    assert attack_quality(lira_offline_scores(target, shadows), members)["auc"] > 0.85
+    with pytest.raises(ValueError, match="at least 2 shadow"):
+        lira_offline_scores(target, shadows[:1])
+
+
+def test_per_example_confidence_is_the_logit_of_the_true_class_probability():
+    from fl_medlego.data.sites import Split
+    from fl_medlego.privacy.audit import per_example_outputs
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])[: len(x)]
+
+    split = Split(torch.zeros(2, 28, 28, 1, dtype=torch.uint8), torch.tensor([[0], [2]]))
+    losses, confidence = per_example_outputs(Fixed(), split, "multi-class", 28)
+    p = torch.softmax(torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]], dtype=torch.float64), 1)[[0, 1], [0, 2]]
+    np.testing.assert_allclose(confidence, torch.log(p / (1 - p)).numpy(), rtol=1e-9)
+    np.testing.assert_allclose(losses, -torch.log(p).numpy(), rtol=1e-9)
