@@ -295,3 +295,31 @@ def test_per_example_confidence_is_the_logit_of_the_true_class_probability():
     p = torch.softmax(torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]], dtype=torch.float64), 1)[[0, 1], [0, 2]]
     np.testing.assert_allclose(confidence, torch.log(p / (1 - p)).numpy(), rtol=1e-9)
     np.testing.assert_allclose(losses, -torch.log(p).numpy(), rtol=1e-9)
+
+
+def test_privacy_mode_none_trains_exactly_as_before_privacy_existed():
+    """These numbers were produced by the code before DP-SGD was added (commit ac46f3d) with the same call;
+    `privacy.mode='none'` (the default) must give them (to the last digit here; the tolerance leaves room for
+    another CPU's summation order, far below what any change to the training would move)."""
+    cfg = parse_run_config({"sites": "blood", "data.max-train": 96, "data.max-eval": 48, "train.local-epochs": 2,
+                            "privacy.mode": "none"})
+    result = cfg.kind.train(cfg, load_site_data(cfg, "blood"), None, None)
+    packed = cfg.kind.encode(result.update)[wire.PACKED].double()
+    assert result.metrics == pytest.approx({"val-acc": 0.3125, "train-loss": 2.0898288091023765, "best-epoch": 2.0,
+                                            "num-examples": 96.0}, rel=1e-6)
+    assert float(packed.sum()) == pytest.approx(5.564199946136796, rel=1e-6)
+    assert float(packed.abs().sum()) == pytest.approx(846.1970453527028, rel=1e-6)
+    assert result.privacy is None
+
+
+def test_the_summary_states_each_sites_privacy():
+    from fl_medlego.report import privacy_lines
+    from fl_medlego.server.app import privacy_summary
+
+    private = parse_run_config(PRIVATE)
+    summary = privacy_summary(private, {"blood": {"epsilon": 7.991, "delta": 1e-5, "round": 3}})
+    assert summary == {"mode": "dp-sgd", "epsilon_budget": 8.0, "accountant": "rdp", "max_grad_norm": 1.0,
+                       "sites": {"blood": {"epsilon": 7.991, "delta": 1e-5, "round": 3}}}
+    assert "| blood | 7.991 | 1e-05 | 3 |" in privacy_lines(summary)
+    assert privacy_summary(parse_run_config({}), {}) == {"mode": "none"}
+    assert "no differential privacy" in privacy_lines({"mode": "none"})[1]
