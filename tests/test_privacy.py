@@ -323,3 +323,11 @@ def test_the_summary_states_each_sites_privacy():
     assert "| blood | 7.991 | 1e-05 | 3 |" in privacy_lines(summary)
     assert privacy_summary(parse_run_config({}), {}) == {"mode": "none"}
     assert "no differential privacy" in privacy_lines({"mode": "none"})[1]
+
+
+def test_a_private_comparison_refuses_rows_that_cannot_be_private(tmp_path):
+    from fl_medlego.compare.run import Comparison
+
+    with pytest.raises(ValueError, match=r"\['vit_avg', 'multitask'\] cannot train with DP-SGD"):
+        Comparison({"privacy.mode": "dp-sgd"}, ["medlego", "vit_avg", "multitask"], [0], tmp_path, tmp_path / "c")
+    Comparison({"privacy.mode": "dp-sgd"}, ["medlego", "task_arithmetic"], [0], tmp_path, tmp_path / "c")

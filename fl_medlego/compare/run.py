@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import RunConfig, parse_run_config, settings_table
 from ..data import SiteData
-from ..kinds import REFERENCE_KIND, SiteKind, all_strategies, get_kind
+from ..kinds import REFERENCE_KIND, SiteKind, all_strategies, get_kind, kind_for_strategy
 from ..models import create_backbone, shared_base
 from ..multitask import MultiTaskModel, train_multitask
 from ..site import load_site_data
@@ -39,11 +39,17 @@ class Comparison:
         unknown = sorted(set(strategies) - set(compared_strategies()))
         if unknown:
             raise ValueError(f"unknown strategies {unknown}; known: {', '.join(compared_strategies())}")
+        cfg = parse_run_config(run_config)
+        if cfg.privacy.private:
+            # A comparison is only private if every row is: the rest would train without DP-SGD, or fail midway.
+            public = [s for s in strategies if s == MULTITASK or not kind_for_strategy(s).supports_privacy]
+            if public:
+                raise ValueError(f"privacy.mode={cfg.privacy.mode!r}: {public} cannot train with DP-SGD; "
+                                 "leave them out of --strategies")
         self.run_config, self.strategies, self.seeds = run_config, strategies, seeds
         self.out_dir, self.cache_dir, self.progress = Path(out_dir), Path(cache_dir), progress
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "results.json"
-        cfg = parse_run_config(run_config)
         self.results = json.loads(self.path.read_text()) if self.path.is_file() else {
             "settings": settings_table(cfg), "sites": cfg.site_names, "rows": {}}
         self.results["seeds"] = sorted(set(self.results.get("seeds", [])) | set(seeds))
