@@ -24,6 +24,10 @@ from fl_medlego.kinds import SiteKind
 
 MAX_TEXT = 120  # characters of a site's own text (an error reason, a data description) that may be logged
 _DTYPES = {"<f4", "<f8", "<i4", "<i8"}  # little-endian float32/64, int32/64: what the kinds send
+# Flower wraps a ClientApp's exception as "<class 'X'>:<'message'>", in simulation around its own
+# "\nException ClientAppException occurred. Message: message": the site's message is what a reader needs.
+_FLOWER_WRAPPED = re.compile(r"<class '[\w.]+'>:<'\s*(?:Exception ClientAppException occurred\. Message: )?"
+                             r"(.*?)(?:'>\s*)?", re.DOTALL)
 # From the first path-like token (/a/b, ~/a, C:\a\b) to the end of the line: a path may hold spaces.
 _PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[\\/~][^\s\\/]*[\\/][^\n]*")
 
@@ -34,6 +38,13 @@ def bounded(text: object, limit: int = MAX_TEXT) -> str:
     line = head.splitlines()[0] if head else ""
     line = _PATH.sub("<path…>", line)
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def site_error_text(reason: object) -> str:
+    """The site's own message inside Flower's wrapping of a ClientApp exception (else the reason as it is)."""
+    text = str(reason)[: 8 * MAX_TEXT]
+    wrapped = _FLOWER_WRAPPED.fullmatch(text)
+    return wrapped.group(1) if wrapped else text
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,7 @@ def _site_of(msg: Message, site_nodes: dict[str, int], sent: dict[str, str]) -> 
         site = sent.get(msg.metadata.reply_to_message_id)
         prefix = f"site {site}: " if site else ""
         raise wire.InvalidUpdate(f"{prefix}the node reported an error (code {msg.error.code}): "
-                                 f"{bounded(msg.error.reason)}", site=site)
+                                 f"{bounded(site_error_text(msg.error.reason))}", site=site)
     site = _record(msg, wire.SITE_INFO, ConfigRecord).get(wire.SITE)
     if not isinstance(site, str) or site not in site_nodes:
         raise wire.InvalidUpdate(f"the reply names no declared site (got {bounded(repr(site), 40)})")

@@ -71,6 +71,14 @@ def test_svd_lora_per_example_gradients_equal_a_loop_over_single_examples():
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
 
 
+def test_opacus_uses_the_closed_form_sampler_not_its_functorch_fallback():
+    from opacus import GradSampleModule
+
+    from fl_medlego.privacy.grad_sampler import svd_lora_grad_sample
+
+    assert GradSampleModule.GRAD_SAMPLERS[SVDLoRAUpdate] is svd_lora_grad_sample
+
+
 def test_site_model_per_example_gradients_equal_the_loop():
     """The whole site model (adapter on the ViT's fused qkv, head): every trainable tensor, per image."""
     cfg = parse_run_config({"sites": "blood", "data.max-train": 8, "data.max-eval": 8})
@@ -331,3 +339,19 @@ def test_a_private_comparison_refuses_rows_that_cannot_be_private(tmp_path):
     with pytest.raises(ValueError, match=r"\['vit_avg', 'multitask'\] cannot train with DP-SGD"):
         Comparison({"privacy.mode": "dp-sgd"}, ["medlego", "vit_avg", "multitask"], [0], tmp_path, tmp_path / "c")
     Comparison({"privacy.mode": "dp-sgd"}, ["medlego", "task_arithmetic"], [0], tmp_path, tmp_path / "c")
+
+
+@pytest.mark.parametrize("reason", [
+    # simulation (Ray actor) and deployment (SuperNode) wrappings of the same ClientApp exception
+    "<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. Message: "
+    "site blood: privacy budget exhausted: it has spent epsilon 7.997 of 8'>",
+    "<class 'fl_medlego.privacy.accountant.PrivacyBudgetExhausted'>:<'site blood: privacy budget exhausted: it has "
+    "spent epsilon 7.997 of 8'>",
+])
+def test_the_coordinator_shows_the_sites_refusal_not_flowers_wrapping(reason):
+    from fl_medlego.server.replies import bounded, site_error_text
+
+    assert bounded(site_error_text(reason)).startswith("site blood: privacy budget exhausted: it has spent epsilon")
+    assert site_error_text("node stopped its heartbeat") == "node stopped its heartbeat"
+    long = site_error_text(reason.replace("8'>", "8" + "x" * 2000 + "'>"))  # cut before Flower's closing
+    assert long.startswith("site blood: privacy budget exhausted")
