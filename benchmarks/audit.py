@@ -30,6 +30,7 @@ from fl_medlego.config import parse_run_config
 from fl_medlego.data.sites import Split
 from fl_medlego.privacy.audit import (
     attack_quality,
+    audit_splits,
     lira_offline_scores,
     loss_attack_scores,
     per_example_outputs,
@@ -44,17 +45,6 @@ MODES = ("none", "dp-sgd")
 def _subset(split: Split, index: np.ndarray) -> Split:
     index = torch.as_tensor(index)
     return Split(split.images[index], split.labels[index])
-
-
-def audit_splits(num_train: int, members: int, shadows: int, seed: int) -> dict[str, np.ndarray]:
-    """Indices into the training split: members, non-members (as many), and one disjoint set per shadow."""
-    order = np.random.default_rng(seed).permutation(num_train)
-    members = min(members, num_train // 4)  # room for non-members and a shadow pool
-    pool = order[2 * members:]
-    rng = np.random.default_rng(seed + 1)
-    sets = [pool[k * members:(k + 1) * members] if len(pool) >= shadows * members
-            else rng.choice(pool, size=members, replace=False) for k in range(shadows)]
-    return {"members": order[:members], "non_members": order[members:2 * members], "shadows": sets}
 
 
 class Auditor:

@@ -355,3 +355,17 @@ def test_the_coordinator_shows_the_sites_refusal_not_flowers_wrapping(reason):
     assert site_error_text("node stopped its heartbeat") == "node stopped its heartbeat"
     long = site_error_text(reason.replace("8'>", "8" + "x" * 2000 + "'>"))  # cut before Flower's closing
     assert long.startswith("site blood: privacy budget exhausted")
+
+
+@pytest.mark.parametrize("num_train,members,shadows", [(4000, 500, 4), (546, 500, 4)])
+def test_audit_splits_keep_members_non_members_and_shadows_apart(num_train, members, shadows):
+    from fl_medlego.privacy.audit import audit_splits
+
+    parts = audit_splits(num_train, members, shadows, seed=0)
+    m, n = set(parts["members"]), set(parts["non_members"])
+    assert len(m) == len(n) == min(members, num_train // 4) and not m & n
+    assert len(parts["shadows"]) == shadows
+    for k, index in enumerate(parts["shadows"]):
+        assert len(set(index)) == len(m) and not set(index) & (m | n)  # no shadow saw a candidate
+        if num_train >= (2 + shadows) * members:
+            assert all(not set(index) & set(other) for other in parts["shadows"][k + 1:])

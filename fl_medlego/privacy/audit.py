@@ -74,3 +74,16 @@ def roc_points(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, n
 
     fpr, tpr, _ = roc_curve(np.asarray(is_member, dtype=bool), scores)
     return fpr, tpr
+
+
+def audit_splits(num_train: int, members: int, shadows: int, seed: int) -> dict:
+    """Indices into a training split: members, as many non-members, and one set of as many per shadow model,
+    drawn from the rest (disjoint from the candidates; disjoint from each other when the rest is large enough).
+    Members are at most a quarter of the split, to leave room for the others."""
+    order = np.random.default_rng(seed).permutation(num_train)
+    members = min(members, num_train // 4)
+    pool = order[2 * members:]
+    rng = np.random.default_rng(seed + 1)
+    sets = [pool[k * members:(k + 1) * members] if len(pool) >= shadows * members
+            else rng.choice(pool, size=members, replace=False) for k in range(shadows)]
+    return {"members": order[:members], "non_members": order[members:2 * members], "shadows": sets}
