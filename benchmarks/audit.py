@@ -1,17 +1,18 @@
 """Leakage audit: membership inference against what crosses the wire, with and without DP-SGD.
 
     python -m benchmarks.audit --data-root /path/to/medmnist [--sites blood,breast,organa,pneumonia]
-        [--members 500] [--shadows 4] [--epsilon 8] [--others-train 1000] [--output audit.csv]
+        [--members 500] [--shadows 4] [--epsilon 8] [--others-train 1000] [--epochs 5] [--output audit.csv]
 
-For each target site, its training images are shuffled (seeded) into candidates, half of them members and
-half not, and a disjoint shadow pool. The target specialist (an SVD-LoRA adapter and its head, one
-local training of `train.local-epochs` epochs) trains on the members only. The attacker holds:
-(a) that specialist adapter, (b) the Med-LEGO merge of it with the other sites' specialists, each with
-the target's head, and scores every candidate with the loss threshold and with offline LiRA (shadow
-specialists trained on disjoint shadow-pool images, merged the same way). Everything is done twice:
-plain training, and DP-SGD with budget (epsilon, delta = 1/(10 N) at most 1e-5) spent in that one
-training, for every site (the other sites too). Writes results/audit.csv (one row per site, model,
-privacy and attack: AUC, TPR at 1 % FPR, epsilon) and results/audit.png (ROC curves, log-log).
+For each target site, its training images are shuffled (seeded, stratified by class) into candidates,
+half of them members and half not with the same class mix, and a disjoint shadow pool. The target
+specialist (an SVD-LoRA adapter and its head, one local training of --epochs epochs) trains on the
+members only. The attacker holds (a) that specialist adapter, (b) the Med-LEGO merge of it with the
+other sites' specialists, each with the target's head, and scores every candidate with the loss
+threshold and with offline LiRA (shadow specialists trained on disjoint shadow-pool images, merged the
+same way). Everything is done twice: plain training, and DP-SGD with budget (epsilon, delta = 1/(10 N)
+at most 1e-5) spent in that one training, for every site (the other sites too). Writes
+results/audit.csv (one row per site, model, privacy and attack: AUC, TPR at 1 % FPR, epsilon) and
+results/audit.png (ROC curves, log-log).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class Auditor:
         self.args, self.mode = args, mode
         self.cfg = parse_run_config({
             "sites": args.sites, "data.root": args.data_root, "data.max-eval": args.max_eval, "num-rounds": 1,
-            "seed": args.seed, "privacy.mode": mode, "privacy.epsilon": args.epsilon})
+            "seed": args.seed, "privacy.mode": mode, "privacy.epsilon": args.epsilon,
+            "train.local-epochs": args.epochs})
         self.kind = self.cfg.kind
         self.others: dict[str, object] = {}  # site -> specialist adapter (the merge's other members)
 
@@ -76,7 +78,7 @@ class Auditor:
 
     def site(self, site: str) -> tuple[list[dict], dict]:
         data = load_site_data(self.cfg, site)
-        parts = audit_splits(len(data.train), self.args.members, self.args.shadows, self.args.seed)
+        parts = audit_splits(data.train.labels.numpy(), self.args.members, self.args.shadows, self.args.seed)
         candidates = _subset(data.train, np.concatenate([parts["members"], parts["non_members"]]))
         is_member = np.r_[np.ones(len(parts["members"])), np.zeros(len(parts["non_members"]))].astype(bool)
         target, head, epsilon = self.train(data, _subset(data.train, parts["members"]))
@@ -137,6 +139,7 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--others-train", type=int, default=1000, help="training images of the other specialists")
     parser.add_argument("--max-eval", type=int, default=800)
+    parser.add_argument("--epochs", type=int, default=5, help="local epochs of every training (5: the scenarios')")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="audit.csv", help="file name under benchmarks/results")
     args = parser.parse_args()

@@ -361,11 +361,17 @@ def test_the_coordinator_shows_the_sites_refusal_not_flowers_wrapping(reason):
 def test_audit_splits_keep_members_non_members_and_shadows_apart(num_train, members, shadows):
     from fl_medlego.privacy.audit import audit_splits
 
-    parts = audit_splits(num_train, members, shadows, seed=0)
+    labels = np.random.default_rng(3).choice(3, size=num_train, p=[0.7, 0.2, 0.1])
+    parts = audit_splits(labels, members, shadows, seed=0)
     m, n = set(parts["members"]), set(parts["non_members"])
-    assert len(m) == len(n) == min(members, num_train // 4) and not m & n
+    assert abs(len(m) - len(n)) <= 1 and len(m) + len(n) == 2 * min(members, num_train // 4) and not m & n
+    # the same class mix among members and non-members (to one image per class)
+    for value in range(3):
+        assert abs((labels[parts["members"]] == value).sum() - (labels[parts["non_members"]] == value).sum()) <= 1
     assert len(parts["shadows"]) == shadows
     for k, index in enumerate(parts["shadows"]):
-        assert len(set(index)) == len(m) and not set(index) & (m | n)  # no shadow saw a candidate
+        assert len(set(index)) == min(members, num_train // 4) and not set(index) & (m | n)  # no shadow saw one
         if num_train >= (2 + shadows) * members:
             assert all(not set(index) & set(other) for other in parts["shadows"][k + 1:])
+            share = (labels[index] == 0).mean()
+            assert abs(share - 0.7) < 0.03  # shadows have the population's mix too

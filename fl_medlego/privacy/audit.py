@@ -76,14 +76,41 @@ def roc_points(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, n
     return fpr, tpr
 
 
-def audit_splits(num_train: int, members: int, shadows: int, seed: int) -> dict:
-    """Indices into a training split: members, as many non-members, and one set of as many per shadow model,
-    drawn from the rest (disjoint from the candidates; disjoint from each other when the rest is large enough).
-    Members are at most a quarter of the split, to leave room for the others."""
-    order = np.random.default_rng(seed).permutation(num_train)
-    members = min(members, num_train // 4)
-    pool = order[2 * members:]
+def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A random order of the images in which every stretch holds the classes in their overall proportions.
+
+    Each image's key is its (random) rank within its class divided by the class size; sorting by it
+    interleaves the classes evenly. Member and non-member sets cut from it have the same class mix, so
+    that a model reflecting its training label distribution is not mistaken for one memorising images.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels).reshape(len(labels), -1)[:, 0]
+    key = np.empty(len(labels))
+    for value in np.unique(labels):
+        where = rng.permutation(np.flatnonzero(labels == value))
+        key[where] = (np.arange(len(where)) + rng.random()) / len(where)
+    return np.argsort(key, kind="stable")
+
+
+def audit_splits(labels: np.ndarray, members: int, shadows: int, seed: int) -> dict:
+    """Indices into a training split: members, as many non-members (to one) with the same class mix
+    (to one image a class), and one set of as many per shadow model from the rest (disjoint from the
+    candidates; from each other when the rest is large enough). Members are at most a quarter of the
+    split, to leave room for the others."""
+    labels = np.asarray(labels).reshape(len(labels), -1)[:, 0]
+    order = stratified_order(labels, seed)
+    members = min(members, len(order) // 4)
+    candidates, pool = order[:2 * members], order[2 * members:]
+    inside, outside, extra_inside = [], [], True
+    for value in np.unique(labels[candidates]):  # each class dealt alternately; an odd one out alternates too
+        same = candidates[labels[candidates] == value]
+        first, second = same[0::2], same[1::2]
+        if len(same) % 2:
+            first, second = (first, second) if extra_inside else (second, first)
+            extra_inside = not extra_inside
+        inside.append(first)
+        outside.append(second)
     rng = np.random.default_rng(seed + 1)
     sets = [pool[k * members:(k + 1) * members] if len(pool) >= shadows * members
             else rng.choice(pool, size=members, replace=False) for k in range(shadows)]
-    return {"members": order[:members], "non_members": order[members:2 * members], "shadows": sets}
+    return {"members": np.concatenate(inside), "non_members": np.concatenate(outside), "shadows": sets}
