@@ -24,3 +24,22 @@ def test_two_tiny_sites_complete_a_flower_simulation(tmp_path, strategy):
     saved = "backbone.safetensors" if strategy == "vit_avg" else "adapter/adapter_model.safetensors"
     assert (run_dir / "round-002" / saved).is_file()
     assert "normalized ACC" in (run_dir / "summary.md").read_text()
+
+
+def test_a_private_flower_simulation_states_each_sites_epsilon(tmp_path):
+    """DP-SGD inside Flower's simulation (Opacus in the Ray actors): the run completes within budget and its
+    summary states every site's (epsilon, delta)."""
+    out = tmp_path / "outputs"
+    config = (f"sites='breast,pneumonia' num-rounds=2 train.local-epochs=1 data.max-train=48 data.max-eval=48 "
+              f"lora.rank=2 privacy.mode='dp-sgd' privacy.epsilon=4.0 output-dir='{out}'")
+    with local_flower(tmp_path) as env:
+        result = flwr_run(env, "cross_domain", config, timeout_s=420)
+    assert result["run"].get("status") == "finished:completed", result["log"][-3000:]
+    (run_dir,) = out.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    privacy = summary["privacy"]
+    assert privacy["mode"] == "dp-sgd" and set(privacy["sites"]) == {"breast", "pneumonia"}
+    for spent in privacy["sites"].values():
+        assert 3.9 <= spent["epsilon"] <= 4.01 and spent["delta"] == pytest.approx(1e-5) and spent["round"] == 2
+    assert "| breast |" in (run_dir / "summary.md").read_text().split("Privacy: dp-sgd")[1]
