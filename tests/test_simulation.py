@@ -7,16 +7,21 @@ import pytest
 from flower_run import flwr_run, local_flower
 
 
-@pytest.mark.parametrize("strategy", ["medlego", "vit_avg"])
-def test_two_tiny_sites_complete_a_flower_simulation(tmp_path, strategy):
+def _tiny_run(tmp_path, settings: str):
+    """Two tiny sites, two rounds, on a fresh local SuperLink: the completed run's folder and summary."""
     out = tmp_path / "outputs"
     config = (f"sites='breast,pneumonia' num-rounds=2 train.local-epochs=1 data.max-train=48 data.max-eval=48 "
-              f"lora.rank=2 strategy='{strategy}' output-dir='{out}'")
+              f"lora.rank=2 {settings} output-dir='{out}'")
     with local_flower(tmp_path) as env:
         result = flwr_run(env, "cross_domain", config, timeout_s=420)
     assert result["run"].get("status") == "finished:completed", result["log"][-3000:]
     (run_dir,) = out.iterdir()
-    summary = json.loads((run_dir / "summary.json").read_text())
+    return run_dir, json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("strategy", ["medlego", "vit_avg"])
+def test_two_tiny_sites_complete_a_flower_simulation(tmp_path, strategy):
+    run_dir, summary = _tiny_run(tmp_path, f"strategy='{strategy}'")
     assert set(summary["sites"]) == {"breast", "pneumonia"}
     for site in summary["sites"].values():
         assert 0 <= site["merged"]["acc"] <= 1 and 0 <= site["specialist"]["acc"] <= 1
@@ -29,14 +34,7 @@ def test_two_tiny_sites_complete_a_flower_simulation(tmp_path, strategy):
 def test_a_private_flower_simulation_states_each_sites_epsilon(tmp_path):
     """DP-SGD inside Flower's simulation (Opacus in the Ray actors): the run completes within budget and its
     summary states every site's (epsilon, delta)."""
-    out = tmp_path / "outputs"
-    config = (f"sites='breast,pneumonia' num-rounds=2 train.local-epochs=1 data.max-train=48 data.max-eval=48 "
-              f"lora.rank=2 privacy.mode='dp-sgd' privacy.epsilon=4.0 output-dir='{out}'")
-    with local_flower(tmp_path) as env:
-        result = flwr_run(env, "cross_domain", config, timeout_s=420)
-    assert result["run"].get("status") == "finished:completed", result["log"][-3000:]
-    (run_dir,) = out.iterdir()
-    summary = json.loads((run_dir / "summary.json").read_text())
+    run_dir, summary = _tiny_run(tmp_path, "privacy.mode='dp-sgd' privacy.epsilon=4.0")
     assert summary["status"] == "completed"
     privacy = summary["privacy"]
     assert privacy["mode"] == "dp-sgd" and set(privacy["sites"]) == {"breast", "pneumonia"}
