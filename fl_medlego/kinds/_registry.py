@@ -22,7 +22,7 @@ import torch
 
 from .. import wire
 from ..models import SiteModel
-from ..privacy import PrivacyLedger, private_steps, steps_per_epoch
+from ..privacy import PrivacyLedger, private_steps
 from ..train import EpochReport, PlainSteps, TrainConfig, evaluate, fit
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class SiteKind(ABC):
         if cfg.privacy.private:
             ledger = privacy or PrivacyLedger.plan(cfg.privacy, len(data.train), train_cfg.batch_size,
                                                    train_cfg.epochs, cfg.num_rounds)
-            ledger.check_room(data.site.name, train_cfg.epochs * steps_per_epoch(len(data.train), train_cfg.batch_size))
+            ledger.check_room(data.site.name, train_cfg.epochs * ledger.epoch_steps)
             steps = private_steps(cfg.privacy, ledger, len(data.train))
         result = fit(model, data.train, data.val, data.task, model.image_size, train_cfg, on_epoch=on_epoch,
                      steps=steps)

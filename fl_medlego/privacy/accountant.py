@@ -70,6 +70,11 @@ class PrivacyLedger:
         return cls(settings.epsilon, delta, settings.accountant, sigma, 1.0 / per_epoch, planned)
 
     @property
+    def epoch_steps(self) -> int:
+        """DP-SGD steps in one local epoch at this ledger's sampling rate (what a round spends per epoch)."""
+        return round(1 / self.sample_rate)
+
+    @property
     def history(self) -> list[tuple[float, float, int]]:
         return [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in self.rounds]
 

@@ -32,7 +32,7 @@ class PrivateSteps:
         from . import grad_sampler  # noqa: F401  registers the SVD-LoRA per-example gradients
 
         self.model, self.cfg, self.params = model, cfg, params
-        self.sample_rate = ledger.sample_rate
+        self.sample_rate, self.epoch_steps = ledger.sample_rate, ledger.epoch_steps
         self.wrapped = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
         self.generator = torch.Generator().manual_seed(secrets.randbits(63))
         self.expected_batch = max(1, round(num_train * self.sample_rate))  # what the summed gradient is divided by
@@ -44,9 +44,8 @@ class PrivateSteps:
 
     def batches(self, num_train: int) -> list[torch.Tensor]:
         """One epoch: 1 / sample_rate steps, each image in each batch independently with the sampling rate."""
-        steps = round(1 / self.sample_rate)
         return [torch.nonzero(torch.rand(num_train, generator=self.generator) < self.sample_rate)[:, 0]
-                for _ in range(steps)]
+                for _ in range(self.epoch_steps)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.wrapped(images)
