@@ -65,7 +65,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from fl_medlego.scenario import load_scenario_config
 
     run_config = load_scenario_config(args.scenario, args.run_config or "")
-    strategies = args.strategies.split(",") if args.strategies else compared_strategies()
+    strategies = args.strategies.split(",") if args.strategies else compared_strategies(run_config)
     seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     name = Path(args.scenario).resolve().name
     out = Path(args.output or Path("outputs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()

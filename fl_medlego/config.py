@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from .crossmodal.settings import CrossModalSettings
 from .data import SiteSpec, parse_sites
 from .kinds import SiteKind, get_kind, kind_for_strategy, list_kinds
 from .lora import SVDLoRAConfig
@@ -63,12 +64,14 @@ class GuardSettings:
 
 
 _LORA, _TRAIN, _DATA, _GUARD = SVDLoRAConfig(), TrainConfig(), DataSettings(), GuardSettings()
-_PRIVACY = PrivacySettings()
+_PRIVACY, _CROSS_MODAL = PrivacySettings(), CrossModalSettings()
 
 # Settings of the run itself (no dataclass of their own elsewhere).
 RUN_DEFAULTS: dict[str, object] = {
     "sites": "blood,breast,organa,pneumonia",
     "strategy": "medlego",
+    # "" = the site kind the strategy implies (adapter merges, vit_avg); "cross-modal" for its merges.
+    "kind": "",
     "num-rounds": 3,
     "seed": 0,
     "output-dir": "outputs",
@@ -123,6 +126,10 @@ DEFAULTS: dict[str, object] = {
     "privacy.delta": _PRIVACY.delta,
     "privacy.max-grad-norm": _PRIVACY.max_grad_norm,
     "privacy.accountant": _PRIVACY.accountant,
+    "cross-modal.text-targets": ",".join(_CROSS_MODAL.text_targets),
+    "cross-modal.text-init-std": _CROSS_MODAL.text_init_std,
+    "cross-modal.logit-scale": _CROSS_MODAL.logit_scale,
+    "cross-modal.negatives": _CROSS_MODAL.negatives,
 }
 
 
@@ -174,6 +181,7 @@ class RunConfig:
     resume: str  # a run folder to continue, or ""
     messages_per_node: int  # messages a node has waiting at once (0: all of a round's at once)
     privacy: PrivacySettings
+    cross_modal: CrossModalSettings
 
     @property
     def kind(self) -> SiteKind:
@@ -217,11 +225,14 @@ class RunConfig:
 
 
 def _merge_settings(c: dict) -> tuple[str, MergeSettings]:
-    strategy = str(c["strategy"])
+    strategy, kind_name = str(c["strategy"]), str(c["kind"])
     try:
-        kind = kind_for_strategy(strategy)
+        kind = get_kind(kind_name) if kind_name else kind_for_strategy(strategy)
     except KeyError as err:
         raise ValueError(err.args[0]) from None
+    if strategy not in kind.strategies():
+        raise ValueError(f"strategy {strategy!r} does not run sites of kind {kind.name!r}; its strategies: "
+                         f"{', '.join(kind.strategies())}")
     max_rank = int(c["merge.max-rank"])
     shared = {"energy": float(c["merge.energy"]), "max_rank": max_rank if max_rank > 0 else None}
     options = kind.merge_options(strategy, shared, parse_overrides(str(c["merge.options"])))
@@ -294,6 +305,10 @@ def parse_run_config(run_config: dict) -> RunConfig:
             resume=str(c["resume"]),
             messages_per_node=_non_negative("messages-per-node", int(c["messages-per-node"])),
             privacy=_privacy_settings(c, kind_name),
+            cross_modal=CrossModalSettings(
+                text_targets=tuple(t.strip() for t in str(c["cross-modal.text-targets"]).split(",") if t.strip()),
+                text_init_std=float(c["cross-modal.text-init-std"]), logit_scale=float(c["cross-modal.logit-scale"]),
+                negatives=str(c["cross-modal.negatives"])),
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"invalid run config: {err}") from err

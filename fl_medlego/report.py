@@ -6,7 +6,7 @@ import math
 
 from rich.table import Table
 
-from .wire import TEST_ACC, VAL_ACC
+from .wire import GENERALIST_METRICS, MODALITY_SHARE, TEST_ACC, UNION_ACC, UNSEEN_METRICS, VAL_ACC
 
 
 def _fmt(value) -> str:
@@ -17,13 +17,28 @@ def summary_rows(summary: dict) -> list[list[str]]:
     rows = []
     for site, s in summary["sites"].items():
         own, mix = s["specialist"], s["merged"]
-        rows.append([site, _fmt(own.get("acc")), _fmt(own.get("auc")), _fmt(mix.get("acc")), _fmt(mix.get("auc")),
-                     _fmt(s["normalized_acc"])])
-    rows.append(["mean", "", "", "", "", _fmt(summary["mean_normalized_acc"])])
+        rows.append([site, _fmt(own.get("acc")), _fmt(own.get("auc")), _fmt(own.get("f1")), _fmt(mix.get("acc")),
+                     _fmt(mix.get("auc")), _fmt(mix.get("f1")), _fmt(s["normalized_acc"])])
+    rows.append(["mean", "", "", "", "", "", "", _fmt(summary["mean_normalized_acc"])])
     return rows
 
 
-HEADER = ["site", "specialist ACC", "specialist AUC", "merged ACC", "merged AUC", "normalized ACC"]
+HEADER = ["site", "specialist ACC", "specialist AUC", "specialist F1", "merged ACC", "merged AUC", "merged F1",
+          "normalized ACC"]
+GENERALIST_HEADER = ["site", "model", "unseen-prompt ACC", "unseen-prompt AUC", "unseen-prompt F1",
+                     "union-of-labels ACC", "right modality"]
+
+
+def generalist_rows(summary: dict) -> list[list[str]]:
+    """Cross-modal runs: the unseen-prompt and union-of-labels tests of the specialist and the merged model."""
+    rows = []
+    for site, s in summary["sites"].items():
+        for model in ("specialist", "merged"):
+            metrics = s[model]
+            if any(k in metrics for k in GENERALIST_METRICS):
+                rows.append([site, model, *(_fmt(metrics.get(k)) for k in (*UNSEEN_METRICS, UNION_ACC,
+                                                                             MODALITY_SHARE))])
+    return rows
 
 
 def summary_markdown(summary: dict) -> str:
@@ -31,12 +46,18 @@ def summary_markdown(summary: dict) -> str:
         f"# Run summary: strategy `{summary.get('strategy')}`",
         "",
         "Test metrics per site: the site's own specialist adapter vs. the merged adapter (each with the",
-        "site's own head). Normalized ACC = merged ACC / specialist ACC.",
+        "site's own head, or for cross-modal sites its class prompts). Normalized ACC = merged ACC / specialist ACC.",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(summary)]
+    generalist = generalist_rows(summary)
+    if generalist:
+        lines += ["", "Cross-modal generalist tests: held-out paraphrase prompts, and every site's class prompts at",
+                  "once (union of labels; right modality = top prompt from the image's own modality).", "",
+                  "| " + " | ".join(GENERALIST_HEADER) + " |", "|" + "---|" * len(GENERALIST_HEADER)]
+        lines += ["| " + " | ".join(row) + " |" for row in generalist]
     lines += privacy_lines(summary.get("privacy") or {})
     lines += ["", f"Wall time: {summary.get('wall_time_s')} s"]
     return "\n".join(lines) + "\n"

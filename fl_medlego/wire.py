@@ -43,6 +43,12 @@ EPSILON_SPENT = "epsilon-spent"  # DP-SGD sites: the epsilon their training has 
 PRIVACY_DELTA = "privacy-delta"  # ... and the delta it holds at
 PRIVACY_METRICS = (EPSILON_SPENT, PRIVACY_DELTA)
 EVAL_METRICS = ("acc", "auc", "f1", "loss")
+# Cross-modal sites also send the two generalist tests (fl_medlego.crossmodal.scoring says what they measure).
+UNION_ACC = "union-acc"
+MODALITY_SHARE = "modality-share"
+UNSEEN_PREFIX = "unseen-"
+UNSEEN_METRICS = tuple(UNSEEN_PREFIX + m for m in ("acc", "auc", "f1"))
+GENERALIST_METRICS = (UNION_ACC, MODALITY_SHARE, *UNSEEN_METRICS)
 SPECIALIST_PREFIX = "specialist-"
 ROUND_MEAN_METRICS = (VAL_ACC, TRAIN_LOSS)  # averaged over the sites in the round's aggregate
 # MetricRecord entries: the server's aggregate of a round
@@ -151,11 +157,13 @@ METRIC_SCHEMA: dict[str, tuple[float, float, bool]] = {
     PRIVACY_DELTA: (0.0, 1.0, False),
     **{name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
     **{SPECIALIST_PREFIX + name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
+    **{prefix + name: (0.0, 1.0, False) for name in GENERALIST_METRICS for prefix in ("", SPECIALIST_PREFIX)},
 }
 # AUC is undefined (NaN, as fl_medlego.metrics reports it) on a split that holds one class only: an honest
 # small site sends it. Every other metric must be a finite number.
 # A DP-SGD site sends no training loss (NaN): it would be computed on its private images outside the guarantee.
-MAY_BE_UNDEFINED = frozenset({"auc", SPECIALIST_PREFIX + "auc", TRAIN_LOSS})
+MAY_BE_UNDEFINED = frozenset({"auc", SPECIALIST_PREFIX + "auc", TRAIN_LOSS, UNSEEN_PREFIX + "auc",
+                              SPECIALIST_PREFIX + UNSEEN_PREFIX + "auc"})
 
 
 def read_metrics(record: dict, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, float]:

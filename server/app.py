@@ -13,7 +13,6 @@ from rich.console import Console
 
 from fl_medlego.config import RunConfig, parse_run_config, settings_table
 from fl_medlego.memory import peak_rss_mb
-from fl_medlego.models import shared_base
 from fl_medlego.report import summary_table
 from fl_medlego.results import RunResults
 
@@ -102,7 +101,7 @@ def federation_base(cfg: RunConfig) -> tuple[str, object | None]:
     if cfg.base_fingerprint and not cfg.kind.needs_reference:
         return cfg.base_fingerprint, None
     try:
-        base, fingerprint = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
+        base, fingerprint = cfg.kind.shared_base(cfg)
     except (FileNotFoundError, ValueError) as err:
         raise RuntimeError(f"the coordinator cannot build the base model to fingerprint it ({err}); "
                            "set model.fingerprint to the fingerprint the sites report") from err

@@ -168,8 +168,9 @@ def read_evaluate_reply(msg: Message, site_nodes: dict[str, int], sent: dict[str
                         ) -> EvaluateReply:
     site = site_of(msg, site_nodes, sent)
     with _rejections(site):
-        declared = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), wire.EVAL_METRICS,
-                                     optional=tuple(wire.SPECIALIST_PREFIX + m for m in wire.EVAL_METRICS))
+        optional = (*wire.GENERALIST_METRICS, *(wire.SPECIALIST_PREFIX + m
+                                                 for m in (*wire.EVAL_METRICS, *wire.GENERALIST_METRICS)))
+        declared = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), wire.EVAL_METRICS, optional=optional)
     merged = {k: v for k, v in declared.items() if not k.startswith(wire.SPECIALIST_PREFIX)}
     specialist = {k.removeprefix(wire.SPECIALIST_PREFIX): v for k, v in declared.items()
                   if k.startswith(wire.SPECIALIST_PREFIX)}

@@ -11,12 +11,15 @@ from fl_medlego.site import load_site_data
 
 TINY = {"sites": "breast,pneumonia", "train.local-epochs": 1, "data.max-train": 24, "data.max-eval": 24,
         "lora.rank": 2}
-STRATEGY_OF = {"adapter": "medlego", "full": "vit_avg"}
+# The run config that selects each kind: a strategy name alone, or (cross-modal) the kind named with a merge.
+CONFIG_OF = {"adapter": {"strategy": "medlego"}, "full": {"strategy": "vit_avg"},
+             "cross-modal": {"kind": "cross-modal", "strategy": "medlego"}}
 
 
 def test_every_strategy_runs_exactly_one_kind():
-    assert set(list_kinds()) == set(STRATEGY_OF)
+    assert set(list_kinds()) == set(CONFIG_OF)
     assert sorted(all_strategies()) == sorted(set(all_strategies()))  # no strategy claimed twice
+    assert get_kind("cross-modal").strategies() == list_merges()  # ... except by a kind that is named explicitly
     assert set(list_merges()) <= set(all_strategies())
     assert kind_for_strategy("vit_avg").name == "full" and kind_for_strategy("ties").name == "adapter"
     with pytest.raises(KeyError, match="unknown strategy 'fedprox'.*vit_avg"):
@@ -37,9 +40,9 @@ def test_merge_options_are_validated_once_at_parse_time():
     assert parse_run_config({"strategy": "vit_avg"}).merge.options is None
 
 
-@pytest.mark.parametrize("kind_name", sorted(STRATEGY_OF))
+@pytest.mark.parametrize("kind_name", sorted(CONFIG_OF))
 def test_a_kind_trains_encodes_combines_and_evaluates(kind_name, tmp_path):
-    cfg = parse_run_config({**TINY, "strategy": STRATEGY_OF[kind_name]})
+    cfg = parse_run_config({**TINY, **CONFIG_OF[kind_name]})
     kind = get_kind(kind_name)
     assert cfg.kind is kind
     template = kind.template(cfg)
@@ -62,9 +65,9 @@ def test_a_kind_trains_encodes_combines_and_evaluates(kind_name, tmp_path):
     assert round2.state.specialist is results[0].state.specialist
 
 
-@pytest.mark.parametrize("kind_name", sorted(STRATEGY_OF))
+@pytest.mark.parametrize("kind_name", sorted(CONFIG_OF))
 def test_a_kind_refuses_updates_that_do_not_fit(kind_name):
-    cfg = parse_run_config({**TINY, "strategy": STRATEGY_OF[kind_name]})
+    cfg = parse_run_config({**TINY, **CONFIG_OF[kind_name]})
     kind = get_kind(kind_name)
     template = kind.template(cfg)
     with pytest.raises(wire.InvalidUpdate):

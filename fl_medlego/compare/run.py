@@ -19,27 +19,34 @@ from pathlib import Path
 from ..config import RunConfig, parse_run_config, settings_table
 from ..data import SiteData
 from ..kinds import REFERENCE_KIND, SiteKind, all_strategies, get_kind, kind_for_strategy
-from ..models import create_backbone, shared_base
+from ..models import create_backbone
 from ..multitask import MultiTaskModel, train_multitask
 from ..site import load_site_data
 from ..train import evaluate
 from .cache import SpecialistCache
-from .table import MULTITASK, render_comparison, specialists_row
+from .table import MULTITASK, UNTRAINED, render_comparison, specialists_row
 
 log = logging.getLogger(__name__)
 
 
-def compared_strategies() -> list[str]:
+def compared_strategies(run_config: dict | None = None) -> list[str]:
+    """What `compare` runs by default: every strategy and the multi-task reference, or, when the scenario
+    names a kind that must be chosen explicitly (cross-modal), that kind's strategies."""
+    kind = parse_run_config(run_config).kind if run_config is not None else None
+    if kind is not None and kind.chosen_explicitly:
+        return kind.strategies()
     return all_strategies() + [MULTITASK]
 
 
 class Comparison:
     def __init__(self, run_config: dict, strategies: list[str], seeds: list[int], out_dir: Path, cache_dir: Path,
                  progress: bool = False) -> None:
-        unknown = sorted(set(strategies) - set(compared_strategies()))
-        if unknown:
-            raise ValueError(f"unknown strategies {unknown}; known: {', '.join(compared_strategies())}")
         cfg = parse_run_config(run_config)
+        known = compared_strategies(run_config)
+        unknown = sorted(set(strategies) - set(known))
+        if unknown:
+            raise ValueError(f"strategies {unknown} do not run on this scenario's sites (kind {cfg.kind.name!r}); "
+                             f"known: {', '.join(known)}")
         if cfg.privacy.private:
             # A comparison is only private if every row is: the rest would train without DP-SGD, or fail midway.
             public = [s for s in strategies if s == MULTITASK or not kind_for_strategy(s).supports_privacy]
@@ -79,6 +86,8 @@ class Comparison:
             sites = {name: load_site_data(cfg, name) for name in cfg.site_names}
             # The reference of the normalized ACC: trained whatever the strategies compared.
             self._specialists(cfg, get_kind(REFERENCE_KIND), sites, seed)
+            if cfg.kind.zero_shot and not self._done(UNTRAINED, seed):  # where a kind without training starts
+                self._record(UNTRAINED, seed, {s: cfg.kind.evaluate(cfg, d, None, {}) for s, d in sites.items()})
             for strategy in self.strategies:
                 if self._done(strategy, seed):
                     continue
@@ -97,7 +106,7 @@ class Comparison:
     def _specialists(self, cfg: RunConfig, kind: SiteKind, sites: dict[str, SiteData], seed: int) -> dict:
         """site -> (update, head) of each site's specialist of this kind, trained once and cached."""
         cache = SpecialistCache(self.cache_dir, cfg)
-        base = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)[1]  # a replaced base refuses old entries
+        base = kind.shared_base(cfg)[1]  # a replaced base refuses old entries
         found = {}
         for name, data in sites.items():
             entry = cache.entry(name, kind.name)

