@@ -9,7 +9,7 @@ from fl_medlego.scenario import load_scenario_config
 from flower_run import flwr_run, local_flower
 
 
-@pytest.mark.parametrize("scenario", ["cross_domain", "in_domain", "new_task", "many_sites"])
+@pytest.mark.parametrize("scenario", ["cross_domain", "cross_modal", "in_domain", "new_task", "many_sites"])
 def test_every_scenario_declares_every_knob(scenario):
     from fl_medlego.config import DEFAULTS, parse_run_config
 
@@ -22,6 +22,7 @@ def test_every_scenario_declares_every_knob(scenario):
 # What each scenario means to change from the library's defaults; any other difference is drift.
 INTENDED = {
     "cross_domain": {},
+    "cross_modal": {"kind": "cross-modal"},
     "in_domain": {"sites": "pneumonia:3", "data.partition": "dirichlet"},
     "new_task": {"new-task.site": "pneumonia"},
     "many_sites": {"sites": "blood:16,organa:16,pneumonia:16,breast:4", "num-rounds": 2, "lora.site-ranks": "2,4,8",

@@ -41,3 +41,25 @@ def test_a_private_flower_simulation_states_each_sites_epsilon(tmp_path):
     for spent in privacy["sites"].values():
         assert 3.9 <= spent["epsilon"] <= 4.01 and spent["delta"] == pytest.approx(1e-5) and spent["round"] == 2
     assert "| breast |" in (run_dir / "summary.md").read_text().split("Privacy: dp-sgd")[1]
+
+
+def test_a_cross_modal_flower_simulation_is_head_free_and_reports_the_generalist_tests(tmp_path):
+    """scenarios/cross_modal in a real `flwr run`: both towers' factors travel and merge, each site scores with
+    prompts; the merged adapter saved by the server spans the image tower, the projection and the text tower."""
+    out = tmp_path / "outputs"
+    config = (f"sites='breast,pneumonia' num-rounds=2 train.local-epochs=1 data.max-train=48 data.max-eval=48 "
+              f"lora.rank=2 output-dir='{out}'")
+    with local_flower(tmp_path) as env:
+        result = flwr_run(env, "cross_modal", config, timeout_s=480)
+    assert result["run"].get("status") == "finished:completed", result["log"][-3000:]
+    (run_dir,) = out.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["sites"]) == {"breast", "pneumonia"}
+    for site in summary["sites"].values():
+        for model in ("merged", "specialist"):
+            assert 0 <= site[model]["acc"] <= 1 and 0 <= site[model]["modality-share"] <= 1
+            assert 0 <= site[model]["unseen-acc"] <= 1
+    config_file = json.loads((run_dir / "round-002" / "adapter" / "adapter_config.json").read_text())
+    assert config_file["base_model_name_or_path"] == "vit_medmnist_28+all-MiniLM-L6-v2"
+    assert {name.split(".")[0] for name in config_file["ranks"]} == {"image", "projection", "text"}
+    assert "right modality" in (run_dir / "summary.md").read_text()
