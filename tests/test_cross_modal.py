@@ -189,3 +189,13 @@ def test_multi_label_sites_use_the_ct_clip_pair_prompts(cfg):
     result = cfg.kind.train(cfg, chest, None, None)
     metrics = cfg.kind.evaluate(cfg, chest, result.update, {})
     assert 0 <= metrics["acc"] <= 1 and wire.UNION_ACC not in metrics  # the union test is single-label only
+
+
+def test_the_merge_command_works_on_saved_cross_modal_adapters(cfg, tmp_path):
+    from fl_medlego.offline_merge import merge_saved_adapters
+
+    fingerprint = cfg.kind.shared_base(cfg)[1]
+    folders = [cfg.kind.save(_random_update(cfg, s), tmp_path / f"site{s}", cfg, fingerprint) for s in (4, 5)]
+    merged = merge_saved_adapters(folders, tmp_path / "merged" / "adapter", "medlego")
+    loaded = cfg.kind.load(tmp_path / "merged", cfg, fingerprint)  # the merged folder fits the cross-modal base
+    assert set(loaded.factors) == set(merged.factors) == set(cfg.kind.template(cfg))
