@@ -16,7 +16,10 @@ from flower_run import flwr_run, local_flower
 from plain_federation import plain_federation
 
 STORED = json.loads((Path(__file__).parent / "data" / "default_scenario_summary.json").read_text())
-TOLERANCE = 1e-4  # float32 training on the CPU: the same seed gives the same numbers up to summation order
+# float32 training on the CPU: the same seed gives the same numbers up to summation order, which differs between
+# CPUs. On a second machine one pair of breast's test images swapped places in the merged AUC (2.1e-4, the same
+# on the code that stored these numbers); 1e-3 allows that, while a real change to training moves them by far more.
+TOLERANCE = 1e-3
 
 
 def assert_matches_stored(sites: dict) -> None:
