@@ -7,13 +7,13 @@ import pytest
 from flower_run import flwr_run, local_flower
 
 
-def _tiny_run(tmp_path, settings: str):
+def _tiny_run(tmp_path, settings: str, scenario: str = "cross_domain", timeout_s: float = 420):
     """Two tiny sites, two rounds, on a fresh local SuperLink: the completed run's folder and summary."""
     out = tmp_path / "outputs"
     config = (f"sites='breast,pneumonia' num-rounds=2 train.local-epochs=1 data.max-train=48 data.max-eval=48 "
               f"lora.rank=2 {settings} output-dir='{out}'")
     with local_flower(tmp_path) as env:
-        result = flwr_run(env, "cross_domain", config, timeout_s=420)
+        result = flwr_run(env, scenario, config, timeout_s=timeout_s)
     assert result["run"].get("status") == "finished:completed", result["log"][-3000:]
     (run_dir,) = out.iterdir()
     return run_dir, json.loads((run_dir / "summary.json").read_text())
@@ -46,14 +46,7 @@ def test_a_private_flower_simulation_states_each_sites_epsilon(tmp_path):
 def test_a_cross_modal_flower_simulation_is_head_free_and_reports_the_generalist_tests(tmp_path):
     """scenarios/cross_modal in a real `flwr run`: both towers' factors travel and merge, each site scores with
     prompts; the merged adapter saved by the server spans the image tower, the projection and the text tower."""
-    out = tmp_path / "outputs"
-    config = (f"sites='breast,pneumonia' num-rounds=2 train.local-epochs=1 data.max-train=48 data.max-eval=48 "
-              f"lora.rank=2 output-dir='{out}'")
-    with local_flower(tmp_path) as env:
-        result = flwr_run(env, "cross_modal", config, timeout_s=480)
-    assert result["run"].get("status") == "finished:completed", result["log"][-3000:]
-    (run_dir,) = out.iterdir()
-    summary = json.loads((run_dir / "summary.json").read_text())
+    run_dir, summary = _tiny_run(tmp_path, "", scenario="cross_modal", timeout_s=480)
     assert set(summary["sites"]) == {"breast", "pneumonia"}
     for site in summary["sites"].values():
         for model in ("merged", "specialist"):
