@@ -28,7 +28,7 @@ def cmd_pretrain_base(args) -> int:
         return 2
     _threads(args)
     settings = PretrainSettings(args.recipe, args.steps, args.batch_size, args.seed, args.model, images=args.images)
-    report = pretrain(settings, args.output, save_every=args.save_every, device=args.device)
+    report = pretrain(settings, args.output, save_every=args.save_every, device=args.device, precision=args.precision)
     console.print(f"pretrained {args.recipe} for {args.steps} steps in {report['train_wall_s']} s "
                   f"-> {Path(args.output) / 'backbone.safetensors'} (use it as model.pretrained)")
     return 0
@@ -79,6 +79,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
     pretrain.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     pretrain.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (the GPU when there is one)")
+    pretrain.add_argument("--precision", default="auto",
+                          help="auto (bf16 autocast on a GPU that supports it, else float32), float32 or bf16")
     pretrain.add_argument("--list", action="store_true", help="list the recipes")
     pretrain.set_defaults(func=cmd_pretrain_base)
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fl_medlego.augment import AugmentConfig, augment
 from fl_medlego.cli import main
 from fl_medlego.models import create_backbone, fingerprint
 from fl_medlego.pretrain import PretrainSettings, ProtocolSettings, pretrain, render_markdown, run_protocol, table_rows
 from fl_medlego.pretrain import evaluate as protocol
-from fl_medlego.pretrain.augment import AugmentConfig, augment
 from fl_medlego.pretrain.card import ship_base
 from fl_medlego.pretrain.evaluate import file_sha256
 from fl_medlego.pretrain.fractals import fill_rates, fractal_dataset, render, sample_categories

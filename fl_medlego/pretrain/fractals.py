@@ -40,18 +40,9 @@ def _map_probabilities(params: np.ndarray, used: np.ndarray) -> np.ndarray:
 def chaos_game(params: np.ndarray, probs: np.ndarray, n_points: int, rng: np.random.Generator
                ) -> tuple[np.ndarray, np.ndarray]:
     """Orbits of a batch of IFS: points (n_points, B, 2) and the map that drew each point (n_points, B)."""
-    batch = len(params)
-    choice = (rng.random((n_points + _SKIP, batch, 1)) > probs.cumsum(-1)[None]).sum(-1)
+    choice = (rng.random((n_points + _SKIP, len(params), 1)) > probs.cumsum(-1)[None]).sum(-1)
     choice = np.minimum(choice, params.shape[1] - 1)
-    rows = np.arange(batch)
-    xy = np.zeros((batch, 2))
-    points = np.empty((n_points + _SKIP, batch, 2))
-    for t in range(n_points + _SKIP):
-        p = params[rows, choice[t]]
-        xy = np.stack([p[:, 0] * xy[:, 0] + p[:, 1] * xy[:, 1] + p[:, 4],
-                       p[:, 2] * xy[:, 0] + p[:, 3] * xy[:, 1] + p[:, 5]], axis=1)
-        points[t] = xy
-    return points[_SKIP:], choice[_SKIP:]
+    return _orbit(params, choice), choice[_SKIP:]
 
 
 def _pixels(points: np.ndarray, size: int, margin: float = 0.08) -> np.ndarray:
@@ -85,36 +76,68 @@ def sample_categories(num: int, rng: np.random.Generator, min_fill: float = 0.12
     return np.stack(kept[:num])
 
 
-def render(categories: np.ndarray, labels: np.ndarray, rng: np.random.Generator, size: int = 32,
-           n_points: int = 1200, jitter: float = 0.15, palettes: np.ndarray | None = None) -> np.ndarray:
-    """uint8 images (B, size, size, 3): one jittered, coloured instance of each labelled category.
-
-    `palettes` (B, MAX_MAPS, 3) in [0, 1] fixes the colour of every map per image; None draws them at random.
-    """
+def _instance_draws(categories: np.ndarray, labels: np.ndarray, rng: np.random.Generator, n_points: int,
+                    jitter: float, palettes: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Every random number one batch of renders uses, drawn on the CPU in a fixed order, so that the numpy
+    and the torch renderer (any device) draw the same instances from the same seed."""
     params = categories[labels].copy()
     used = np.abs(params).sum(-1) > 0
     params *= rng.uniform(1 - jitter, 1 + jitter, params.shape)
     params = _contract(params)
-    points, choice = chaos_game(params, _map_probabilities(params, used), n_points, rng)
-    flat = _pixels(points, size)  # (n, B)
+    probs = _map_probabilities(params, used)
+    choice = (rng.random((n_points + _SKIP, len(labels), 1)) > probs.cumsum(-1)[None]).sum(-1)
+    choice = np.minimum(choice, params.shape[1] - 1)
     batch = len(labels)
     if palettes is None:
         palette = rng.uniform(0.3, 1.0, (batch, MAX_MAPS, 3))  # one colour per map: texture within the shape
     else:  # label-preserving: the scheme's colours, slightly jittered per instance
         palette = np.clip(palettes * rng.uniform(0.9, 1.1, (batch, 1, 1)), 0.0, 1.0)
-    colours = palette[np.arange(batch)[None, :], choice]  # (n, B, 3)
+    background = rng.uniform(0.0, 0.25, (batch, 1, 1, 3))
+    return {"params": params, "choice": choice, "palette": palette, "background": background}
+
+
+def _orbit(params: np.ndarray, choice: np.ndarray) -> np.ndarray:
+    """The chaos game with given map choices: points (n_points, B, 2) after the first _SKIP."""
+    rows = np.arange(len(params))
+    xy = np.zeros((len(params), 2))
+    points = np.empty((len(choice), len(params), 2))
+    for t in range(len(choice)):
+        p = params[rows, choice[t]]
+        xy = np.stack([p[:, 0] * xy[:, 0] + p[:, 1] * xy[:, 1] + p[:, 4],
+                       p[:, 2] * xy[:, 0] + p[:, 3] * xy[:, 1] + p[:, 5]], axis=1)
+        points[t] = xy
+    return points[_SKIP:]
+
+
+def render(categories: np.ndarray, labels: np.ndarray, rng: np.random.Generator, size: int = 32,
+           n_points: int = 1200, jitter: float = 0.15, palettes: np.ndarray | None = None,
+           device: str | None = None) -> np.ndarray:
+    """uint8 images (B, size, size, 3): one jittered, coloured instance of each labelled category.
+
+    `palettes` (B, MAX_MAPS, 3) in [0, 1] fixes the colour of every map per image; None draws them at random.
+    `device` (e.g. "cuda") renders with torch there (fl_medlego.pretrain.fractals_torch): same draws, same
+    images up to the rounding of colour averages; None renders with numpy.
+    """
+    draws = _instance_draws(categories, labels, rng, n_points, jitter, palettes)
+    if device is not None:
+        from .fractals_torch import render_draws
+
+        return render_draws(draws, size, device)
+    choice = draws["choice"][_SKIP:]
+    flat = _pixels(_orbit(draws["params"], draws["choice"]), size)  # (n, B)
+    batch = len(labels)
+    colours = draws["palette"][np.arange(batch)[None, :], choice]  # (n, B, 3)
     index = (flat + np.arange(batch)[None, :] * size * size).ravel()
     counts = np.bincount(index, minlength=batch * size * size).reshape(batch, size, size, 1)
     sums = np.stack([np.bincount(index, colours[..., c].ravel(), minlength=batch * size * size)
                      for c in range(3)], -1).reshape(batch, size, size, 3)
     foreground = sums / np.maximum(counts, 1)
-    background = rng.uniform(0.0, 0.25, (batch, 1, 1, 3))
-    image = np.where(counts > 0, foreground, background)
+    image = np.where(counts > 0, foreground, draws["background"])
     return (image * 255).round().astype(np.uint8)
 
 
 def fractal_dataset(num_categories: int, per_category: int, seed: int, size: int = 32, batch: int = 512,
-                    colour_schemes: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                    colour_schemes: int = 0, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A FractalDB-like set: images (N, size, size, 3) uint8 and their category labels (N,).
 
     With colour_schemes = k > 0, the categories are num_categories / k shapes times k palettes
@@ -130,6 +153,7 @@ def fractal_dataset(num_categories: int, per_category: int, seed: int, size: int
     labels = np.repeat(np.arange(num_categories), per_category)
     rng.shuffle(labels)
     images = np.concatenate([
-        render(shapes, part // schemes, rng, size, palettes=palettes[part % schemes] if colour_schemes else None)
+        render(shapes, part // schemes, rng, size, palettes=palettes[part % schemes] if colour_schemes else None,
+               device=device)
         for part in (labels[i:i + batch] for i in range(0, len(labels), batch))])
     return images, labels

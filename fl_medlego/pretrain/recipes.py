@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .augment import AugmentConfig
+from ..augment import AugmentConfig
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("fractal-colour-sup", "FractalDB-style, colour kept: classify (IFS shape, fixed palette) pairs, "
            "no colour jitter", source="fractal", objective="supervised", images=64_000, categories=640,
            colour_schemes=4, augment=AugmentConfig(min_scale=0.6, colour=0.0, grey=0.0)),
+    Recipe("fractal-colour-sup-1k", "fractal-colour-sup at FractalDB-1k scale: 1000 categories (250 shapes x 4 "
+           "palettes) x 1000 instances; a GPU recipe (benchmarks/pretrain_gpu.py)", source="fractal",
+           objective="supervised", images=1_000_000, categories=1000, colour_schemes=4,
+           augment=AugmentConfig(min_scale=0.6, colour=0.0, grey=0.0)),
     Recipe("procedural-simclr", "SimCLR on dead-leaves and 1/f-noise images (Baradad et al. 2021)",
            source="procedural", objective="simclr", images=64_000),
     Recipe("natural-simclr", "SimCLR on crops of 12 public-domain / CC0 photographs (Asano et al. 2020)",
@@ -51,15 +55,18 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def build_images(recipe: Recipe, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
-    """The recipe's pretraining set: uint8 images (N, size, size, 3) and category labels (or None)."""
+def build_images(recipe: Recipe, seed: int, size: int = 32, render_device=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The recipe's pretraining set: uint8 images (N, size, size, 3) and category labels (or None).
+
+    `render_device` (a GPU) renders fractals with torch there: the same images as numpy's (same draws)."""
     from .fractals import fractal_dataset
     from .natural import random_crops
     from .procedural import procedural_dataset
 
     if recipe.source == "fractal":
         per_category = max(1, recipe.images // recipe.categories)
-        return fractal_dataset(recipe.categories, per_category, seed, size, colour_schemes=recipe.colour_schemes)
+        return fractal_dataset(recipe.categories, per_category, seed, size, colour_schemes=recipe.colour_schemes,
+                               device=render_device)
     if recipe.source == "procedural":
         return procedural_dataset(recipe.images, seed, size), None
     if recipe.source == "natural":

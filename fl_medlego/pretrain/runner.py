@@ -23,9 +23,11 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..augment import augment
+from ..device import autocast, resolve_precision, to_device
+from ..device import resolve_device as _resolve_device
 from ..models import create_backbone, fingerprint, preset_image_size
 from ..seeds import step_seed
-from .augment import augment
 from .objectives import build_objective
 from .recipes import build_images, get_recipe
 
@@ -83,25 +85,22 @@ def _save_atomic(obj: object, path: Path) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """"auto" -> the GPU when torch sees one, else the CPU; a named device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
-    return device
+    return _resolve_device(name, fix="use --device cpu or auto")
 
 
 def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 100, progress: bool = True,
-             stop_after: int | None = None, device: str = "cpu") -> dict | None:
+             stop_after: int | None = None, device: str = "cpu", precision: str = "float32") -> dict | None:
     """Run (or resume) a pretraining; returns the contents of `pretrain.json`.
 
     `stop_after` ends this call at that step, checkpointed, and returns None: a long run can be done in pieces.
-    `device` ("cpu", "cuda", "auto") is where the model trains; images, batches and augmentation draws are
-    made on the CPU from seeded generators, so the data a run sees does not depend on the device (a
-    resume may change device).
+    `device` ("cpu", "cuda", "auto") is where the model trains, renders fractals and augments; every random
+    draw (instances, batches, augmentation) is made on the CPU from seeded generators, so the data a run
+    sees does not depend on the device (a resume may change device). `precision` as train.precision
+    (fl_medlego.device): "auto" is bf16 autocast on a GPU that supports it.
     """
     out = Path(out_dir)
     where = resolve_device(device)
+    dtype = resolve_precision(precision, where)
     _check_settings(out, settings)
     recipe = get_recipe(settings.recipe)
     if settings.images:
@@ -109,7 +108,7 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
     image_size = preset_image_size(settings.model_name)
 
     start = time.perf_counter()
-    images, labels = build_images(recipe, settings.seed)
+    images, labels = build_images(recipe, settings.seed, render_device=where if where.type == "cuda" else None)
     images = torch.from_numpy(images)
     labels = torch.from_numpy(labels).long() if labels is not None else None
     log.info("recipe %s: %d pretraining images made in %.1f s", recipe.name, len(images), time.perf_counter() - start)
@@ -142,8 +141,11 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
             generator = torch.Generator().manual_seed(step_seed(settings.seed, step))
             batch = torch.randint(0, len(images), (settings.batch_size,), generator=generator)
             # Each call draws one augmented view of the batch on the CPU, from the step's generator.
-            view = functools.partial(augment, images[batch], image_size, recipe.augment, generator)
-            loss = objective.step_loss(backbone, view, labels[batch] if labels is not None else None, generator, where)
+            view = functools.partial(augment, to_device(images[batch], where), image_size, recipe.augment, generator)
+            with autocast(where, dtype):
+                loss = objective.step_loss(backbone, view, labels[batch] if labels is not None else None, generator,
+                                           where)
+            loss = loss.float()
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, settings, recipe.lr)
             optimizer.zero_grad(set_to_none=True)
@@ -176,6 +178,7 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
         "train_wall_s": round(elapsed, 1), "final_loss": _last_logged_loss(out),
         "fingerprint": fingerprint(backbone), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu",
+        "precision": str(dtype).removeprefix("torch."),
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
     }
     (out / "pretrain.json").write_text(json.dumps(report, indent=2))
