@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .data import SiteData
+from .device import autocast, resolve_device, resolve_precision, to_device
 from .kinds import get_kind
 from .models import SiteModel, shared_base
 from .train import evaluate, task_loss, to_model_input
@@ -45,6 +46,9 @@ def train_multitask(cfg: RunConfig, sites: dict[str, SiteData], progress: bool =
     backbone, _ = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
     model = MultiTaskModel(backbone, {s: d.num_classes for s, d in sites.items()})
     tc = get_kind("full").train_config(cfg)  # the same optimiser settings as full fine-tuning at a site
+    device = resolve_device(tc.device)
+    dtype = resolve_precision(tc.precision, device)
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     generator = torch.Generator().manual_seed(tc.seed)
     best, best_state = -1.0, None
@@ -56,15 +60,18 @@ def train_multitask(cfg: RunConfig, sites: dict[str, SiteData], progress: bool =
         for i in tqdm(order, desc=f"multi-task epoch {epoch}/{tc.epochs}", disable=not progress, leave=False):
             site, batch = batches[i]
             d = sites[site]
-            logits = model.heads[site](model.backbone(to_model_input(d.train.images[batch], size)))
-            loss = task_loss(logits, d.train.labels[batch], d.task)
+            with autocast(device, dtype):
+                logits = model.heads[site](model.backbone(to_model_input(to_device(d.train.images[batch], device),
+                                                                         size)))
+            loss = task_loss(logits.float(), to_device(d.train.labels[batch], device), d.task)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        val = [evaluate(model.site_model(s, size), d.val, d.task, size)["acc"] for s, d in sites.items()]
+        val = [evaluate(model.site_model(s, size), d.val, d.task, size, device=device, precision=tc.precision)["acc"]
+               for s, d in sites.items()]
         mean_val = sum(val) / len(val)
         log.info("multi-task epoch %d: mean val acc %.4f", epoch, mean_val)
         if mean_val > best:
             best, best_state = mean_val, {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
-    return model
+    return model.cpu()

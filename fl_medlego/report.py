@@ -6,7 +6,7 @@ import math
 
 from rich.table import Table
 
-from .wire import GENERALIST_METRICS, MODALITY_SHARE, TEST_ACC, UNION_ACC, UNSEEN_METRICS, VAL_ACC
+from .wire import CENTRED_PREFIX, GENERALIST_METRICS, MODALITY_SHARE, TEST_ACC, UNION_ACC, UNSEEN_METRICS, VAL_ACC
 
 
 def _fmt(value) -> str:
@@ -26,7 +26,8 @@ def summary_rows(summary: dict) -> list[list[str]]:
 HEADER = ["site", "specialist ACC", "specialist AUC", "specialist F1", "merged ACC", "merged AUC", "merged F1",
           "normalized ACC"]
 GENERALIST_HEADER = ["site", "model", "unseen-prompt ACC", "unseen-prompt AUC", "unseen-prompt F1",
-                     "union-of-labels ACC", "right modality"]
+                     "union-of-labels ACC", "right modality", "centred ACC", "centred F1"]
+GENERALIST_KEYS = (*UNSEEN_METRICS, UNION_ACC, MODALITY_SHARE, CENTRED_PREFIX + "acc", CENTRED_PREFIX + "f1")
 
 
 def generalist_rows(summary: dict) -> list[list[str]]:
@@ -36,8 +37,7 @@ def generalist_rows(summary: dict) -> list[list[str]]:
         for model in ("specialist", "merged"):
             metrics = s[model]
             if any(k in metrics for k in GENERALIST_METRICS):
-                rows.append([site, model, *(_fmt(metrics.get(k)) for k in (*UNSEEN_METRICS, UNION_ACC,
-                                                                             MODALITY_SHARE))])
+                rows.append([site, model, *(_fmt(metrics.get(k)) for k in GENERALIST_KEYS)])
     return rows
 
 
@@ -55,7 +55,8 @@ def summary_markdown(summary: dict) -> str:
     generalist = generalist_rows(summary)
     if generalist:
         lines += ["", "Cross-modal generalist tests: held-out paraphrase prompts, and every site's class prompts at",
-                  "once (union of labels; right modality = top prompt from the image's own modality).", "",
+                  "once (union of labels; right modality = top prompt from the image's own modality). Centred: each",
+                  "class's score minus its mean over the site's validation images (no labels used).", "",
                   "| " + " | ".join(GENERALIST_HEADER) + " |", "|" + "---|" * len(GENERALIST_HEADER)]
         lines += ["| " + " | ".join(row) + " |" for row in generalist]
     lines += privacy_lines(summary.get("privacy") or {})

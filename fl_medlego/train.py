@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,11 +15,29 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .augment import AugmentConfig, augment_floats
 from .data.sites import Split
+from .device import (
+    autocast,
+    check_device_name,
+    check_precision_name,
+    placed,
+    resolve_device,
+    resolve_precision,
+    to_device,
+)
 from .lora import SVDLoRAConfig, orthogonality_penalty
 from .metrics import MULTI_LABEL, classification_metrics
 
 log = logging.getLogger(__name__)
+
+
+SCHEDULES = ("constant", "cosine")
+AUGMENTS = ("none", "light")
+CLASS_BALANCE = ("none", "loss")
+# Mild and label-safe: no right-angle rotations (chest X-rays and CT slices have an up), no colour shift
+# beyond brightness / contrast, crops that keep at least 85 % of the side.
+LIGHT_AUGMENT = AugmentConfig(min_scale=0.85, colour=0.1, grey=0.0, rotate=False)
 
 
 @dataclass
@@ -29,10 +49,25 @@ class TrainConfig:
     orth_weight: float = SVDLoRAConfig.orth_weight  # the adapter's regulariser (0 for full fine-tuning)
     seed: int = 0
     progress: bool = False  # a tqdm bar per epoch (the CLI turns it on; Flower logs stay line-based)
+    device: str = "auto"  # fl_medlego.device: resolved where the site trains, not where the run is configured
+    precision: str = "auto"
+    schedule: str = "constant"  # or "cosine": linear warm-up over `warmup` of the steps, then cosine to zero
+    warmup: float = 0.1
+    augment: str = "none"  # or "light": mild crops, flips where labels allow them, brightness/contrast
+    flips: bool = True  # the site kind turns them off for data sets with left / right classes
+    class_balance: str = "none"  # or "loss": classes weighted by inverse frequency in the site's training set
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"invalid training config {self}: epochs, batch size and lr must be positive")
+        check_device_name(self.device)
+        check_precision_name(self.precision)
+        for name, value, allowed in (("schedule", self.schedule, SCHEDULES), ("augment", self.augment, AUGMENTS),
+                                     ("class-balance", self.class_balance, CLASS_BALANCE)):
+            if value not in allowed:
+                raise ValueError(f"train.{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"train.warmup is a fraction of the steps in [0, 1), got {self.warmup}")
 
 
 @dataclass(frozen=True)
@@ -71,10 +106,37 @@ def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
     return (x - 0.5) / 0.5
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str, weight: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """Cross-entropy (BCE per finding for multi-label); `weight` per class (multi-label: per finding's positives)."""
     if task == MULTI_LABEL:
-        return F.binary_cross_entropy_with_logits(logits, labels.float())
-    return F.cross_entropy(logits, labels[:, 0])
+        return F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weight)
+    return F.cross_entropy(logits, labels[:, 0], weight=weight)
+
+
+def class_weights(labels: torch.Tensor, task: str, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights of a training split, mean 1 over the classes present (multi-label: the
+    ratio of negatives to positives of each finding, BCE's pos_weight). A class absent from the split gets 1."""
+    if task == MULTI_LABEL:
+        positives = labels.float().sum(0)
+        ratio = (len(labels) - positives) / positives.clamp_min(1)
+        return torch.where(positives > 0, ratio, torch.ones_like(positives))
+    counts = torch.bincount(labels[:, 0], minlength=num_classes).float()
+    present = counts > 0
+    weights = torch.ones(num_classes)
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    return weights
+
+
+def learning_rate_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """The schedule's multiplier of cfg.lr at optimizer step `step` (0-based) of `total`."""
+    if cfg.schedule == "constant":
+        return 1.0
+    warm = int(cfg.warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(total - warm, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -124,54 +186,78 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, 
     `on_epoch`, if given, is called after every epoch (progress for people; it cannot change training).
     `steps` makes the batches and optimizer steps (DP-SGD passes its own); `FitResult.steps` counts them.
     """
+    device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    stepper = steps(model, params, cfg)
-    best_acc, best_epoch, best_state, history = -1.0, 0, None, []
-    try:
-        for epoch in range(1, cfg.epochs + 1):
-            started = time.perf_counter()
-            model.train()
-            total, seen = 0.0, 0
-            batches = stepper.batches(len(train))
-            for batch in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False):
-                if len(batch) == 0:  # Poisson sampling may draw no image: DP-SGD still takes its (noise) step
-                    stepper.empty_step()
-                    continue
-                logits = stepper.forward(to_model_input(train.images[batch], image_size))
-                loss = task_loss(logits, train.labels[batch], task)
-                total += loss.item() * len(batch)  # the task loss; the regulariser is not a quality measure
-                seen += len(batch)
-                stepper.step(loss)
-            metrics = evaluate(model, val, task, image_size, cfg.batch_size * 4)
-            val_metrics = {f"val_{k}": v for k, v in metrics.items()}
-            if watch is not None:
-                val_metrics["watch_acc"] = evaluate(model, watch, task, image_size, cfg.batch_size * 4)["acc"]
-            train_loss = total / max(seen, 1)
-            history.append({"epoch": epoch, "train_loss": train_loss, **val_metrics})
-            log.info("epoch %d/%d: train loss %.4f, val acc %.4f", epoch, cfg.epochs, train_loss, metrics["acc"])
-            if on_epoch is not None:
-                on_epoch(EpochReport(epoch, cfg.epochs, train_loss, metrics["acc"], time.perf_counter() - started))
-            if metrics["acc"] > best_acc:
-                best_acc, best_epoch, best_state = metrics["acc"], epoch, _trainable_state(model)
-    finally:
-        stepper.close()
-    model.load_state_dict(best_state, strict=False)
+    weight = None
+    if cfg.class_balance == "loss":
+        num_classes = train.labels.shape[1] if task == MULTI_LABEL else int(train.labels.max()) + 1
+        weight = class_weights(train.labels, task, max(num_classes, 2)).to(device)
+    augmenting = LIGHT_AUGMENT if cfg.flips else dataclasses.replace(LIGHT_AUGMENT, flip=False)
+    generator = torch.Generator().manual_seed(cfg.seed + 7919)  # augmentation draws: seeded, on the CPU
+    total_steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+    with placed(model, device):  # the optimizer is made after the move: its state lives on the device too
+        stepper = steps(model, params, cfg)
+        best_acc, best_epoch, best_state, history = -1.0, 0, None, []
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                started = time.perf_counter()
+                model.train()
+                total, seen = 0.0, 0
+                batches = stepper.batches(len(train))
+                for batch in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress,
+                                  leave=False):
+                    if len(batch) == 0:  # Poisson sampling may draw no image: DP-SGD still takes its (noise) step
+                        stepper.empty_step()
+                        continue
+                    images = to_model_input(to_device(train.images[batch], device), image_size)
+                    if cfg.augment == "light":
+                        images = augment_floats((images + 1) / 2, image_size, augmenting, generator)
+                    with autocast(device, dtype):
+                        logits = stepper.forward(images)
+                    loss = task_loss(logits.float(), to_device(train.labels[batch], device), task, weight)
+                    for group in stepper.optimizer.param_groups:
+                        group["lr"] = cfg.lr * learning_rate_factor(stepper.steps, total_steps, cfg)
+                    total += loss.item() * len(batch)  # the task loss; the regulariser is not a quality measure
+                    seen += len(batch)
+                    stepper.step(loss)
+                metrics = evaluate(model, val, task, image_size, cfg.batch_size * 4, device, cfg.precision)
+                val_metrics = {f"val_{k}": v for k, v in metrics.items()}
+                if watch is not None:
+                    val_metrics["watch_acc"] = evaluate(model, watch, task, image_size, cfg.batch_size * 4, device,
+                                                        cfg.precision)["acc"]
+                train_loss = total / max(seen, 1)
+                history.append({"epoch": epoch, "train_loss": train_loss, **val_metrics})
+                log.info("epoch %d/%d: train loss %.4f, val acc %.4f", epoch, cfg.epochs, train_loss, metrics["acc"])
+                if on_epoch is not None:
+                    on_epoch(EpochReport(epoch, cfg.epochs, train_loss, metrics["acc"], time.perf_counter() - started))
+                if metrics["acc"] > best_acc:
+                    best_acc, best_epoch, best_state = metrics["acc"], epoch, _trainable_state(model)
+        finally:
+            stepper.close()
+        model.load_state_dict(best_state, strict=False)
     return FitResult(best_acc, best_epoch, len(train), history, stepper.steps)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, task: str, image_size: int, batch_size: int = 256) -> dict[str, float]:
-    """ACC / AUC (MedMNIST's definitions), macro-F1 and mean loss on a split."""
+def evaluate(model: nn.Module, split: Split, task: str, image_size: int, batch_size: int = 256,
+             device: torch.device | str = "auto", precision: str = "auto") -> dict[str, float]:
+    """ACC / AUC (MedMNIST's definitions), macro-F1 and mean loss on a split, on `device` (fl_medlego.device)."""
     if len(split) == 0:
         raise ValueError("cannot evaluate on an empty split")
-    model.eval()
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    dtype = resolve_precision(precision, device)
     scores, loss_sum = [], 0.0
-    for start in range(0, len(split), batch_size):
-        images, labels = split.images[start:start + batch_size], split.labels[start:start + batch_size]
-        logits = model(to_model_input(images, image_size))
-        loss_sum += task_loss(logits, labels, task).item() * len(labels)
-        scores.append(torch.sigmoid(logits) if task == MULTI_LABEL else torch.softmax(logits, dim=1))
+    with placed(model, device):
+        model.eval()
+        for start in range(0, len(split), batch_size):
+            images, labels = split.images[start:start + batch_size], split.labels[start:start + batch_size]
+            with autocast(device, dtype):
+                logits = model(to_model_input(to_device(images, device), image_size))
+            logits = logits.float().cpu()
+            loss_sum += task_loss(logits, labels, task).item() * len(labels)
+            scores.append(torch.sigmoid(logits) if task == MULTI_LABEL else torch.softmax(logits, dim=1))
     probabilities = torch.cat(scores).numpy().astype(np.float64)
     return classification_metrics(split.labels.numpy(), probabilities, task, loss_sum / len(split))

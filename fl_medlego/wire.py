@@ -48,7 +48,9 @@ UNION_ACC = "union-acc"
 MODALITY_SHARE = "modality-share"
 UNSEEN_PREFIX = "unseen-"
 UNSEEN_METRICS = tuple(UNSEEN_PREFIX + m for m in ("acc", "auc", "f1"))
-GENERALIST_METRICS = (UNION_ACC, MODALITY_SHARE, *UNSEEN_METRICS)
+CENTRED_PREFIX = "centred-"  # own prompts, each class's logit centred on its mean over the site's validation images
+CENTRED_METRICS = tuple(CENTRED_PREFIX + m for m in ("acc", "auc", "f1"))
+GENERALIST_METRICS = (UNION_ACC, MODALITY_SHARE, *UNSEEN_METRICS, *CENTRED_METRICS)
 SPECIALIST_PREFIX = "specialist-"
 ROUND_MEAN_METRICS = (VAL_ACC, TRAIN_LOSS)  # averaged over the sites in the round's aggregate
 # MetricRecord entries: the server's aggregate of a round
@@ -162,8 +164,9 @@ METRIC_SCHEMA: dict[str, tuple[float, float, bool]] = {
 # AUC is undefined (NaN, as fl_medlego.metrics reports it) on a split that holds one class only: an honest
 # small site sends it. Every other metric must be a finite number.
 # A DP-SGD site sends no training loss (NaN): it would be computed on its private images outside the guarantee.
-MAY_BE_UNDEFINED = frozenset({"auc", SPECIALIST_PREFIX + "auc", TRAIN_LOSS, UNSEEN_PREFIX + "auc",
-                              SPECIALIST_PREFIX + UNSEEN_PREFIX + "auc"})
+MAY_BE_UNDEFINED = frozenset({"auc", SPECIALIST_PREFIX + "auc", TRAIN_LOSS,
+                              *(prefix + kind + "auc" for prefix in ("", SPECIALIST_PREFIX)
+                                for kind in (UNSEEN_PREFIX, CENTRED_PREFIX))})
 
 
 def read_metrics(record: dict, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, float]:

@@ -128,6 +128,18 @@ def test_a_site_trains_without_a_head_and_its_state_holds_none(cfg, blood, tmp_p
         kind.build_model(cfg, blood, result.update, {"weight": torch.zeros(1)})
 
 
+def test_centred_scores_shift_each_class_and_keep_a_two_class_ranking(cfg):
+    """Centring subtracts one number per class: on a two-class site the ranking (AUC) cannot change, while
+    the decision threshold moves; a validation pass (choosing options) computes none of it."""
+    pneumonia = load_site_data(cfg, "pneumonia")
+    update = _random_update(cfg, 5)
+    metrics = cfg.kind.evaluate(cfg, pneumonia, update, {})
+    assert set(wire.CENTRED_METRICS) <= set(metrics)
+    assert metrics[wire.CENTRED_PREFIX + "auc"] == pytest.approx(metrics["auc"], abs=1e-9)
+    assert all(0 <= metrics[k] <= 1 for k in wire.CENTRED_METRICS)
+    assert not set(wire.CENTRED_METRICS) & set(cfg.kind.evaluate(cfg, pneumonia, update, {}, "val"))
+
+
 def _random_update(cfg, seed: int):
     from fl_medlego.lora import Adapter, Factors
 

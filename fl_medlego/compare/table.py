@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..kinds import REFERENCE_KIND, SiteKind, get_kind, list_kinds
-from ..wire import MODALITY_SHARE, UNION_ACC, UNSEEN_METRICS
+from ..wire import CENTRED_PREFIX, MODALITY_SHARE, UNION_ACC, UNSEEN_METRICS
 
 MULTITASK = "multitask"
 UNTRAINED = "untrained pair (zero-shot)"  # a cross-modal model before any training: classes from prompts alone
@@ -110,7 +110,8 @@ def to_markdown(results: dict) -> str:
 
 GENERALIST_COLUMNS = {"f1": "macro-F1", **dict(zip(UNSEEN_METRICS, ("unseen-prompt ACC", "unseen-prompt AUC",
                                                                     "unseen-prompt F1"))),
-                      UNION_ACC: "union-of-labels ACC", MODALITY_SHARE: "right modality"}
+                      UNION_ACC: "union-of-labels ACC", MODALITY_SHARE: "right modality",
+                      CENTRED_PREFIX + "acc": "centred ACC", CENTRED_PREFIX + "f1": "centred F1"}
 
 
 def generalist_markdown(results: dict) -> list[str]:
@@ -134,7 +135,8 @@ def generalist_markdown(results: dict) -> list[str]:
     return ["", "## Cross-modal: macro-F1, unseen prompts, union of labels", "",
             "Means over the sites. Unseen prompts: the site's classes in held-out paraphrase templates. Union of "
             "labels: every site's class prompts at once; `right modality` = share of test images whose top prompt "
-            "is one of their own modality's.", "", *lines]
+            "is one of their own modality's. Centred: each class's score minus its mean over the site's validation "
+            "images (labels unused), the calibration a site can apply alone.", "", *lines]
 
 
 def rich_table(results: dict):

@@ -8,7 +8,10 @@ generalist tests cost a text encoding each, not another pass of the image tower.
   metrics averaged over the templates (unseen-acc, unseen-auc, unseen-f1);
 - union of labels: every site's class prompts at once (23 for the four default sites); union-acc is the
   share of images whose top prompt is their own class, modality-share the share whose top prompt is one
-  of their own modality's. Single-label sites only: a multi-label site's score is per finding.
+  of their own modality's. Single-label sites only: a multi-label site's score is per finding;
+- centred scores (with a calibration split, the site's validation images): each class's logit minus its
+  mean over those images, labels unused. A merge that shrinks every update moves all images towards the
+  same prompt; centring undoes that shift at the site, with C numbers that never leave it.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import numpy as np
 import torch
 
 from ..data.sites import Split
+from ..device import autocast, placed, resolve_device, resolve_precision, to_device
 from ..metrics import MULTI_LABEL, classification_metrics
 from ..train import task_loss, to_model_input
-from ..wire import MODALITY_SHARE, UNION_ACC, UNSEEN_PREFIX
+from ..wire import CENTRED_PREFIX, MODALITY_SHARE, UNION_ACC, UNSEEN_PREFIX
 from .model import CrossModalModel
 from .prompts import class_prompts, site_prompts, unseen_templates
 from .text_tower import sentence_embeddings, tokenize
@@ -29,18 +33,26 @@ UNSEEN_METRICS = ("acc", "auc", "f1")  # each as UNSEEN_PREFIX + name
 
 @torch.no_grad()
 def image_embeddings(model: CrossModalModel, split: Split, batch_size: int = 256) -> torch.Tensor:
+    """Float32 embeddings of a split's images, on the device the model is on."""
     model.eval()
-    parts = [model.embed_images(to_model_input(split.images[i:i + batch_size], model.image_size))
+    device = next(model.parameters()).device
+    parts = [model.embed_images(to_model_input(to_device(split.images[i:i + batch_size], device), model.image_size))
              for i in range(0, len(split), batch_size)]
-    return torch.cat(parts)
+    return torch.cat(parts).float()
+
+
+@torch.no_grad()
+def _text_embeddings(model: CrossModalModel, prompts: list[str]) -> torch.Tensor:
+    return sentence_embeddings(model.text, tokenize(prompts)).float()
 
 
 @torch.no_grad()
 def _logits(model: CrossModalModel, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-    similarity = images @ sentence_embeddings(model.text, tokenize(prompts)).T
+    """(images, classes) logits on the CPU, as the metrics want them."""
+    similarity = images @ _text_embeddings(model, prompts).T
     if model.multi_label:
-        return model.logit_scale * (similarity[:, 0::2] - similarity[:, 1::2])
-    return model.logit_scale * similarity
+        return (model.logit_scale * (similarity[:, 0::2] - similarity[:, 1::2])).cpu()
+    return (model.logit_scale * similarity).cpu()
 
 
 def _metrics(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str, float]:
@@ -50,15 +62,30 @@ def _metrics(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str,
 
 
 def evaluate_cross_modal(model: CrossModalModel, split: Split, task: str, flag: str,
-                         union_flags: list[str] | None = None, generalist: bool = True) -> dict[str, float]:
-    """Own-prompt metrics, and with `generalist` the unseen-prompt test and (single-label sites) the
-    union-of-labels test."""
+                         union_flags: list[str] | None = None, generalist: bool = True,
+                         calibration: Split | None = None, device: str = "auto",
+                         precision: str = "auto") -> dict[str, float]:
+    """Own-prompt metrics, and with `generalist` the unseen-prompt test, (single-label sites) the
+    union-of-labels test and, given a non-empty `calibration` split, the centred scores.
+    Runs on `device` in `precision` (fl_medlego.device); the model is put back where it was."""
     if len(split) == 0:
         raise ValueError("cannot evaluate on an empty split")
+    on = resolve_device(device)
+    with placed(model, on), autocast(on, resolve_precision(precision, on)):
+        return _evaluate(model, split, task, flag, union_flags, generalist, calibration)
+
+
+def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_flags: list[str] | None,
+              generalist: bool, calibration: Split | None) -> dict[str, float]:
     images = image_embeddings(model, split)
-    out = _metrics(_logits(model, images, site_prompts(flag)), split.labels, task)
+    logits = _logits(model, images, site_prompts(flag))
+    out = _metrics(logits, split.labels, task)
     if not generalist:
         return out
+    if calibration is not None and len(calibration) > 0:
+        offset = _logits(model, image_embeddings(model, calibration), site_prompts(flag)).mean(dim=0)
+        centred = _metrics(logits - offset, split.labels, task)
+        out |= {CENTRED_PREFIX + name: centred[name] for name in ("acc", "auc", "f1")}
     unseen = [_metrics(_logits(model, images, site_prompts(flag, t)), split.labels, task)
               for t in unseen_templates(flag)]
     for name in UNSEEN_METRICS:
@@ -73,6 +100,6 @@ def union_of_labels(model: CrossModalModel, images: torch.Tensor, labels: torch.
     blocks = {f: class_prompts(f) for f in flags}
     offset = sum(len(blocks[f]) for f in flags[:flags.index(flag)])
     prompts = [p for f in flags for p in blocks[f]]
-    top = (images @ sentence_embeddings(model.text, tokenize(prompts)).T).argmax(dim=1)
+    top = (images @ _text_embeddings(model, prompts).T).argmax(dim=1).cpu()
     own = (top >= offset) & (top < offset + len(blocks[flag]))
     return {UNION_ACC: float((top == labels + offset).float().mean()), MODALITY_SHARE: float(own.float().mean())}

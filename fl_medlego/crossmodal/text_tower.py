@@ -84,6 +84,8 @@ def tokenize(prompts: list[str]) -> dict[str, torch.Tensor]:
 
 def sentence_embeddings(tower: nn.Module, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean of the last hidden states over real tokens, L2-normalised: (prompts, 384)."""
+    device = next(tower.parameters()).device  # tokens are made on the CPU; the tower may run on a GPU
+    tokens = {k: v.to(device) for k, v in tokens.items()}
     hidden = tower(**tokens).last_hidden_state
     mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)

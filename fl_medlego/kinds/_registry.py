@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from .. import wire
+from ..augment import flips_keep_labels
 from ..models import SiteModel, shared_base
 from ..privacy import PrivacyLedger, private_steps
 from ..train import EpochReport, PlainSteps, TrainConfig, evaluate, fit
@@ -135,6 +136,10 @@ class SiteKind(ABC):
     @abstractmethod
     def train_config(self, cfg: RunConfig) -> TrainConfig: ...
 
+    def _site_train_config(self, cfg: RunConfig, data: SiteData) -> TrainConfig:
+        """The kind's training settings for this site's data (flips only where they keep the labels)."""
+        return dataclasses.replace(self.train_config(cfg), flips=flips_keep_labels(data.site.flag))
+
     def head_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The site's own head (kept at the site between rounds; empty for a kind without one)."""
         return {k: v.detach().clone() for k, v in model.head.state_dict().items()}
@@ -150,7 +155,7 @@ class SiteKind(ABC):
         PrivacyBudgetExhausted before any step.
         """
         model = self.build_model(cfg, data, start, state.head if state is not None else None)
-        train_cfg = self.train_config(cfg)
+        train_cfg = self._site_train_config(cfg, data)
         steps, ledger = PlainSteps, None
         if cfg.privacy.private:
             ledger = privacy or PrivacyLedger.plan(cfg.privacy, len(data.train), train_cfg.batch_size,
@@ -179,15 +184,16 @@ class SiteKind(ABC):
     def evaluate(self, cfg: RunConfig, data: SiteData, update: Update, head: dict[str, torch.Tensor],
                  split: str = "test") -> dict[str, float]:
         """Metrics of `update` with the given head of this site on one of its splits."""
-        model = self.build_model(cfg, data, update, head)
-        return evaluate(model, getattr(data, split), data.task, model.image_size)
+        model, train_cfg = self.build_model(cfg, data, update, head), self.train_config(cfg)
+        return evaluate(model, getattr(data, split), data.task, model.image_size, device=train_cfg.device,
+                        precision=train_cfg.precision)
 
     def learning_curve(self, cfg: RunConfig, data: SiteData, start: Update | None, epochs: int,
                        on_epoch: Callable[[EpochReport], None] | None = None) -> dict[str, list[float]]:
         """Learn a new task from `start` (e.g. a merged update) or the bare base (None) with a fresh head,
         recording validation and test ACC after every epoch (Med-LEGO Fig. 2). Keeps no state."""
         model = self.build_model(cfg, data, start, None)
-        train_cfg = dataclasses.replace(self.train_config(cfg), epochs=epochs)
+        train_cfg = dataclasses.replace(self._site_train_config(cfg, data), epochs=epochs)
         result = fit(model, data.train, data.val, data.task, model.image_size, train_cfg, watch=data.test,
                      on_epoch=on_epoch)
         return {wire.VAL_ACC: [h["val_acc"] for h in result.history],

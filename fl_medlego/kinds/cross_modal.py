@@ -130,4 +130,5 @@ class CrossModalKind(AdapterKind):
         # The generalist tests are for reports (test split); choosing options on validation needs ACC only.
         union = list(dict.fromkeys(s.flag for s in cfg.sites))
         return evaluate_cross_modal(model, getattr(data, split), data.task, data.site.flag, union,
-                                    generalist=split == "test")
+                                    generalist=split == "test", calibration=data.val, device=cfg.train.device,
+                                    precision=cfg.train.precision)
