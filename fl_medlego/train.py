@@ -115,8 +115,9 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str, weight: tor
 
 
 def class_weights(labels: torch.Tensor, task: str, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights of a training split, mean 1 over the classes present (multi-label: the
-    ratio of negatives to positives of each finding, BCE's pos_weight). A class absent from the split gets 1."""
+    """Inverse-frequency weights of a training split: every class present carries the same total weight and
+    the mean weight per image is 1, so the learning rate keeps its meaning (multi-label: the ratio of
+    negatives to positives of each finding, BCE's pos_weight). A class absent from the split gets 1."""
     if task == MULTI_LABEL:
         positives = labels.float().sum(0)
         ratio = (len(labels) - positives) / positives.clamp_min(1)

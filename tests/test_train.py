@@ -57,3 +57,60 @@ def test_multilabel_task_trains_with_bce():
     labels = torch.tensor([[1, 0, 1]] * 4)
     assert task_loss(logits, labels, "multi-label, binary-class").item() == pytest.approx(np.log(2))
     assert Split(torch.zeros(2, 28, 28, 1, dtype=torch.uint8), labels[:2]).__len__() == 2
+
+
+def test_the_cosine_schedule_warms_up_then_decays_to_zero():
+    from fl_medlego.train import learning_rate_factor
+
+    cfg = TrainConfig(schedule="cosine", warmup=0.1)
+    factors = [learning_rate_factor(step, 100, cfg) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)  # linear over the first 10 %
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))  # then never rises
+    assert factors[-1] < 0.01
+    assert {learning_rate_factor(s, 100, TrainConfig()) for s in range(100)} == {1.0}  # the default: constant
+
+
+def test_class_weights_are_inverse_frequencies_that_keep_the_loss_scale():
+    from fl_medlego.train import class_weights
+
+    labels = torch.tensor([[0]] * 6 + [[1]] * 2)
+    weights = class_weights(labels, "binary-class", 2)
+    assert weights.tolist() == pytest.approx([8 / 12, 8 / 4])
+    assert weights[labels[:, 0]].mean() == pytest.approx(1.0)  # mean 1 per image: the lr keeps its meaning
+    assert class_weights(torch.tensor([[0], [0], [2]]), "multi-class", 3)[1] == 1.0  # an absent class
+    multi = class_weights(torch.tensor([[1, 0], [0, 0], [0, 1], [0, 1]]), "multi-label, binary-class", 2)
+    assert multi.tolist() == pytest.approx([3.0, 1.0])  # negatives / positives per finding
+
+
+def test_light_augmentation_never_mirrors_a_left_right_data_set():
+    from fl_medlego.augment import AugmentConfig, augment_floats, flips_keep_labels
+
+    assert not flips_keep_labels("organamnist") and flips_keep_labels("bloodmnist")
+    image = torch.zeros(64, 3, 8, 8)
+    image[..., :4] = 1.0  # bright left half: a mirror would put it on the right
+    frozen = AugmentConfig(min_scale=1.0, colour=0.0, grey=0.0, rotate=False, flip=False)
+    out = augment_floats(image, 8, frozen, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, image * 2 - 1, atol=1e-5)  # without flips the identity crop changes nothing
+    flipping = augment_floats(image, 8, AugmentConfig(min_scale=1.0, colour=0.0, grey=0.0, rotate=False),
+                              torch.Generator().manual_seed(0))
+    mirrored = (flipping[..., 4:].mean((1, 2, 3)) > 0).sum()
+    assert 10 < mirrored < 54  # about half the images are mirrored when flips are allowed
+
+
+def test_recipe_options_change_training_and_organa_is_not_flipped(monkeypatch):
+    import fl_medlego.train as train_module
+
+    base = {"sites": "organa", "data.max-train": 64, "data.max-eval": 32, "train.local-epochs": 1,
+            "train.batch-size": 32, "lora.rank": 2}
+    seen = []
+    original = train_module.augment_floats
+    monkeypatch.setattr(train_module, "augment_floats",
+                        lambda x, out, cfg, g: seen.append(cfg) or original(x, out, cfg, g))
+    updates = {}
+    for name, extra in {"plain": {}, "recipe": {"train.schedule": "cosine", "train.augment": "light",
+                                               "train.class-balance": "loss"}}.items():
+        cfg = parse_run_config({**base, **extra})
+        data = load_site_data(cfg, "organa")
+        updates[name] = cfg.kind.train(cfg, data, None, None).update.to_tensors()
+    assert seen and all(not c.flip and not c.rotate for c in seen)  # organA: left/right classes, never mirrored
+    assert any(not torch.equal(updates["plain"][k], updates["recipe"][k]) for k in updates["plain"])
