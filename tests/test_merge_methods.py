@@ -37,7 +37,12 @@ KEEP_ALL = {**LINEAR, "ties": {"density": 1.0}, "tsv": {"keep": 1.0}, "dare": {"
 def test_weight_minus_one_negates(method, rng):
     site = sites(rng, (3,))[0]
     assert site.delta().abs().max() > 0.1  # a zero update would pass any negation test
-    close(merge([site], method, [-1.0], **KEEP_ALL.get(method, {})).delta(), -site.delta())
+    negated = merge([site], method, [-1.0], **KEEP_ALL.get(method, {})).delta()
+    if method in KEEP_ALL:
+        close(negated, -site.delta())
+    else:  # methods that reshape even one update (Iso's flat spectrum): negation still commutes
+        close(negated, -merge([site], method, [1.0]).delta())
+        assert negated.abs().max() > 0.1
 
 
 @pytest.mark.parametrize("method", sorted(LINEAR))
@@ -186,3 +191,62 @@ def test_median_of_three_is_the_middle_entry():
     a, b, c = (Factors(torch.eye(3, dtype=torch.float64) * v, torch.ones(3, dtype=torch.float64),
                        torch.eye(3, dtype=torch.float64)) for v in (1.0, 5.0, 100.0))
     close(merge([a, b, c], "median").delta(), torch.eye(3, dtype=torch.float64) * 5.0)
+
+
+def _left_space(f: Factors) -> torch.Tensor:
+    Q = torch.linalg.qr(f.B)[0]
+    return Q @ Q.T
+
+
+def test_iso_c_of_one_task_keeps_its_singular_vectors_and_flattens_its_spectrum(rng):
+    site = sites(rng, (3,))[0]
+    U, S, Vh = torch.linalg.svd(site.delta())
+    merged = merge([site], "iso_c", [1.0])
+    assert merged.rank == 3 and torch.allclose(merged.E, torch.full((3,), float(S[:3].mean()), dtype=torch.float64))
+    close(merged.delta(), S[:3].mean() * U[:, :3] @ Vh[:3])  # same vectors, every value the mean
+    close(merge([site], "iso_c", [1.0], lam=2.0).delta(), 2 * merged.delta())
+
+
+def test_iso_cts_keeps_a_small_tasks_direction_that_the_common_subspace_drops():
+    Q_out = torch.linalg.qr(torch.randn(D_OUT, 4, dtype=torch.float64))[0]
+    Q_in = torch.linalg.qr(torch.randn(D_IN, 4, dtype=torch.float64))[0]
+    big = Factors(Q_out[:, :2], torch.tensor([10.0, 9.0], dtype=torch.float64), Q_in[:, :2].T)
+    small = Factors(Q_out[:, 2:], torch.tensor([0.2, 0.1], dtype=torch.float64), Q_in[:, 2:].T)
+    merged = merge([big, small], "iso_cts", [0.5, 0.5], common=0.5)
+    close(merged.B.T @ merged.B, torch.eye(merged.rank, dtype=torch.float64))  # orthonormal bases
+    close(merged.A @ merged.A.T, torch.eye(merged.rank, dtype=torch.float64))
+    space = _left_space(merged)
+    top_small = Q_out[:, 2]
+    assert (space @ top_small).norm() > 0.999  # the small task's top direction is in the merge
+    assert (space @ Q_out[:, 3]).norm() < 1e-6  # its second is not: one direction per task outside common
+    assert torch.allclose(merged.E, merged.E[0].expand_as(merged.E))  # a flat spectrum
+
+
+def test_iso_cts_with_everything_common_is_iso_c(rng):
+    factors = sites(rng)
+    close(merge(factors, "iso_cts", common=1.0).delta(), merge(factors, "iso_c").delta())
+
+
+def test_lora_lego_with_k_equal_to_the_total_rank_is_exact(rng):
+    factors = sites(rng)  # ranks 2, 3, 2: seven units, each its own cluster, calibration changes nothing
+    close(merge(factors, "lora_lego", clusters=7).delta(), sum(f.delta() for f in factors))
+    close(merge(factors, "lora_lego", [0.2, 0.3, 0.5], clusters=7).delta(),
+          3 * sum(w * f.delta() for w, f in zip((0.2, 0.3, 0.5), factors)))
+
+
+def test_lora_lego_groups_the_same_unit_from_two_sites_whatever_its_sign(rng):
+    site = sites(rng, (3,))[0]
+    mirrored = Factors(-site.B, site.E, -site.A)  # the same update, opposite signs in both factors
+    merged = merge([site, mirrored], "lora_lego", clusters=3)
+    assert merged.rank == 3
+    close(merged.delta(), site.delta())  # each pair of equal units is one cluster: the update once, not twice
+    uncalibrated = merge([site, mirrored], "lora_lego", clusters=3, calibrate=False)
+    close(uncalibrated.delta(), site.delta())  # equal members: the centroid has their norm already
+
+
+def test_lora_lego_calibration_restores_the_norm_averaging_loses(rng):
+    a, b = sites(rng, (1, 1))
+    plain = merge([a, b], "lora_lego", clusters=1, calibrate=False)
+    calibrated = merge([a, b], "lora_lego", clusters=1)
+    assert calibrated.rank == plain.rank == 1
+    assert calibrated.E[0] > plain.E[0]  # the centroid of two different units is shorter than either

@@ -133,7 +133,12 @@ def identity_options(method: str) -> dict:
     return {k: v for k, v in IDENTITY_OPTIONS.items() if k in fields}
 
 
-@pytest.mark.parametrize("method", list_merges())
+# Methods whose definition reshapes even one update: Iso-C / Iso-CTS flatten its spectrum (their own test
+# checks that one site keeps its singular vectors).
+RESHAPE_ONE_UPDATE = {"iso_c", "iso_cts"}
+
+
+@pytest.mark.parametrize("method", [m for m in list_merges() if m not in RESHAPE_ONE_UPDATE])
 def test_every_method_merges_one_site_to_its_own_update(method, rng):
     """Registry contract: with neutral options, a single site's adapter comes back unchanged."""
     site = random_factors(12, 10, 3, rng, torch.float64)

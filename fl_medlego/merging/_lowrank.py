@@ -89,6 +89,12 @@ def truncate(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, k: int | None, 
     return Factors(U[:, :k].to(dtype).contiguous(), S[:k].to(dtype).contiguous(), Vh[:k].to(dtype).contiguous())
 
 
+def nearest_orthonormal(M: torch.Tensor) -> torch.Tensor:
+    """The matrix with orthonormal columns closest to M in Frobenius norm (orthogonal Procrustes: P Q^T)."""
+    P, _, Qh = torch.linalg.svd(M, full_matrices=False)
+    return P @ Qh
+
+
 def frobenius_norm(f: Factors) -> float:
     """||B diag(E) A||_F from the r x r Gram matrices of B and A, never forming the d_out x d_in update."""
     B, E, A = f.B.double(), f.E.double(), f.A.double()

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from ..lora.factors import Factors
-from ._lowrank import svd_of_sum
+from ._lowrank import nearest_orthonormal, svd_of_sum
 from ._options import check_fraction
 from ._registry import register_merge
 
@@ -31,11 +31,6 @@ class TsvOptions:
             check_fraction("tsv", "keep", self.keep, allow_zero=False)
 
 
-def _nearest_orthonormal(M: torch.Tensor) -> torch.Tensor:
-    P, _, Qh = torch.linalg.svd(M, full_matrices=False)
-    return P @ Qh
-
-
 @register_merge("tsv", TsvOptions)
 def tsv(factors: list[Factors], weights: torch.Tensor, options: TsvOptions) -> Factors:
     """Concatenate each task's top singular vectors, orthogonalise them (Procrustes), recombine."""
@@ -48,7 +43,7 @@ def tsv(factors: list[Factors], weights: torch.Tensor, options: TsvOptions) -> F
         Us.append(U[:, :k])
         Ss.append(S[:k] * (len(weights) * w))
         Vhs.append(Vh[:k])
-    U_perp = _nearest_orthonormal(torch.cat(Us, dim=1))
-    V_perp = _nearest_orthonormal(torch.cat(Vhs, dim=0).T)
+    U_perp = nearest_orthonormal(torch.cat(Us, dim=1))
+    V_perp = nearest_orthonormal(torch.cat(Vhs, dim=0).T)
     dtype = factors[0].B.dtype
     return Factors(U_perp.to(dtype), (options.lam * torch.cat(Ss)).to(dtype), V_perp.T.to(dtype).contiguous())
