@@ -53,7 +53,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.max_rank is not None:
         options["max_rank"] = args.max_rank or None
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    merged = merge_saved_adapters(args.adapters, args.output, args.method, weights, **options)
+    named = [a.partition("=") for a in args.adapters]
+    names = [n for n, sep, _ in named if sep] or None
+    if names is not None and len(names) != len(named):
+        console.print("[red]name every adapter (SITE=FOLDER) or none[/red]")
+        return 2
+    folders = [folder if sep else name for name, sep, folder in named]
+    merged = merge_saved_adapters(folders, args.output, args.method, weights, names=names, **options)
     ranks = sorted({f.rank for f in merged.factors.values()})
     console.print(f"merged {len(args.adapters)} adapters with {args.method} -> {args.output} "
                   f"({len(merged.factors)} matrices, ranks {ranks})")
@@ -99,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     merge = sub.add_parser("merge", help="merge saved adapters into one saved adapter (no data needed)")
-    merge.add_argument("adapters", nargs="*", help="adapter folders (adapter_config.json + adapter_model.safetensors)")
+    merge.add_argument("adapters", nargs="*", help="adapter folders (adapter_config.json + adapter_model.safetensors), "
+                       "optionally SITE=FOLDER (medlego keeps the site names for `fl-medlego edit`)")
     merge.add_argument("-o", "--output", help="folder for the merged adapter (must not hold one already)")
     merge.add_argument("--method", default="medlego", help="a registered merge method (see --list)")
     merge.add_argument("--energy", type=float, help="medlego: fraction v of singular-value mass to keep (default 0.9)")
@@ -125,9 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
 
-    from . import deploy, pretrain
+    from . import deploy, edit, pretrain
 
     deploy.add_commands(sub)
+    edit.add_commands(sub)
     pretrain.add_commands(sub)
     return parser
 
