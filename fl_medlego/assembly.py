@@ -34,8 +34,7 @@ import torch
 
 from .lora import Adapter, Factors, SVDLoRAConfig, load_adapter, save_adapter
 from .lora.io import read_adapter_config
-from .merging import merge_adapters
-from .merging._lowrank import svd_of_sum
+from .merging._lowrank import energy_rank, svd_of_sum
 from .merging.medlego import MedLegoOptions
 
 ASSEMBLY_DIR = "assembly"
@@ -112,17 +111,19 @@ class Assembly:
         return Assembly(sums, sites, self.options, edits, self.mean)
 
     def generalist(self, options: MedLegoOptions | None = None) -> Adapter:
-        """The Med-LEGO adapter of the current sites: S / W truncated by the energy rule."""
+        """The Med-LEGO adapter of the current sites: S / W truncated by the energy rule. S is kept in SVD form,
+        so this is the truncation alone (the same rule as the medlego merge, no new decomposition)."""
         options = options or self.options
         divide = self.total_weight if self.mean else 1.0
-        total = torch.tensor([1.0 / divide], dtype=torch.float64)
-        summed = Adapter({name: f for name, f in self.sums.items()})
-        merged = merge_adapters([summed], "medlego", total, options=options)
-        factors = {name: Factors(f.B.float(), f.E.float(), f.A.float()) for name, f in merged.factors.items()}
-        metadata = merged.metadata
-        metadata["merge"] |= {"weights": [s["weight"] / divide for s in self.sites.values()],
-                              "sites": list(self.sites), "edits": self.edits}
-        return Adapter(factors, scale=1.0, metadata=metadata)
+        factors = {}
+        for name, f in self.sums.items():
+            values = f.E / divide
+            k = energy_rank(values, options.energy, options.max_rank)
+            factors[name] = Factors(f.B[:, :k].float().contiguous(), values[:k].float(), f.A[:k].float().contiguous())
+        merge = {"method": "medlego", "options": dataclasses.asdict(options), "dense": False,
+                 "weights": [s["weight"] / divide for s in self.sites.values()], "sites": list(self.sites),
+                 "edits": self.edits}
+        return Adapter(factors, scale=1.0, metadata={"merge": merge})
 
     def total_rank(self) -> int:
         return max((f.rank for f in self.sums.values()), default=0)
