@@ -1,6 +1,7 @@
 """`fl-medlego compare`: options tuned on validation only, cached specialists, the Table 1 outputs."""
 
 import json
+import re
 
 import pytest
 
@@ -64,6 +65,26 @@ def test_table_ranks_and_normalizes():
     assert table["y"]["mean norm. ACC"][0] == pytest.approx((0.9 + 1.0) / 2)
     md = to_markdown(results)
     assert "**0.900 ± 0.000**" in md and "<u>0.600 ± 0.100</u>" in md
+
+
+def test_each_strategy_is_tested_against_medlego_paired_by_seed():
+    from fl_medlego.compare.table import paired_difference
+
+    def row(accs):  # one site, specialist ACC 1.0: the normalized ACC is the ACC
+        return {str(s): {"test": {"a": {"acc": acc, "auc": 0.5, "f1": 0, "loss": 0}}} for s, acc in enumerate(accs)}
+
+    seeds = range(5)
+    results = {"sites": ["a"], "seeds": list(seeds), "rows": {
+        "specialists (SVD-LoRA)": row([1.0] * 5), "medlego": row([0.80, 0.70, 0.85, 0.75, 0.90]),
+        "better": row([0.83, 0.74, 0.87, 0.79, 0.93]),  # +0.02 to +0.04 every seed: noise between seeds cancels
+        "noise": row([0.85, 0.65, 0.86, 0.70, 0.92])}}
+    better, noise = paired_difference(results, "better"), paired_difference(results, "noise")
+    assert better["mean"] == pytest.approx(0.032) and better["low"] > 0 and better["p"] < 0.01
+    assert noise["low"] < 0 < noise["high"] and noise["p"] > 0.5
+    md = to_markdown(results)
+    assert "vs medlego" in md and "+0.032 [" in md and "p=" in md
+    marked = [line for line in md.splitlines() if re.search(r"p=[0-9.e-]+ \*", line)]
+    assert len(marked) == 1 and marked[0].startswith("| better")  # only `better` is marked significant
 
 
 def test_report_rerenders_a_comparison(tmp_path):

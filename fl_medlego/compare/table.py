@@ -39,10 +39,20 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else 0.0
 
 
+def normalized_by_seed(results: dict, row: str) -> dict[str, float]:
+    """seed -> the row's mean normalized ACC in that seed (seeds where the row and the reference ran)."""
+    sites, reference = results["sites"], results["rows"].get(NORMALIZED_BY, {})
+    out = {}
+    for seed, r in results["rows"].get(row, {}).items():
+        ref = reference.get(seed, {}).get("test")
+        if r.get("test") and ref:
+            out[seed] = float(np.mean([r["test"][s]["acc"] / ref[s]["acc"] for s in sites]))
+    return out
+
+
 def summarize(results: dict) -> dict[str, dict[str, tuple[float, float]]]:
     """row -> column -> (mean, std) over seeds; columns are '<site> ACC', '<site> AUC' and NORMALIZED."""
     sites, rows = results["sites"], results["rows"]
-    reference = rows.get(NORMALIZED_BY, {})
     table = {}
     for row, by_seed in rows.items():
         runs = [r for r in by_seed.values() if r.get("test")]
@@ -52,14 +62,40 @@ def summarize(results: dict) -> dict[str, dict[str, tuple[float, float]]]:
         for site in sites:
             cells[f"{site} ACC"] = _stats([r["test"][site]["acc"] for r in runs])
             cells[f"{site} AUC"] = _stats([r["test"][site]["auc"] for r in runs])
-        normalized = []
-        for seed, r in by_seed.items():
-            ref = reference.get(seed, {}).get("test")
-            if r.get("test") and ref:
-                normalized.append(float(np.mean([r["test"][s]["acc"] / ref[s]["acc"] for s in sites])))
-        cells[NORMALIZED] = _stats(normalized)
+        cells[NORMALIZED] = _stats(list(normalized_by_seed(results, row).values()))
         table[row] = cells
     return table
+
+
+PAIRED_BASELINE = "medlego"
+SIGNIFICANCE = 0.05
+
+
+def paired_difference(results: dict, row: str, baseline: str = PAIRED_BASELINE) -> dict | None:
+    """The row's mean normalized ACC minus the baseline's, paired by seed: mean, 95 % confidence interval
+    (Student t over the seeds) and the paired t-test's two-sided p. None below two shared seeds."""
+    from scipy import stats
+
+    mine, theirs = normalized_by_seed(results, row), normalized_by_seed(results, baseline)
+    seeds = sorted(set(mine) & set(theirs))
+    if len(seeds) < 2:
+        return None
+    diff = np.array([mine[s] - theirs[s] for s in seeds])
+    mean, sem = float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    half = float(stats.t.ppf(0.975, len(diff) - 1) * sem)
+    p = float(stats.ttest_rel([mine[s] for s in seeds], [theirs[s] for s in seeds]).pvalue) if sem > 0 else (
+        0.0 if mean != 0 else 1.0)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "p": p, "seeds": len(seeds)}
+
+
+def _paired_cell(results: dict, row: str) -> str:
+    if row == PAIRED_BASELINE or row in REFERENCE_ROWS or PAIRED_BASELINE not in results["rows"]:
+        return ""
+    d = paired_difference(results, row)
+    if d is None:
+        return "n/a"
+    mark = " *" if d["p"] < SIGNIFICANCE else ""
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], p={d['p']:.2g}{mark}"
 
 
 def columns(results: dict) -> list[str]:
@@ -83,13 +119,17 @@ def _cell(mean: float, std: float, seeds: int) -> str:
 def to_markdown(results: dict) -> str:
     table, cols, seeds = summarize(results), columns(results), len(results["seeds"])
     ranks = {c: _ranks(table, c) for c in cols}
-    lines = ["| strategy | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    paired = seeds > 1 and PAIRED_BASELINE in results["rows"]
+    extra = [f"vs {PAIRED_BASELINE}"] if paired else []
+    lines = ["| strategy | " + " | ".join(cols + extra) + " |", "|---|" + "---|" * (len(cols) + len(extra))]
     for row, cells in table.items():
         out = []
         for c in cols:
             text = _cell(*cells[c], seeds)
             place = ranks[c].get(row)
             out.append(f"**{text}**" if place == 1 else f"<u>{text}</u>" if place == 2 else text)
+        if paired:
+            out.append(_paired_cell(results, row))
         lines.append(f"| {row} | " + " | ".join(out) + " |")
     errors = [f"- `{row}` (seed {seed}): {r['error']}" for row, by_seed in results["rows"].items()
               for seed, r in by_seed.items() if r.get("error")]
@@ -99,7 +139,10 @@ def to_markdown(results: dict) -> str:
             "Test ACC / AUC per task, each merged model evaluated with each site's own head. "
             f"`{NORMALIZED}` = mean over tasks of merged ACC / SVD-LoRA specialist ACC. "
             "Best **bold**, second <u>underlined</u> among the assembled models; specialists and the "
-            "(centralised) multi-task model are references." + (" Cells: mean ± std over seeds." if seeds > 1 else ""),
+            "(centralised) multi-task model are references." + (" Cells: mean ± std over seeds." if seeds > 1 else "")
+            + (f" `vs {PAIRED_BASELINE}`: the row's mean normalized ACC minus {PAIRED_BASELINE}'s, paired by seed, "
+               f"with its 95 % confidence interval and the paired t-test's p (* below {SIGNIFICANCE})."
+               if paired else ""),
             "", *lines, "", "Options chosen on the validation splits:", *options]
     if errors:
         text += ["", "Strategies that could not merge these specialists:", *errors]
