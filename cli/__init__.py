@@ -76,7 +76,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     name = Path(args.scenario).resolve().name
     out = Path(args.output or Path("outputs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     console.print(f"comparing {len(strategies)} strategies on {name}, seeds {seeds} -> {out}")
-    results = Comparison(run_config, strategies, seeds, out, Path(args.cache).expanduser(), progress=True).run()
+    rounds = tuple(int(r) for r in args.rounds.split(","))
+    results = Comparison(run_config, strategies, seeds, out, Path(args.cache).expanduser(), progress=True,
+                         rounds=rounds).run()
     print_whole(console, rich_table(results))
     console.print(f"wrote {out / 'table.md'}, table.csv, table.png and results.json ({results['wall_time_s']} s)")
     return 0
@@ -123,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed-list", help="explicit comma-separated seeds instead of --seeds")
     compare.add_argument("--strategies", help="comma-separated subset (default: every strategy + multitask)")
     compare.add_argument("--run-config", help="overrides of the scenario's knobs, as for flwr run")
+    compare.add_argument("--rounds", default="1", help="comma-separated round counts: 1 = the one-shot merge of the "
+                         "specialists (the paper's setting), R > 1 = R federated rounds, sites continuing from the "
+                         "merge (row 'STRATEGY (R rounds)'), e.g. 1,3")
     compare.add_argument("-o", "--output", help="output folder (default: outputs/compare-SCENARIO-TIME)")
     compare.add_argument("--cache", default="~/.cache/fl-medlego/specialists",
                          help="where trained specialists are kept for reuse (default: %(default)s)")

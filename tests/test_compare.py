@@ -87,6 +87,20 @@ def test_each_strategy_is_tested_against_medlego_paired_by_seed():
     assert len(marked) == 1 and marked[0].startswith("| better")  # only `better` is marked significant
 
 
+def test_one_shot_and_federated_rounds_are_separate_rows_and_resume(tmp_path, monkeypatch):
+    run_config = tiny_config()
+    comparison = Comparison(run_config, ["medlego"], [0], tmp_path / "out", tmp_path / "cache", rounds=(1, 2))
+    results = comparison.run()
+    one_shot, federated = results["rows"]["medlego"]["0"], results["rows"]["medlego (2 rounds)"]["0"]
+    assert set(federated["test"]) == {"breast", "pneumonia"} and federated["rounds"] == 2
+    assert federated["options"] == one_shot["options"]  # chosen once, on validation, in the one-shot merge
+    assert federated["test"] != one_shot["test"]  # the sites trained another round from the merge
+    assert "medlego (2 rounds)" in to_markdown(results)
+    monkeypatch.setattr(AdapterKind, "train", lambda *a, **k: pytest.fail("a finished row was trained again"))
+    again = Comparison(run_config, ["medlego"], [0], tmp_path / "out", tmp_path / "cache", rounds=(1, 2)).run()
+    assert again["rows"]["medlego (2 rounds)"] == results["rows"]["medlego (2 rounds)"]
+
+
 def test_report_rerenders_a_comparison(tmp_path):
     results = {"sites": ["a"], "seeds": [0], "rows": {"specialists (SVD-LoRA)": {"0": {"test": {
         "a": {"acc": 0.9, "auc": 0.8, "f1": 0.5, "loss": 0.1}}}}}}

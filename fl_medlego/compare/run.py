@@ -16,9 +16,11 @@ import logging
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..config import RunConfig, parse_run_config, settings_table
 from ..data import SiteData
-from ..kinds import REFERENCE_KIND, SiteKind, all_strategies, get_kind, kind_for_strategy
+from ..kinds import REFERENCE_KIND, SiteKind, SiteState, all_strategies, get_kind, kind_for_strategy
 from ..models import create_backbone
 from ..multitask import MultiTaskModel, train_multitask
 from ..site import load_site_data
@@ -27,6 +29,12 @@ from .cache import SpecialistCache
 from .table import MULTITASK, UNTRAINED, render_comparison, specialists_row
 
 log = logging.getLogger(__name__)
+
+
+def federated_row(strategy: str, rounds: int) -> str:
+    """The row of a strategy run for several rounds (sites continue from the merge); one round is the
+    one-shot merge of the specialists (the paper's setting) and keeps the strategy's own name."""
+    return strategy if rounds == 1 else f"{strategy} ({rounds} rounds)"
 
 
 def compared_strategies(run_config: dict | None = None) -> list[str]:
@@ -40,8 +48,13 @@ def compared_strategies(run_config: dict | None = None) -> list[str]:
 
 class Comparison:
     def __init__(self, run_config: dict, strategies: list[str], seeds: list[int], out_dir: Path, cache_dir: Path,
-                 progress: bool = False) -> None:
+                 progress: bool = False, rounds: tuple[int, ...] = (1,)) -> None:
         cfg = parse_run_config(run_config)
+        if not rounds or min(rounds) < 1:
+            raise ValueError(f"rounds must be positive numbers of rounds, e.g. --rounds 1,3; got {list(rounds)}")
+        if max(rounds) > 1 and (cfg.privacy.private or MULTITASK in strategies and len(strategies) == 1):
+            raise ValueError("--rounds above 1 runs federated rounds of the merges: not with privacy.mode "
+                             "'dp-sgd' (its budget is planned by the Flower run) nor for multitask alone")
         known = compared_strategies(run_config)
         unknown = sorted(set(strategies) - set(known))
         if unknown:
@@ -54,6 +67,7 @@ class Comparison:
                 raise ValueError(f"privacy.mode={cfg.privacy.mode!r}: {public} cannot train with DP-SGD; "
                                  "leave them out of --strategies")
         self.run_config, self.strategies, self.seeds = run_config, strategies, seeds
+        self.rounds = sorted(set(rounds))
         self.out_dir, self.cache_dir, self.progress = Path(out_dir), Path(cache_dir), progress
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "results.json"
@@ -81,6 +95,10 @@ class Comparison:
 
     def run(self) -> dict:
         started = time.time()
+        # One step per (seed, strategy): rows measured before an interruption count as done at once.
+        rows = [(s, r) for s in self.strategies for r in ([1] if s == MULTITASK else self.rounds)]
+        bar = tqdm(total=len(self.seeds) * len(rows), desc="compare", unit="row", disable=not self.progress,
+                   initial=sum(self._done(federated_row(s, r), seed) for seed in self.seeds for s, r in rows))
         for seed in self.seeds:
             cfg = self._config(seed)
             sites = {name: load_site_data(cfg, name) for name in cfg.site_names}
@@ -88,16 +106,22 @@ class Comparison:
             self._specialists(cfg, get_kind(REFERENCE_KIND), sites, seed)
             if cfg.kind.zero_shot and not self._done(UNTRAINED, seed):  # where a kind without training starts
                 self._record(UNTRAINED, seed, {s: cfg.kind.evaluate(cfg, d, None, {}) for s, d in sites.items()})
-            for strategy in self.strategies:
-                if self._done(strategy, seed):
+            for strategy, rounds in rows:
+                row = federated_row(strategy, rounds)
+                if self._done(row, seed):
                     continue
-                log.info("seed %d: %s", seed, strategy)
+                bar.set_postfix_str(f"seed {seed}: {row}")
+                log.info("seed %d: %s", seed, row)
                 t0 = time.time()
                 if strategy == MULTITASK:
                     self._multitask(cfg, sites, seed)
-                else:
+                elif rounds == 1:
                     self._combined_row(self._config(seed, strategy), sites, seed)
-                self.results["rows"][strategy][str(seed)]["seconds"] = round(time.time() - t0, 1)
+                else:
+                    self._federated_row(self._config(seed, strategy), sites, seed, rounds)
+                self.results["rows"][row][str(seed)]["seconds"] = round(time.time() - t0, 1)
+                bar.update(1)
+        bar.close()
         self.results["wall_time_s"] = round(self.results.get("wall_time_s", 0) + time.time() - started, 1)
         self._save()
         render_comparison(self.results, self.out_dir)
@@ -142,6 +166,33 @@ class Comparison:
         test = {s: kind.evaluate(cfg, d, combined, specialists[s][1]) for s, d in sites.items()}
         options = dataclasses.asdict(merge.options) if merge.options is not None else {}
         self._record(strategy, seed, test, options=options, val_mean_acc=score, **kind.describe(combined))
+
+    def _federated_row(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int, rounds: int) -> None:
+        """The one-shot merge, then rounds 2..R as the Flower scenarios run them: every site trains from the
+        merged update with its own head, the server combines the results with the options chosen one-shot."""
+        kind, strategy = cfg.kind, cfg.strategy
+        one_shot = self.results["rows"].get(strategy, {}).get(str(seed))
+        if one_shot is None or one_shot.get("error"):
+            self._combined_row(cfg, sites, seed)  # the options come from the one-shot tuning on validation
+            one_shot = self.results["rows"][strategy][str(seed)]
+        row = federated_row(strategy, rounds)
+        if one_shot.get("error"):
+            self._record(row, seed, {}, error=one_shot["error"])
+            return
+        merge = cfg.merge.with_options(**one_shot["options"]) if one_shot.get("options") else cfg.merge
+        specialists = self._specialists(cfg, kind, sites, seed)
+        states = {s: SiteState(head=head, specialist=update, specialist_head=head)
+                  for s, (update, head, _) in specialists.items()}
+        combined = kind.combine([specialists[s][0] for s in sites], None, merge)
+        for server_round in range(2, rounds + 1):
+            updates = []
+            for name, data in sites.items():
+                result = kind.train(cfg, data, combined, states[name], server_round=server_round)
+                states[name] = result.state
+                updates.append(result.update)
+            combined = kind.combine(updates, None, merge)
+        test = {s: kind.evaluate(cfg, d, combined, states[s].head) for s, d in sites.items()}
+        self._record(row, seed, test, options=one_shot.get("options", {}), rounds=rounds, **kind.describe(combined))
 
     def _multitask(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int) -> None:
         cache = SpecialistCache(self.cache_dir, cfg)
