@@ -250,3 +250,11 @@ def test_lora_lego_calibration_restores_the_norm_averaging_loses(rng):
     calibrated = merge([a, b], "lora_lego", clusters=1)
     assert calibrated.rank == plain.rank == 1
     assert calibrated.E[0] > plain.E[0]  # the centroid of two different units is shorter than either
+
+
+def test_medlego_sum_is_medlego_scaled_by_lambda_times_n(rng):
+    factors = sites(rng)
+    plain = merge(factors, "medlego", energy=0.8)
+    variant = merge(factors, "medlego_sum", energy=0.8, lam=0.5)
+    assert variant.rank == plain.rank  # the energy rule does not see the scale: the same directions
+    close(variant.delta(), 0.5 * 3 * plain.delta())

@@ -24,6 +24,7 @@ from . import (  # noqa: F401  (importing a method's module registers it)
     lora_lego,
     magmax,
     medlego,
+    medlego_sum,
     pem,
     post_avg,
     robust,
