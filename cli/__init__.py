@@ -77,8 +77,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.output or Path("outputs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     console.print(f"comparing {len(strategies)} strategies on {name}, seeds {seeds} -> {out}")
     rounds = tuple(int(r) for r in args.rounds.split(","))
+    energies = tuple(float(v) for v in args.energy_sweep.split(",")) if args.energy_sweep else ()
     results = Comparison(run_config, strategies, seeds, out, Path(args.cache).expanduser(), progress=True,
-                         rounds=rounds).run()
+                         rounds=rounds, energies=energies).run()
     print_whole(console, rich_table(results))
     console.print(f"wrote {out / 'table.md'}, table.csv, table.png and results.json ({results['wall_time_s']} s)")
     return 0
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--rounds", default="1", help="comma-separated round counts: 1 = the one-shot merge of the "
                          "specialists (the paper's setting), R > 1 = R federated rounds, sites continuing from the "
                          "merge (row 'STRATEGY (R rounds)'), e.g. 1,3")
+    compare.add_argument("--energy-sweep", help="Med-LEGO at fixed thresholds v (no tuning, no rank cap), e.g. "
+                         "0.5,0.7,0.8,0.9,0.95,1: rows 'medlego (v=..., fixed)' and energy_sweep.png")
     compare.add_argument("-o", "--output", help="output folder (default: outputs/compare-SCENARIO-TIME)")
     compare.add_argument("--cache", default="~/.cache/fl-medlego/specialists",
                          help="where trained specialists are kept for reuse (default: %(default)s)")

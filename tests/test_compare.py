@@ -101,6 +101,17 @@ def test_one_shot_and_federated_rounds_are_separate_rows_and_resume(tmp_path, mo
     assert again["rows"]["medlego (2 rounds)"] == results["rows"]["medlego (2 rounds)"]
 
 
+def test_the_energy_sweep_records_accuracy_and_the_rank_each_threshold_keeps(tmp_path):
+    from fl_medlego.compare.table import energy_sweep
+
+    out = tmp_path / "out"
+    results = Comparison(tiny_config(), [], [0], out, tmp_path / "cache", energies=(0.3, 1.0)).run()
+    points = energy_sweep(results)
+    assert [p["energy"] for p in points] == [0.3, 1.0]
+    assert points[0]["merged_rank"] < points[1]["merged_rank"] == 4  # v = 1 keeps both rank-2 sites whole
+    assert (out / "energy_sweep.png").is_file() and "medlego (v=0.3, fixed)" in (out / "table.md").read_text()
+
+
 def test_report_rerenders_a_comparison(tmp_path):
     results = {"sites": ["a"], "seeds": [0], "rows": {"specialists (SVD-LoRA)": {"0": {"test": {
         "a": {"acc": 0.9, "auc": 0.8, "f1": 0.5, "loss": 0.1}}}}}}

@@ -37,6 +37,11 @@ def federated_row(strategy: str, rounds: int) -> str:
     return strategy if rounds == 1 else f"{strategy} ({rounds} rounds)"
 
 
+def sweep_row(energy: float) -> str:
+    """A Med-LEGO row at a fixed threshold v (not tuned, no rank cap): what v keeps, and what it costs."""
+    return f"medlego (v={energy:g}, fixed)"
+
+
 def compared_strategies(run_config: dict | None = None) -> list[str]:
     """What `compare` runs by default: every strategy and the multi-task reference, or, when the scenario
     names a kind that must be chosen explicitly (cross-modal), that kind's strategies."""
@@ -48,7 +53,7 @@ def compared_strategies(run_config: dict | None = None) -> list[str]:
 
 class Comparison:
     def __init__(self, run_config: dict, strategies: list[str], seeds: list[int], out_dir: Path, cache_dir: Path,
-                 progress: bool = False, rounds: tuple[int, ...] = (1,)) -> None:
+                 progress: bool = False, rounds: tuple[int, ...] = (1,), energies: tuple[float, ...] = ()) -> None:
         cfg = parse_run_config(run_config)
         if not rounds or min(rounds) < 1:
             raise ValueError(f"rounds must be positive numbers of rounds, e.g. --rounds 1,3; got {list(rounds)}")
@@ -68,6 +73,9 @@ class Comparison:
                                  "leave them out of --strategies")
         self.run_config, self.strategies, self.seeds = run_config, strategies, seeds
         self.rounds = sorted(set(rounds))
+        if any(not 0 < v <= 1 for v in energies):
+            raise ValueError(f"--energy-sweep values are Med-LEGO thresholds v in (0, 1], got {list(energies)}")
+        self.energies = sorted(set(energies))
         self.out_dir, self.cache_dir, self.progress = Path(out_dir), Path(cache_dir), progress
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "results.json"
@@ -97,8 +105,9 @@ class Comparison:
         started = time.time()
         # One step per (seed, strategy): rows measured before an interruption count as done at once.
         rows = [(s, r) for s in self.strategies for r in ([1] if s == MULTITASK else self.rounds)]
-        bar = tqdm(total=len(self.seeds) * len(rows), desc="compare", unit="row", disable=not self.progress,
-                   initial=sum(self._done(federated_row(s, r), seed) for seed in self.seeds for s, r in rows))
+        names = [federated_row(s, r) for s, r in rows] + [sweep_row(v) for v in self.energies]
+        bar = tqdm(total=len(self.seeds) * len(names), desc="compare", unit="row", disable=not self.progress,
+                   initial=sum(self._done(name, seed) for seed in self.seeds for name in names))
         for seed in self.seeds:
             cfg = self._config(seed)
             sites = {name: load_site_data(cfg, name) for name in cfg.site_names}
@@ -121,6 +130,12 @@ class Comparison:
                     self._federated_row(self._config(seed, strategy), sites, seed, rounds)
                 self.results["rows"][row][str(seed)]["seconds"] = round(time.time() - t0, 1)
                 bar.update(1)
+            for energy in self.energies:
+                if not self._done(sweep_row(energy), seed):
+                    bar.set_postfix_str(f"seed {seed}: {sweep_row(energy)}")
+                    self._fixed_row(self._config(seed, "medlego"), sites, seed, sweep_row(energy),
+                                    {"energy": energy, "max_rank": None})
+                    bar.update(1)
         bar.close()
         self.results["wall_time_s"] = round(self.results.get("wall_time_s", 0) + time.time() - started, 1)
         self._save()
@@ -166,6 +181,14 @@ class Comparison:
         test = {s: kind.evaluate(cfg, d, combined, specialists[s][1]) for s, d in sites.items()}
         options = dataclasses.asdict(merge.options) if merge.options is not None else {}
         self._record(strategy, seed, test, options=options, val_mean_acc=score, **kind.describe(combined))
+
+    def _fixed_row(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int, row: str, options: dict) -> None:
+        """One combination with the given options (no tuning): test metrics and the merged rank."""
+        kind = cfg.kind
+        specialists = self._specialists(cfg, kind, sites, seed)
+        combined = kind.combine([specialists[s][0] for s in sites], None, cfg.merge.with_options(**options))
+        test = {s: kind.evaluate(cfg, d, combined, specialists[s][1]) for s, d in sites.items()}
+        self._record(row, seed, test, options=options, **kind.describe(combined))
 
     def _federated_row(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int, rounds: int) -> None:
         """The one-shot merge, then rounds 2..R as the Flower scenarios run them: every site trains from the

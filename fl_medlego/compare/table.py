@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..kinds import REFERENCE_KIND, SiteKind, get_kind, list_kinds
-from ..wire import CENTRED_PREFIX, MODALITY_SHARE, UNION_ACC, UNSEEN_METRICS
+from ..wire import CENTRED_PREFIX, MERGED_MAX_RANK, MODALITY_SHARE, UNION_ACC, UNSEEN_METRICS
 
 MULTITASK = "multitask"
 UNTRAINED = "untrained pair (zero-shot)"  # a cross-modal model before any training: classes from prompts alone
@@ -254,10 +254,48 @@ def heatmap(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def energy_sweep(results: dict) -> list[dict]:
+    """The fixed-v Med-LEGO rows (`compare --energy-sweep`): v, mean normalized ACC (± std over seeds) and
+    the merged rank kept (max over matrices, mean over seeds), by increasing v."""
+    points = []
+    for row, by_seed in results["rows"].items():
+        runs = [r for r in by_seed.values() if r.get("test") and "energy" in (r.get("options") or {})]
+        if not row.startswith("medlego (v=") or not runs:
+            continue
+        mean, std = _stats(list(normalized_by_seed(results, row).values()))
+        points.append({"energy": runs[0]["options"]["energy"], "normalized_acc": mean, "std": std,
+                       "merged_rank": float(np.mean([r.get(MERGED_MAX_RANK, math.nan) for r in runs]))})
+    return sorted(points, key=lambda p: p["energy"])
+
+
+def energy_plot(points: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = [p["energy"] for p in points]
+    fig, acc = plt.subplots(figsize=(5.5, 3.5))
+    acc.errorbar(v, [p["normalized_acc"] for p in points], yerr=[p["std"] for p in points], marker="o",
+                 color="tab:blue", capsize=3)
+    acc.set_xlabel("Med-LEGO energy threshold v")
+    acc.set_ylabel("mean normalized ACC", color="tab:blue")
+    rank = acc.twinx()
+    rank.plot(v, [p["merged_rank"] for p in points], marker="s", color="tab:orange")
+    rank.set_ylabel("merged rank kept (max over matrices)", color="tab:orange")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def render_comparison(results: dict, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     paths = [out_dir / "table.md", out_dir / "table.csv", out_dir / "table.png"]
     paths[0].write_text(to_markdown(results))
     to_csv(results, paths[1])
     heatmap(results, paths[2])
+    points = energy_sweep(results)
+    if points:
+        paths.append(out_dir / "energy_sweep.png")
+        energy_plot(points, paths[-1])
     return paths
