@@ -85,6 +85,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scaling(args: argparse.Namespace) -> int:
+    from fl_medlego.compare import compared_strategies
+    from fl_medlego.compare.scaling import run_scaling
+    from fl_medlego.scenario import load_scenario_config
+
+    run_config = load_scenario_config(args.scenario, args.run_config or "")
+    strategies = args.strategies.split(",") if args.strategies else [
+        s for s in compared_strategies(run_config) if s != "multitask"]
+    seeds = list(range(args.seeds))
+    sizes = [int(n) for n in args.sizes.split(",")]
+    name = Path(args.scenario).resolve().name
+    out = Path(args.output or Path("outputs") / f"scaling-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    console.print(f"scaling {len(strategies)} strategies on {name} over N = {sizes}, seeds {seeds} -> {out}")
+    run_scaling(run_config, strategies, seeds, sizes, out, Path(args.cache).expanduser(), args.max_subsets,
+                progress=True)
+    console.print(f"wrote {out / 'scaling.csv'}, scaling.png and scaling.json")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
@@ -135,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--cache", default="~/.cache/fl-medlego/specialists",
                          help="where trained specialists are kept for reuse (default: %(default)s)")
     compare.set_defaults(func=cmd_compare)
+
+    scaling = sub.add_parser("scaling", help="mean normalized ACC against the number of specialists, every strategy")
+    scaling.add_argument("scenario", help="cross_domain (subsets of its modalities) or in_domain (one modality "
+                         "split N ways)")
+    scaling.add_argument("--sizes", default="2,3,4", help="the numbers of sites N (default %(default)s)")
+    scaling.add_argument("--seeds", type=int, default=1)
+    scaling.add_argument("--strategies", help="comma-separated (default: every strategy of the kind)")
+    scaling.add_argument("--max-subsets", type=int, default=6, help="subsets of N sites compared per N, at most")
+    scaling.add_argument("--run-config", help="overrides of the scenario's knobs, as for flwr run")
+    scaling.add_argument("-o", "--output")
+    scaling.add_argument("--cache", default="~/.cache/fl-medlego/specialists")
+    scaling.set_defaults(func=cmd_scaling)
 
     report = sub.add_parser("report", help="re-render the tables and figures of a run or comparison folder")
     report.add_argument("run_dir")

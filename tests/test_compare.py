@@ -112,6 +112,26 @@ def test_the_energy_sweep_records_accuracy_and_the_rank_each_threshold_keeps(tmp
     assert (out / "energy_sweep.png").is_file() and "medlego (v=0.3, fixed)" in (out / "table.md").read_text()
 
 
+def test_scaling_shares_each_specialist_across_subsets_and_plots_against_n(tmp_path, monkeypatch):
+    from fl_medlego.compare.scaling import run_scaling, subsets_for
+
+    run_config = load_scenario_config("scenarios/cross_domain", TINY.replace("'breast,pneumonia'",
+                                                                              "'blood,breast,pneumonia'"))
+    assert subsets_for(run_config, [2], max_subsets=2) != subsets_for(run_config, [3], max_subsets=2)
+    trained = []
+    real = AdapterKind.train
+    monkeypatch.setattr(AdapterKind, "train", lambda self, cfg, data, *a, **k: trained.append(data.site.name)
+                        or real(self, cfg, data, *a, **k))
+    summary = run_scaling(run_config, ["medlego", "task_arithmetic"], [0], [2, 3], tmp_path / "out",
+                          tmp_path / "cache")
+    assert sorted(trained) == ["blood", "breast", "pneumonia"]  # once each, shared by the 3 pairs and the triple
+    assert set(summary) == {"medlego", "task_arithmetic"} and set(summary["medlego"]) == {2, 3}
+    assert summary["medlego"][2]["subsets"] == 3 and summary["medlego"][3]["subsets"] == 1
+    assert (tmp_path / "out" / "scaling.png").is_file() and (tmp_path / "out" / "scaling.csv").is_file()
+    split = load_scenario_config("scenarios/in_domain", TINY.replace("'breast,pneumonia'", "'pneumonia:2'"))
+    assert subsets_for(split, [2, 4], 6) == {2: ["pneumonia:2"], 4: ["pneumonia:4"]}
+
+
 def test_report_rerenders_a_comparison(tmp_path):
     results = {"sites": ["a"], "seeds": [0], "rows": {"specialists (SVD-LoRA)": {"0": {"test": {
         "a": {"acc": 0.9, "auc": 0.8, "f1": 0.5, "loss": 0.1}}}}}}

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, parse_run_config, settings_table
-from ..data import SiteData
+from ..data import SiteData, parse_sites
 from ..kinds import REFERENCE_KIND, SiteKind, SiteState, all_strategies, get_kind, kind_for_strategy
 from ..models import create_backbone
 from ..multitask import MultiTaskModel, train_multitask
@@ -53,7 +53,8 @@ def compared_strategies(run_config: dict | None = None) -> list[str]:
 
 class Comparison:
     def __init__(self, run_config: dict, strategies: list[str], seeds: list[int], out_dir: Path, cache_dir: Path,
-                 progress: bool = False, rounds: tuple[int, ...] = (1,), energies: tuple[float, ...] = ()) -> None:
+                 progress: bool = False, rounds: tuple[int, ...] = (1,), energies: tuple[float, ...] = (),
+                 specialists_of: str | None = None) -> None:
         cfg = parse_run_config(run_config)
         if not rounds or min(rounds) < 1:
             raise ValueError(f"rounds must be positive numbers of rounds, e.g. --rounds 1,3; got {list(rounds)}")
@@ -73,6 +74,10 @@ class Comparison:
                                  "leave them out of --strategies")
         self.run_config, self.strategies, self.seeds = run_config, strategies, seeds
         self.rounds = sorted(set(rounds))
+        # A subset of a larger comparison's sites (fl_medlego.compare.scaling) reuses that comparison's
+        # specialists: the cache is keyed by the full site list. Only for sites of distinct modalities,
+        # whose data and training do not depend on the other sites.
+        self.specialists_of = specialists_of
         if any(not 0 < v <= 1 for v in energies):
             raise ValueError(f"--energy-sweep values are Med-LEGO thresholds v in (0, 1], got {list(energies)}")
         self.energies = sorted(set(energies))
@@ -144,7 +149,9 @@ class Comparison:
 
     def _specialists(self, cfg: RunConfig, kind: SiteKind, sites: dict[str, SiteData], seed: int) -> dict:
         """site -> (update, head) of each site's specialist of this kind, trained once and cached."""
-        cache = SpecialistCache(self.cache_dir, cfg)
+        key = cfg if self.specialists_of is None else dataclasses.replace(cfg, sites=tuple(parse_sites(
+            self.specialists_of)))
+        cache = SpecialistCache(self.cache_dir, key)
         base = kind.shared_base(cfg)[1]  # a replaced base refuses old entries
         found = {}
         for name, data in sites.items():
