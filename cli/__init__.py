@@ -121,6 +121,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_combine(args: argparse.Namespace) -> int:
+    from fl_medlego.compare.combine import combine_folders
+
+    paths = combine_folders(args.parts, args.output)
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl-medlego", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -154,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--cache", default="~/.cache/fl-medlego/specialists",
                          help="where trained specialists are kept for reuse (default: %(default)s)")
     compare.set_defaults(func=cmd_compare)
+
+    combine = sub.add_parser("combine", help="one comparison from several folders (e.g. seeds run in parallel)")
+    combine.add_argument("parts", nargs="+", help="comparison folders (results.json)")
+    combine.add_argument("-o", "--output", required=True)
+    combine.set_defaults(func=cmd_combine)
 
     scaling = sub.add_parser("scaling", help="mean normalized ACC against the number of specialists, every strategy")
     scaling.add_argument("scenario", help="cross_domain (subsets of its modalities) or in_domain (one modality "

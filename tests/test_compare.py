@@ -132,6 +132,25 @@ def test_scaling_shares_each_specialist_across_subsets_and_plots_against_n(tmp_p
     assert subsets_for(split, [2, 4], 6) == {2: ["pneumonia:2"], 4: ["pneumonia:4"]}
 
 
+def test_comparisons_of_separate_seeds_combine_into_one_and_conflicts_are_refused(tmp_path):
+    from fl_medlego.compare.combine import combine_comparisons
+
+    def part(seed, acc, **settings):
+        return {"settings": {"seed": seed, "train": {"seed": seed, "lr": 0.01}, **settings}, "sites": ["a"],
+                "seeds": [seed], "wall_time_s": 10.0,
+                "rows": {"medlego": {str(seed): {"test": {"a": {"acc": acc, "auc": 0.5, "f1": 0.0, "loss": 0.0}}}}}}
+
+    combined = combine_comparisons([part(0, 0.5), part(1, 0.6)])
+    assert combined["seeds"] == [0, 1] and set(combined["rows"]["medlego"]) == {"0", "1"}
+    assert combined["wall_time_s"] == 20.0
+    with pytest.raises(ValueError, match="differs between the parts"):
+        combine_comparisons([part(0, 0.5), part(0, 0.7)])
+    other = part(1, 0.6)
+    other["settings"]["train"]["lr"] = 0.1
+    with pytest.raises(ValueError, match="other settings.*train"):
+        combine_comparisons([part(0, 0.5), other])
+
+
 def test_report_rerenders_a_comparison(tmp_path):
     results = {"sites": ["a"], "seeds": [0], "rows": {"specialists (SVD-LoRA)": {"0": {"test": {
         "a": {"acc": 0.9, "auc": 0.8, "f1": 0.5, "loss": 0.1}}}}}}
