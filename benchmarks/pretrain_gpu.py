@@ -7,8 +7,9 @@ A probe run (same recipe and batch size, a small image set) measures seconds per
 step; the real run then takes as many steps as fit the budget after rendering its set (at most
 --max-steps), so that its cosine schedule ends where the run ends. Writes OUT/probe/, OUT/run/ (the
 runner's folder: backbone.safetensors, pretrain.json, log.jsonl) and OUT/pretrain_gpu.json (the plan,
-both timings, the device). Needs torch and timm only: evaluate the weights afterwards with
-`fl-medlego evaluate-base` on a machine that has the MedMNIST files.
+both timings, the device); the probe run and the checkpoint are deleted at the end (--keep-checkpoints
+keeps them), so the folder holds only what is worth copying back. Needs torch and timm only: evaluate
+the weights afterwards with `fl-medlego evaluate-base` on a machine that has the MedMNIST files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-steps", type=int, default=60)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep the probe run and checkpoint.pt")
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                "final_loss": report["final_loss"], "device": report["device"], "precision": report["precision"],
                "torch": torch.__version__, "total_wall_s": round(time.perf_counter() - started, 1),
                "fingerprint": report["fingerprint"]}
+    if not args.keep_checkpoints:  # what a GPU session copies back: the weights and the reports, nothing else
+        shutil.rmtree(out / "probe")
+        (out / "run" / "checkpoint.pt").unlink(missing_ok=True)
     tmp = out / "pretrain_gpu.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / "pretrain_gpu.json")

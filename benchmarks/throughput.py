@@ -3,11 +3,12 @@
     python -m benchmarks.throughput                      # every device torch sees here
     python -m benchmarks.throughput --devices cpu --skip-vit-b
 
-What is timed is the adapter site kind's real local epoch (`fl_medlego.train.fit`: uint8 batches moved
-to the device, SVD-LoRA forward and backward, AdamW, the orthogonality regulariser), on synthetic
-images of the model's input size, after one warm-up epoch; a tiny validation split keeps the
-epoch's evaluation out of the number. Needs torch and timm only (no Flower, no MedMNIST), so that
-it runs on a bare GPU machine. Writes results/throughput.csv (one row per case) and prints the table
+What is timed is one local epoch of the adapter site kind's training loop (`fl_medlego.train.train_epoch`,
+the loop `fit` runs: uint8 batches moved to the device, SVD-LoRA forward under autocast and backward,
+AdamW, the orthogonality regulariser) on synthetic images of the model's input size, after a warm-up
+epoch; validation is left out (it is not training throughput, and its metrics need MedMNIST). Needs
+torch and timm only (no Flower, no MedMNIST), so that it runs on a bare GPU machine. Writes
+results/throughput.csv (one row per case) and prints the table
 with one column per device.
 """
 
@@ -22,7 +23,8 @@ import torch
 
 from fl_medlego.config import parse_run_config
 from fl_medlego.data import SiteData, SiteSpec, Split
-from fl_medlego.device import resolve_device, resolve_precision
+from fl_medlego.device import placed
+from fl_medlego.train import PlainSteps, StepPlan, train_epoch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIELDS = ["model", "image_size", "device", "device_name", "precision", "batch_size", "images", "seconds",
@@ -43,26 +45,35 @@ def _site(n: int, size: int) -> SiteData:
                     _split(n, size, g), _split(16, size, g), _split(16, size, g))
 
 
+def _epoch_seconds(cfg, data: SiteData, plan: StepPlan) -> float:
+    """One timed local epoch of a fresh site model (the adapter kind's), already on the device."""
+    model = cfg.kind.build_model(cfg, data, None, None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    with placed(model, plan.device):
+        stepper = PlainSteps(model, params, cfg.train)
+        model.train()
+        if plan.device.type == "cuda":
+            torch.cuda.synchronize(plan.device)
+        started = time.perf_counter()
+        train_epoch(stepper, data.train, data.task, model.image_size, cfg.train, plan)
+        if plan.device.type == "cuda":
+            torch.cuda.synchronize(plan.device)
+        return time.perf_counter() - started
+
+
 def measure(model_name: str, size: int, batch_size: int, images: int, device: str) -> dict:
     cfg = parse_run_config({"model.name": model_name, "model.pretrained": "none", "data.image-size": size,
                             "train.batch-size": batch_size, "train.local-epochs": 1, "train.device": device})
-    where = resolve_device(device)
-    dtype = resolve_precision(cfg.train.precision, where)
-    kind = cfg.kind
-    warm = _site(min(images, 4 * batch_size), size)
-    kind.train(cfg, warm, None, None)  # warm-up: kernels, allocator, autotuning
     data = _site(images, size)
-    seconds: list[float] = []
-    if where.type == "cuda":
-        torch.cuda.synchronize(where)
-    started = time.perf_counter()
-    kind.train(cfg, data, None, None, on_epoch=lambda report: seconds.append(report.seconds))
-    total = time.perf_counter() - started
+    plan = StepPlan.for_training(cfg.train, data.train, data.task)
+    _epoch_seconds(cfg, _site(min(images, 4 * batch_size), size), plan)  # warm-up: kernels, allocator, autotuning
+    seconds = _epoch_seconds(cfg, data, plan)
+    where = plan.device
     return {"model": model_name, "image_size": size, "device": where.type,
             "device_name": torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu",
-            "precision": str(dtype).removeprefix("torch."), "batch_size": batch_size, "images": images,
-            "seconds": round(seconds[0] if seconds else total, 3),
-            "images_per_s": round(images / (seconds[0] if seconds else total), 1), "threads": torch.get_num_threads()}
+            "precision": str(plan.dtype).removeprefix("torch."), "batch_size": batch_size, "images": images,
+            "seconds": round(seconds, 3), "images_per_s": round(images / seconds, 1),
+            "threads": torch.get_num_threads()}
 
 
 def table(rows: list[dict]) -> str:

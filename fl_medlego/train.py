@@ -178,6 +178,56 @@ class PlainSteps:
 StepsFactory = Callable[[nn.Module, list[nn.Parameter], TrainConfig], PlainSteps]
 
 
+@dataclass
+class StepPlan:
+    """What every step of one local training shares: device and autocast dtype, loss weights,
+    augmentation and its generator, and the schedule's length."""
+
+    device: torch.device
+    dtype: torch.dtype
+    weight: torch.Tensor | None
+    augment: AugmentConfig | None
+    generator: torch.Generator
+    total_steps: int
+
+    @classmethod
+    def for_training(cls, cfg: TrainConfig, train: Split, task: str) -> StepPlan:
+        device = resolve_device(cfg.device)
+        weight = None
+        if cfg.class_balance == "loss":
+            num_classes = train.labels.shape[1] if task == MULTI_LABEL else int(train.labels.max()) + 1
+            weight = class_weights(train.labels, task, max(num_classes, 2)).to(device)
+        augment = None
+        if cfg.augment == "light":
+            augment = LIGHT_AUGMENT if cfg.flips else dataclasses.replace(LIGHT_AUGMENT, flip=False)
+        return cls(device, resolve_precision(cfg.precision, device), weight, augment,
+                   torch.Generator().manual_seed(cfg.seed + 7919),  # augmentation draws: seeded, on the CPU
+                   cfg.epochs * math.ceil(len(train) / cfg.batch_size))
+
+
+def train_epoch(stepper: PlainSteps, train: Split, task: str, image_size: int, cfg: TrainConfig, plan: StepPlan,
+                desc: str = "") -> tuple[float, int]:
+    """One pass over the shuffled training split, the model already on plan.device: (sum of the task loss
+    over the images, images seen)."""
+    total, seen = 0.0, 0
+    for batch in tqdm(stepper.batches(len(train)), desc=desc, disable=not cfg.progress, leave=False):
+        if len(batch) == 0:  # Poisson sampling may draw no image: DP-SGD still takes its (noise) step
+            stepper.empty_step()
+            continue
+        images = to_model_input(to_device(train.images[batch], plan.device), image_size)
+        if plan.augment is not None:
+            images = augment_floats((images + 1) / 2, image_size, plan.augment, plan.generator)
+        with autocast(plan.device, plan.dtype):
+            logits = stepper.forward(images)
+        loss = task_loss(logits.float(), to_device(train.labels[batch], plan.device), task, plan.weight)
+        for group in stepper.optimizer.param_groups:
+            group["lr"] = cfg.lr * learning_rate_factor(stepper.steps, plan.total_steps, cfg)
+        total += loss.item() * len(batch)  # the task loss; the regulariser is not a quality measure
+        seen += len(batch)
+        stepper.step(loss)
+    return total, seen
+
+
 def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, cfg: TrainConfig,
         watch: Split | None = None, on_epoch: Callable[[EpochReport], None] | None = None,
         steps: StepsFactory = PlainSteps) -> FitResult:
@@ -187,48 +237,24 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, 
     `on_epoch`, if given, is called after every epoch (progress for people; it cannot change training).
     `steps` makes the batches and optimizer steps (DP-SGD passes its own); `FitResult.steps` counts them.
     """
-    device = resolve_device(cfg.device)
-    dtype = resolve_precision(cfg.precision, device)
+    plan = StepPlan.for_training(cfg, train, task)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    weight = None
-    if cfg.class_balance == "loss":
-        num_classes = train.labels.shape[1] if task == MULTI_LABEL else int(train.labels.max()) + 1
-        weight = class_weights(train.labels, task, max(num_classes, 2)).to(device)
-    augmenting = LIGHT_AUGMENT if cfg.flips else dataclasses.replace(LIGHT_AUGMENT, flip=False)
-    generator = torch.Generator().manual_seed(cfg.seed + 7919)  # augmentation draws: seeded, on the CPU
-    total_steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    with placed(model, device):  # the optimizer is made after the move: its state lives on the device too
+    with placed(model, plan.device):  # the optimizer is made after the move: its state lives on the device too
         stepper = steps(model, params, cfg)
         best_acc, best_epoch, best_state, history = -1.0, 0, None, []
         try:
             for epoch in range(1, cfg.epochs + 1):
                 started = time.perf_counter()
                 model.train()
-                total, seen = 0.0, 0
-                batches = stepper.batches(len(train))
-                for batch in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress,
-                                  leave=False):
-                    if len(batch) == 0:  # Poisson sampling may draw no image: DP-SGD still takes its (noise) step
-                        stepper.empty_step()
-                        continue
-                    images = to_model_input(to_device(train.images[batch], device), image_size)
-                    if cfg.augment == "light":
-                        images = augment_floats((images + 1) / 2, image_size, augmenting, generator)
-                    with autocast(device, dtype):
-                        logits = stepper.forward(images)
-                    loss = task_loss(logits.float(), to_device(train.labels[batch], device), task, weight)
-                    for group in stepper.optimizer.param_groups:
-                        group["lr"] = cfg.lr * learning_rate_factor(stepper.steps, total_steps, cfg)
-                    total += loss.item() * len(batch)  # the task loss; the regulariser is not a quality measure
-                    seen += len(batch)
-                    stepper.step(loss)
-                metrics = evaluate(model, val, task, image_size, cfg.batch_size * 4, device, cfg.precision)
+                total, seen = train_epoch(stepper, train, task, image_size, cfg, plan, f"epoch {epoch}/{cfg.epochs}")
+                evaluation = {"device": plan.device, "precision": cfg.precision}
+                metrics = evaluate(model, val, task, image_size, cfg.batch_size * 4, **evaluation)
                 val_metrics = {f"val_{k}": v for k, v in metrics.items()}
                 if watch is not None:
-                    val_metrics["watch_acc"] = evaluate(model, watch, task, image_size, cfg.batch_size * 4, device,
-                                                        cfg.precision)["acc"]
+                    val_metrics["watch_acc"] = evaluate(model, watch, task, image_size, cfg.batch_size * 4,
+                                                        **evaluation)["acc"]
                 train_loss = total / max(seen, 1)
                 history.append({"epoch": epoch, "train_loss": train_loss, **val_metrics})
                 log.info("epoch %d/%d: train loss %.4f, val acc %.4f", epoch, cfg.epochs, train_loss, metrics["acc"])

@@ -93,3 +93,29 @@ def test_a_fractal_set_has_the_same_categories_and_labels_on_any_renderer():
     on_torch, torch_labels = fractal_dataset(8, 4, seed=3, size=16, batch=16, colour_schemes=2, device="cpu")
     assert np.array_equal(labels, torch_labels)
     assert np.abs(images.astype(int) - on_torch.astype(int)).max() <= 1
+
+
+def test_the_gpu_session_scripts_run_on_the_cpu_without_flower_or_medmnist(tmp_path):
+    """The prepared GPU command (benchmarks.throughput, benchmarks.pretrain_gpu) smoke-tested at tiny size, in
+    a fresh process that must never import what the GPU machine lacks."""
+    import json
+    import subprocess
+    import sys
+
+    script = f"""
+import json, sys
+from benchmarks.throughput import main as throughput
+from benchmarks.pretrain_gpu import main as pretrain
+throughput(['--devices', 'cpu', '--skip-vit-b', '--cpu-images', '64', '--output', r'{tmp_path}/throughput.csv'])
+pretrain(['--output', r'{tmp_path}/pre', '--device', 'cpu', '--images', '1000', '--budget-s', '4', '--max-steps', '4',
+          '--probe-steps', '2', '--batch-size', '16'])
+print(json.dumps({{m: m in sys.modules for m in ('flwr', 'medmnist', 'opacus')}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"flwr": False, "medmnist": False, "opacus": False}
+    report = json.loads((tmp_path / "pre" / "pretrain_gpu.json").read_text())
+    assert report["steps"] >= 2 and report["device"] == "cpu"
+    assert (tmp_path / "pre" / "run" / "backbone.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "pre").iterdir()) == ["pretrain_gpu.json", "run"]  # probe cleaned up
+    assert (tmp_path / "throughput.csv").read_text().count("\n") == 2  # header + the default preset on the CPU
