@@ -122,11 +122,10 @@ def test_scaling_shares_each_specialist_across_subsets_and_plots_against_n(tmp_p
     real = AdapterKind.train
     monkeypatch.setattr(AdapterKind, "train", lambda self, cfg, data, *a, **k: trained.append(data.site.name)
                         or real(self, cfg, data, *a, **k))
-    summary = run_scaling(run_config, ["medlego", "task_arithmetic"], [0], [2, 3], tmp_path / "out",
-                          tmp_path / "cache")
+    summary = run_scaling(run_config, ["post_avg"], [0], [2, 3], tmp_path / "out", tmp_path / "cache")
     assert sorted(trained) == ["blood", "breast", "pneumonia"]  # once each, shared by the 3 pairs and the triple
-    assert set(summary) == {"medlego", "task_arithmetic"} and set(summary["medlego"]) == {2, 3}
-    assert summary["medlego"][2]["subsets"] == 3 and summary["medlego"][3]["subsets"] == 1
+    assert set(summary) == {"post_avg"} and set(summary["post_avg"]) == {2, 3}
+    assert summary["post_avg"][2]["subsets"] == 3 and summary["post_avg"][3]["subsets"] == 1
     assert (tmp_path / "out" / "scaling.png").is_file() and (tmp_path / "out" / "scaling.csv").is_file()
     split = load_scenario_config("scenarios/in_domain", TINY.replace("'breast,pneumonia'", "'pneumonia:2'"))
     assert subsets_for(split, [2, 4], 6) == {2: ["pneumonia:2"], 4: ["pneumonia:4"]}
