@@ -58,9 +58,9 @@ class Comparison:
         cfg = parse_run_config(run_config)
         if not rounds or min(rounds) < 1:
             raise ValueError(f"rounds must be positive numbers of rounds, e.g. --rounds 1,3; got {list(rounds)}")
-        if max(rounds) > 1 and (cfg.privacy.private or MULTITASK in strategies and len(strategies) == 1):
-            raise ValueError("--rounds above 1 runs federated rounds of the merges: not with privacy.mode "
-                             "'dp-sgd' (its budget is planned by the Flower run) nor for multitask alone")
+        if max(rounds) > 1 and cfg.privacy.private:
+            raise ValueError("--rounds above 1 trains federated rounds inside the comparison, without the run's "
+                             "privacy ledger: with privacy.mode 'dp-sgd' use flwr run for several rounds")
         known = compared_strategies(run_config)
         unknown = sorted(set(strategies) - set(known))
         if unknown:
