@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / "pretrain_gpu.json")
     print(json.dumps(summary, indent=2))
-    return 0 if math.isfinite(summary["final_loss"] or math.nan) else 1
+    loss = summary["final_loss"]
+    return 0 if loss is not None and math.isfinite(loss) else 1
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if not args.add and not args.remove:
         console.print("[red]edit needs --add SITE=FOLDER and/or --remove SITE=FOLDER (or --show)[/red]")
         return 2
-    weights = {name: args.weight for name, _ in args.add or []}
+    weights = {name: args.weight for name, _ in args.add or []} if args.weight is not None else None
     merged = edit_generalist(args.generalist, dict(args.add or []), dict(args.remove or []), weights)
     ranks = sorted({f.rank for f in merged.factors.values()})
     console.print(f"edited {args.generalist}: sites {', '.join(merged.metadata['merge']['sites'])} "
@@ -43,6 +43,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     edit.add_argument("--add", type=_named, action="append", metavar="SITE=FOLDER", help="a site's adapter to add")
     edit.add_argument("--remove", type=_named, action="append", metavar="SITE=FOLDER",
                       help="a site to remove, with the adapter it contributed (checked by fingerprint)")
-    edit.add_argument("--weight", type=float, default=1.0, help="weight of the added sites (default 1)")
+    edit.add_argument("--weight", type=float, help="weight of the added sites (default 1 for a uniform mean; "
+                      "needed when the generalist was merged with --weights)")
     edit.add_argument("--show", action="store_true", help="list the generalist's sites and edits")
     edit.set_defaults(func=cmd_edit)

@@ -173,11 +173,22 @@ def edit_generalist(directory: str | Path, add: dict[str, str | Path] | None = N
                     remove: dict[str, str | Path] | None = None, weights: dict[str, float] | None = None) -> Adapter:
     """Add and/or remove sites (name -> adapter folder) of the saved generalist in `directory`.
 
-    Every adapter must fit the generalist's base and targets. The edited generalist is written into a new
-    folder beside it which then takes its place: an edit that fails leaves the generalist as it was."""
-    directory = Path(directory)
+    Every adapter must fit the generalist's base and targets. A generalist merged with explicit weights
+    keeps them as they are (removing a site does not rescale the others), so a site added to it needs
+    its weight in `weights`. The edited generalist is written into a folder beside it, the folder's other
+    files are moved over, and the two are swapped: an edit that fails leaves the generalist as it was,
+    and a swap cut short is completed by the next call."""
+    directory = Path(directory).resolve()
+    staging, previous = directory.with_name(directory.name + ".edit"), directory.with_name(directory.name + ".old")
+    if not directory.exists() and previous.exists():  # a swap cut short after its first rename
+        (staging if staging.exists() else previous).rename(directory)
+        shutil.rmtree(previous, ignore_errors=True)
     lora, base, fingerprint = describe(directory)
     assembly = Assembly.load(directory)
+    missing = [site for site in (add or {}) if not assembly.mean and site not in (weights or {})]
+    if missing:
+        raise ValueError(f"this generalist was merged with explicit weights: give the weight of {missing} "
+                         "(fl-medlego edit --weight W)")
 
     def read(path: str | Path) -> Adapter:
         return load_adapter(path, expect_lora=lora, expect_base=base, expect_fingerprint=fingerprint)
@@ -186,11 +197,14 @@ def edit_generalist(directory: str | Path, add: dict[str, str | Path] | None = N
         assembly = assembly.remove(site, read(path))
     for site, path in (add or {}).items():
         assembly = assembly.add(site, read(path), (weights or {}).get(site, 1.0))
-    staging, previous = directory.with_name(directory.name + ".edit"), directory.with_name(directory.name + ".old")
     for leftover in (staging, previous):
         if leftover.exists():
             shutil.rmtree(leftover)
     merged = write_generalist(assembly, staging, lora, base, fingerprint)
+    written = {p.name for p in staging.iterdir()}
+    for other in directory.iterdir():  # the user's own files in the folder go with it
+        if other.name not in written:
+            other.rename(staging / other.name)
     directory.rename(previous)
     staging.rename(directory)
     shutil.rmtree(previous)

@@ -61,6 +61,8 @@ def _merge_editable(adapters, inputs, output, weights, names, lora, base, finger
     if len(set(names)) != len(names) or len(names) != len(adapters):
         raise ValueError(f"each merged site needs its own name, got {names} for {len(adapters)} adapters "
                          "(name them NAME=FOLDER)")
+    if weights is not None and len(weights) != len(adapters):
+        raise ValueError(f"got {len(weights)} merge weights for {len(adapters)} adapters")
     if weights is not None and any(w <= 0 for w in weights):
         raise ValueError(f"an editable Med-LEGO merge weighs sites by positive weights, got {list(weights)}")
     assembly = Assembly.from_adapters(dict(zip(names, adapters)), dict(zip(names, weights)) if weights else None,

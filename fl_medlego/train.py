@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("constant", "cosine")
 AUGMENTS = ("none", "light")
 CLASS_BALANCE = ("none", "loss")
-# Mild and label-safe: no right-angle rotations (chest X-rays and CT slices have an up), no colour shift
-# beyond brightness / contrast, crops that keep at least 85 % of the side.
+# Mild and label-safe: no right-angle rotations (chest X-rays and CT slices have an up), brightness,
+# contrast and saturation within 10 %, crops that keep at least 85 % of the side.
 LIGHT_AUGMENT = AugmentConfig(min_scale=0.85, colour=0.1, grey=0.0, rotate=False)
 
 
@@ -190,6 +190,13 @@ class StepPlan:
     generator: torch.Generator
     total_steps: int
 
+    def weight_for(self, width: int) -> torch.Tensor | None:
+        """The class weights for logits of this width: classes the training split never shows (and a
+        cross-modal site's negative prompts, which are never targets) weigh 1."""
+        if self.weight is None or len(self.weight) >= width:
+            return self.weight
+        return torch.cat([self.weight, torch.ones(width - len(self.weight), device=self.weight.device)])
+
     @classmethod
     def for_training(cls, cfg: TrainConfig, train: Split, task: str) -> StepPlan:
         device = resolve_device(cfg.device)
@@ -219,7 +226,8 @@ def train_epoch(stepper: PlainSteps, train: Split, task: str, image_size: int, c
             images = augment_floats((images + 1) / 2, image_size, plan.augment, plan.generator)
         with autocast(plan.device, plan.dtype):
             logits = stepper.forward(images)
-        loss = task_loss(logits.float(), to_device(train.labels[batch], plan.device), task, plan.weight)
+        loss = task_loss(logits.float(), to_device(train.labels[batch], plan.device), task,
+                         plan.weight_for(logits.shape[1]))
         for group in stepper.optimizer.param_groups:
             group["lr"] = cfg.lr * learning_rate_factor(stepper.steps, plan.total_steps, cfg)
         total += loss.item() * len(batch)  # the task loss; the regulariser is not a quality measure

@@ -140,6 +140,17 @@ def test_centred_scores_shift_each_class_and_keep_a_two_class_ranking(cfg):
     assert not set(wire.CENTRED_METRICS) & set(cfg.kind.evaluate(cfg, pneumonia, update, {}, "val"))
 
 
+def test_scores_stay_float32_under_bf16_autocast(cfg, blood):
+    """On a GPU the towers run under bf16 autocast; the similarities, metrics and argmax must not."""
+    from fl_medlego.crossmodal.scoring import _logits, image_embeddings
+
+    model = cfg.kind.build_model(cfg, blood, _random_update(cfg, 6), None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        images = image_embeddings(model, blood.test)
+        logits = _logits(model, images, prompts.site_prompts("bloodmnist"))
+    assert logits.dtype == torch.float32 and logits.numpy().shape == (len(blood.test), 8)
+
+
 def _random_update(cfg, seed: int):
     from fl_medlego.lora import Adapter, Factors
 

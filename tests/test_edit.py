@@ -118,3 +118,34 @@ def test_a_generalist_merged_without_its_sum_names_the_fix(adapters, tmp_path):
     merge_saved_adapters(list(folders.values()), tmp_path / "ties", method="ties")
     with pytest.raises(FileNotFoundError, match="no editable assembly"):
         edit_generalist(tmp_path / "ties", add={"x": folders["blood"]})
+
+
+def test_an_edit_keeps_the_folders_other_files_and_finishes_a_swap_cut_short(adapters, tmp_path):
+    folders = _save_sites(adapters, tmp_path / "sites")
+    generalist = tmp_path / "generalist"
+    merge_saved_adapters(list(folders.values()), generalist, names=list(folders))
+    (generalist / "NOTES.txt").write_text("approved by the ethics board")
+    edit_generalist(generalist, remove={"organa": folders["organa"]})
+    assert (generalist / "NOTES.txt").read_text() == "approved by the ethics board"
+    # A crash between the two renames of a swap: the new version is in .edit, the old in .old.
+    generalist.rename(tmp_path / "generalist.old")
+    (tmp_path / "staged").mkdir()
+    merge_saved_adapters([folders[k] for k in ("blood", "breast")], tmp_path / "generalist.edit",
+                         names=["blood", "breast"])
+    merged = edit_generalist(generalist, add={"pneumonia": folders["pneumonia"]})
+    assert merged.metadata["merge"]["sites"] == ["blood", "breast", "pneumonia"]  # continued from the new version
+    assert not (tmp_path / "generalist.old").exists()
+
+
+def test_a_generalist_with_explicit_weights_needs_the_weight_of_a_new_site(adapters, tmp_path):
+    folders = _save_sites(adapters, tmp_path / "sites")
+    generalist = tmp_path / "generalist"
+    three = ["blood", "breast", "organa"]
+    merge_saved_adapters([folders[k] for k in three], generalist, weights=[0.5, 0.3, 0.2], names=three)
+    with pytest.raises(ValueError, match="explicit weights.*pneumonia"):
+        edit_generalist(generalist, add={"pneumonia": folders["pneumonia"]})
+    edit_generalist(generalist, add={"pneumonia": folders["pneumonia"]}, weights={"pneumonia": 0.1})
+    expected = merge_adapters([adapters[k] for k in (*three, "pneumonia")], "medlego", [0.5, 0.3, 0.2, 0.1])
+    assert_same_update(load_adapter(generalist), expected)
+    with pytest.raises(ValueError, match="3 merge weights for 4 adapters"):
+        merge_saved_adapters(list(folders.values()), tmp_path / "other", weights=[0.5, 0.3, 0.2])

@@ -114,3 +114,22 @@ def test_recipe_options_change_training_and_organa_is_not_flipped(monkeypatch):
         updates[name] = cfg.kind.train(cfg, data, None, None).update.to_tensors()
     assert seen and all(not c.flip and not c.rotate for c in seen)  # organA: left/right classes, never mirrored
     assert any(not torch.equal(updates["plain"][k], updates["recipe"][k]) for k in updates["plain"])
+
+
+def test_class_weights_fit_logits_wider_than_the_classes_a_site_has():
+    """A shard without its highest class, or a cross-modal site's negative prompts: the extra columns are
+    never targets, weigh 1, and the loss is the same as without them."""
+    from fl_medlego.train import StepPlan
+
+    cfg = TrainConfig(class_balance="loss")
+    labels = torch.tensor([[0]] * 6 + [[1]] * 2)  # class 2 of 3 absent from this shard
+    from fl_medlego.data import Split
+
+    plan = StepPlan.for_training(cfg, Split(torch.zeros(8, 4, 4, 3, dtype=torch.uint8), labels), "multi-class")
+    weight = plan.weight_for(5)
+    assert weight.tolist() == pytest.approx([8 / 12, 8 / 4, 1.0, 1.0, 1.0])
+    logits = torch.randn(8, 5)
+    from fl_medlego.train import task_loss
+
+    narrow = task_loss(logits[:, :2], labels, "multi-class", plan.weight_for(2))
+    assert torch.isfinite(task_loss(logits, labels, "multi-class", weight)) and torch.isfinite(narrow)

@@ -46,10 +46,17 @@ def _text_embeddings(model: CrossModalModel, prompts: list[str]) -> torch.Tensor
     return sentence_embeddings(model.text, tokenize(prompts)).float()
 
 
+def _similarity(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities in float32 whatever autocast the towers ran under (bf16 would tie the argmax and
+    cannot become a numpy array)."""
+    with torch.autocast(images.device.type, enabled=False):
+        return images.float() @ texts.float().T
+
+
 @torch.no_grad()
 def _logits(model: CrossModalModel, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-    """(images, classes) logits on the CPU, as the metrics want them."""
-    similarity = images @ _text_embeddings(model, prompts).T
+    """(images, classes) float32 logits on the CPU, as the metrics want them."""
+    similarity = _similarity(images, _text_embeddings(model, prompts))
     if model.multi_label:
         return (model.logit_scale * (similarity[:, 0::2] - similarity[:, 1::2])).cpu()
     return (model.logit_scale * similarity).cpu()
@@ -100,6 +107,6 @@ def union_of_labels(model: CrossModalModel, images: torch.Tensor, labels: torch.
     blocks = {f: class_prompts(f) for f in flags}
     offset = sum(len(blocks[f]) for f in flags[:flags.index(flag)])
     prompts = [p for f in flags for p in blocks[f]]
-    top = (images @ _text_embeddings(model, prompts).T).argmax(dim=1).cpu()
+    top = _similarity(images, _text_embeddings(model, prompts)).argmax(dim=1).cpu()
     own = (top >= offset) & (top < offset + len(blocks[flag]))
     return {UNION_ACC: float((top == labels + offset).float().mean()), MODALITY_SHARE: float(own.float().mean())}

@@ -162,6 +162,8 @@ class SiteKind(ABC):
                                                    train_cfg.epochs, cfg.num_rounds)
             ledger.check_room(data.site.name, train_cfg.epochs * ledger.epoch_steps)
             steps = private_steps(cfg.privacy, ledger, len(data.train))
+            # Opacus's per-example gradients are checked in float32 only: no bf16 autocast under DP-SGD.
+            train_cfg = dataclasses.replace(train_cfg, precision="float32")
         result = fit(model, data.train, data.val, data.task, model.image_size, train_cfg, on_epoch=on_epoch,
                      steps=steps)
         update = self.extract(model)

@@ -88,6 +88,9 @@ def kmeans(points: torch.Tensor, k: int, iterations: int, seed: int) -> torch.Te
 def lora_lego(factors: list[Factors], weights: torch.Tensor, options: LoraLegoOptions) -> Factors:
     """Cluster all sites' rank-wise units into k groups; each group's (calibrated) centroid is one merged rank."""
     b, a = units(factors, weights)
+    alive = (b.norm(dim=1) > 0) & (a.norm(dim=1) > 0)  # a rank with e_j = 0 (or weight 0) contributes nothing
+    if alive.any():
+        b, a = b[alive], a[alive]
     k = min(options.clusters or max(f.rank for f in factors), len(b))
     assign = kmeans(torch.cat([b, a], dim=1), k, options.iterations, options.seed)
     groups = [assign == c for c in range(int(assign.max()) + 1) if (assign == c).any()]

@@ -34,12 +34,14 @@ class PrivateSteps:
         self.model, self.cfg, self.params = model, cfg, params
         self.sample_rate, self.epoch_steps = ledger.sample_rate, ledger.epoch_steps
         self.wrapped = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
-        self.generator = torch.Generator().manual_seed(secrets.randbits(63))
+        self.generator = torch.Generator().manual_seed(secrets.randbits(63))  # Poisson sampling, on the CPU
+        # Opacus draws the noise on the parameters' device, so its generator must live there too.
+        noise = torch.Generator(device=params[0].device).manual_seed(secrets.randbits(63))
         self.expected_batch = max(1, round(num_train * self.sample_rate))  # what the summed gradient is divided by
         self.optimizer = DPOptimizer(
             torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
             noise_multiplier=ledger.noise_multiplier, max_grad_norm=settings.max_grad_norm,
-            expected_batch_size=self.expected_batch, loss_reduction="mean", generator=self.generator)
+            expected_batch_size=self.expected_batch, loss_reduction="mean", generator=noise)
         self.steps = 0
 
     def batches(self, num_train: int) -> list[torch.Tensor]:
@@ -61,7 +63,7 @@ class PrivateSteps:
         """No image drawn: the step is noise alone (the accountant counts it like any other)."""
         self.optimizer.zero_grad(set_to_none=True)
         for p in self.params:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
         self._private_step()
 
     def _private_step(self) -> None:
