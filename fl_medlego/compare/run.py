@@ -199,7 +199,9 @@ class Comparison:
 
     def _federated_row(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int, rounds: int) -> None:
         """The one-shot merge, then rounds 2..R as the Flower scenarios run them: every site trains from the
-        merged update with its own head, the server combines the results with the options chosen one-shot."""
+        merged update with its own head, the server combines the results with the options chosen one-shot.
+        Unlike a Flower run: uniform site weights (as every row of a comparison) and no update guard, since
+        the sites here are the comparison's own."""
         kind, strategy = cfg.kind, cfg.strategy
         one_shot = self.results["rows"].get(strategy, {}).get(str(seed))
         if one_shot is None or one_shot.get("error"):
