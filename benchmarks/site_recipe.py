@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds FIRST..FIRST+SEEDS-1 (split seeds "
+                        "over processes; the rows of one -o folder need not come from one run)")
     parser.add_argument("--variants", help=f"comma-separated subset of: {', '.join(VARIANTS)}")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--max-train", type=int, default=2500)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    tasks, seeds = args.tasks.split(","), list(range(args.seeds))
+    tasks, seeds = args.tasks.split(","), list(range(args.first_seed, args.first_seed + args.seeds))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "site_recipe.json"
