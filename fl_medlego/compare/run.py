@@ -51,6 +51,11 @@ def compared_strategies(run_config: dict | None = None) -> list[str]:
     return all_strategies() + [MULTITASK]
 
 
+def _test_metrics(cfg: RunConfig, sites: dict[str, SiteData], combined, heads: dict) -> dict[str, dict]:
+    """Every site's test metrics of one combined update, each with that site's own head."""
+    return {s: cfg.kind.evaluate(cfg, d, combined, heads[s]) for s, d in sites.items()}
+
+
 class Comparison:
     def __init__(self, run_config: dict, strategies: list[str], seeds: list[int], out_dir: Path, cache_dir: Path,
                  progress: bool = False, rounds: tuple[int, ...] = (1,), energies: tuple[float, ...] = (),
@@ -185,7 +190,7 @@ class Comparison:
             self._record(strategy, seed, {}, error=str(err))
             return
         score, merge, combined = best
-        test = {s: kind.evaluate(cfg, d, combined, specialists[s][1]) for s, d in sites.items()}
+        test = _test_metrics(cfg, sites, combined, {s: specialists[s][1] for s in sites})
         options = dataclasses.asdict(merge.options) if merge.options is not None else {}
         self._record(strategy, seed, test, options=options, val_mean_acc=score, **kind.describe(combined))
 
@@ -194,7 +199,7 @@ class Comparison:
         kind = cfg.kind
         specialists = self._specialists(cfg, kind, sites, seed)
         combined = kind.combine([specialists[s][0] for s in sites], None, cfg.merge.with_options(**options))
-        test = {s: kind.evaluate(cfg, d, combined, specialists[s][1]) for s, d in sites.items()}
+        test = _test_metrics(cfg, sites, combined, {s: specialists[s][1] for s in sites})
         self._record(row, seed, test, options=options, **kind.describe(combined))
 
     def _federated_row(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int, rounds: int) -> None:
@@ -223,7 +228,7 @@ class Comparison:
                 states[name] = result.state
                 updates.append(result.update)
             combined = kind.combine(updates, None, merge)
-        test = {s: kind.evaluate(cfg, d, combined, states[s].head) for s, d in sites.items()}
+        test = _test_metrics(cfg, sites, combined, {s: states[s].head for s in sites})
         self._record(row, seed, test, options=one_shot.get("options", {}), rounds=rounds, **kind.describe(combined))
 
     def _multitask(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int) -> None:

@@ -54,9 +54,11 @@ def _similarity(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _logits(model: CrossModalModel, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-    """(images, classes) float32 logits on the CPU, as the metrics want them."""
-    similarity = _similarity(images, _text_embeddings(model, prompts))
+def _logits(model: CrossModalModel, images: torch.Tensor, prompts: list[str] | torch.Tensor) -> torch.Tensor:
+    """(images, classes) float32 logits on the CPU, as the metrics want them; `prompts` may be their
+    embeddings already (a calibration split scored against the same prompts)."""
+    texts = prompts if isinstance(prompts, torch.Tensor) else _text_embeddings(model, prompts)
+    similarity = _similarity(images, texts)
     if model.multi_label:
         return (model.logit_scale * (similarity[:, 0::2] - similarity[:, 1::2])).cpu()
     return (model.logit_scale * similarity).cpu()
@@ -84,13 +86,13 @@ def evaluate_cross_modal(model: CrossModalModel, split: Split, task: str, flag: 
 
 def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_flags: list[str] | None,
               generalist: bool, calibration: Split | None) -> dict[str, float]:
-    images = image_embeddings(model, split)
-    logits = _logits(model, images, site_prompts(flag))
+    images, own = image_embeddings(model, split), _text_embeddings(model, site_prompts(flag))
+    logits = _logits(model, images, own)
     out = _metrics(logits, split.labels, task)
     if not generalist:
         return out
     if calibration is not None and len(calibration) > 0:
-        offset = _logits(model, image_embeddings(model, calibration), site_prompts(flag)).mean(dim=0)
+        offset = _logits(model, image_embeddings(model, calibration), own).mean(dim=0)
         centred = _metrics(logits - offset, split.labels, task)
         out |= {CENTRED_PREFIX + name: centred[name] for name in ("acc", "auc", "f1")}
     unseen = [_metrics(_logits(model, images, site_prompts(flag, t)), split.labels, task)
