@@ -53,7 +53,7 @@ class TrainConfig:
     precision: str = "auto"
     schedule: str = "constant"  # or "cosine": linear warm-up over `warmup` of the steps, then cosine to zero
     warmup: float = 0.1
-    augment: str = "none"  # or "light": mild crops, flips where labels allow them, brightness/contrast
+    augment: str = "none"  # or "light": mild crops, flips where labels allow them, brightness/contrast/saturation
     flips: bool = True  # the site kind turns them off for data sets with left / right classes
     class_balance: str = "none"  # or "loss": classes weighted by inverse frequency in the site's training set
 
