@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fl_medlego.compare.table import SIGNIFICANCE, paired_test
 from fl_medlego.config import parse_run_config
 from fl_medlego.pretrain.evaluate import TASKS
 from fl_medlego.site import load_site_data
@@ -49,26 +50,32 @@ def run_one(variant: str, task: str, seed: int, data_root: str, max_train: int) 
 
 
 def table(rows: dict, variants: list[str], tasks: list[str], seeds: list[int]) -> str:
-    def acc(variant, task, seed):
-        return rows.get(f"{variant}/{task}/{seed}", {}).get("acc")
+    """Test ACC per task (mean +- std over seeds), the mean over tasks, each variant's paired difference to
+    the baseline (seed by seed: mean, 95 % interval, p; `*` below 0.05) and the mean macro-F1."""
+    def by_seed(variant: str, metric: str) -> dict[int, float]:
+        """seed -> the metric's mean over the tasks, for the seeds where every task has a row."""
+        found = {}
+        for seed in seeds:
+            values = [rows.get(f"{variant}/{task}/{seed}", {}).get(metric) for task in tasks]
+            if None not in values:
+                found[seed] = float(np.mean(values))
+        return found
 
-    def mean_over_tasks(variant, seed):
-        values = [acc(variant, t, seed) for t in tasks]
-        return None if None in values else float(np.mean(values))
-
-    head = "| variant | " + " | ".join(f"{t} ACC" for t in tasks) + " | mean ACC | vs baseline (paired) |"
-    lines = [head, "|---|" + "---|" * (len(tasks) + 2)]
+    head = ("| variant | " + " | ".join(f"{t} ACC" for t in tasks)
+            + " | mean ACC | vs baseline, ACC points (paired) | mean macro-F1 | seeds |")
+    lines = [head, "|---|" + "---|" * (len(tasks) + 4)]
     for variant in variants:
         cells = []
         for task in tasks:
-            values = [v for v in (acc(variant, task, s) for s in seeds) if v is not None]
+            values = [rows[k]["acc"] for k in (f"{variant}/{task}/{s}" for s in seeds) if k in rows]
             cells.append(f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "-")
-        means = [m for m in (mean_over_tasks(variant, s) for s in seeds) if m is not None]
-        cells.append(f"{np.mean(means):.3f} ± {np.std(means):.3f}" if means else "-")
-        paired = [mean_over_tasks(variant, s) - mean_over_tasks("baseline", s) for s in seeds
-                  if mean_over_tasks(variant, s) is not None and mean_over_tasks("baseline", s) is not None]
-        cells.append("" if variant == "baseline" or not paired else
-                     f"{np.mean(paired) * 100:+.1f} ± {np.std(paired) * 100:.1f} points")
+        means, f1 = by_seed(variant, "acc"), by_seed(variant, "f1")
+        cells.append(f"{np.mean(list(means.values())):.3f} ± {np.std(list(means.values())):.3f}" if means else "-")
+        paired = None if variant == "baseline" else paired_test(means, by_seed("baseline", "acc"))
+        cells.append("" if paired is None else f"{paired['mean'] * 100:+.1f} [{paired['low'] * 100:+.1f}, "
+                     f"{paired['high'] * 100:+.1f}], p={paired['p']:.2g}{' *' if paired['p'] < SIGNIFICANCE else ''}")
+        cells.append(f"{np.mean(list(f1.values())):.3f}" if f1 else "-")
+        cells.append(str(len(means)))
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

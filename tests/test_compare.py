@@ -87,6 +87,25 @@ def test_each_strategy_is_tested_against_medlego_paired_by_seed():
     assert len(marked) == 1 and marked[0].startswith("| better")  # only `better` is marked significant
 
 
+def test_the_site_recipe_table_pairs_each_variant_with_the_baseline_by_seed():
+    from benchmarks.site_recipe import table
+
+    tasks, seeds = ["a", "b"], [0, 1, 2]
+    base = {0: 0.70, 1: 0.80, 2: 0.75}  # seed-to-seed spread far above the gain below
+    rows = {}
+    for seed in seeds:
+        for task in tasks:
+            rows[f"baseline/{task}/{seed}"] = {"acc": base[seed], "f1": 0.5}
+            rows[f"steady/{task}/{seed}"] = {"acc": base[seed] + 0.02 + 0.001 * seed, "f1": 0.6}
+            rows[f"mixed/{task}/{seed}"] = {"acc": base[seed] + (0.05 if seed != 1 else -0.06), "f1": 0.5}
+    del rows["mixed/b/2"]  # an unfinished seed counts for neither the mean nor the test
+    lines = {line.split(" | ")[0]: line for line in table(rows, ["baseline", "steady", "mixed"], tasks, seeds)
+             .splitlines()[2:]}
+    assert "+2.1 [" in lines["| steady"] and lines["| steady"].endswith("| 0.600 | 3 |")
+    assert re.search(r"p=[0-9.e-]+ \*", lines["| steady"])  # small but steady: beyond the noise
+    assert "-0.5 [" in lines["| mixed"] and " *" not in lines["| mixed"] and lines["| mixed"].endswith("| 2 |")
+
+
 def test_one_shot_and_federated_rounds_are_separate_rows_and_resume(tmp_path, monkeypatch):
     run_config = tiny_config()
     comparison = Comparison(run_config, ["medlego"], [0], tmp_path / "out", tmp_path / "cache", rounds=(1, 2))

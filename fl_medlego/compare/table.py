@@ -72,11 +72,15 @@ SIGNIFICANCE = 0.05
 
 
 def paired_difference(results: dict, row: str, baseline: str = PAIRED_BASELINE) -> dict | None:
-    """The row's mean normalized ACC minus the baseline's, paired by seed: mean, 95 % confidence interval
-    (Student t over the seeds) and the paired t-test's two-sided p. None below two shared seeds."""
+    """The row's mean normalized ACC minus the baseline's, paired by seed: see `paired_test`."""
+    return paired_test(normalized_by_seed(results, row), normalized_by_seed(results, baseline))
+
+
+def paired_test(mine: dict[str, float], theirs: dict[str, float]) -> dict | None:
+    """mine - theirs over the keys (seeds) both hold: mean, 95 % confidence interval (Student t over
+    the seeds) and the paired t-test's two-sided p. None below two shared seeds."""
     from scipy import stats
 
-    mine, theirs = normalized_by_seed(results, row), normalized_by_seed(results, baseline)
     seeds = sorted(set(mine) & set(theirs))
     if len(seeds) < 2:
         return None
