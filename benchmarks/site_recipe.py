@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_medlego.compare.table import SIGNIFICANCE, paired_test
+from fl_medlego.compare.table import format_paired, paired_test
 from fl_medlego.config import parse_run_config
 from fl_medlego.pretrain.evaluate import TASKS
 from fl_medlego.site import load_site_data
@@ -72,8 +72,7 @@ def table(rows: dict, variants: list[str], tasks: list[str], seeds: list[int]) -
         means, f1 = by_seed(variant, "acc"), by_seed(variant, "f1")
         cells.append(f"{np.mean(list(means.values())):.3f} ± {np.std(list(means.values())):.3f}" if means else "-")
         paired = None if variant == "baseline" else paired_test(means, by_seed("baseline", "acc"))
-        cells.append("" if paired is None else f"{paired['mean'] * 100:+.1f} [{paired['low'] * 100:+.1f}, "
-                     f"{paired['high'] * 100:+.1f}], p={paired['p']:.2g}{' *' if paired['p'] < SIGNIFICANCE else ''}")
+        cells.append("" if paired is None else format_paired(paired, scale=100, digits=1))
         cells.append(f"{np.mean(list(f1.values())):.3f}" if f1 else "-")
         cells.append(str(len(means)))
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")

@@ -149,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="every strategy on the same specialists: Table 1 layout")
     compare.add_argument("scenario", help="a scenario folder, e.g. scenarios/cross_domain")
-    compare.add_argument("--seeds", type=int, default=5, help="repeat with seeds 0..N-1: mean ± std and the paired test "
-                         "against Med-LEGO (default %(default)s, as the published tables; 1 for a quick look)")
+    compare.add_argument("--seeds", type=int, default=5, help="repeat with seeds 0..N-1: mean ± std and the "
+                         "paired test against Med-LEGO (default %(default)s as published; 1 for a quick look)")
     compare.add_argument("--seed-list", help="explicit comma-separated seeds instead of --seeds")
     compare.add_argument("--strategies", help="comma-separated subset (default: every strategy + multitask)")
     compare.add_argument("--run-config", help="overrides of the scenario's knobs, as for flwr run")

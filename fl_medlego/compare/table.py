@@ -92,14 +92,18 @@ def paired_test(mine: dict[str, float], theirs: dict[str, float]) -> dict | None
     return {"mean": mean, "low": mean - half, "high": mean + half, "p": p, "seeds": len(seeds)}
 
 
+def format_paired(d: dict, scale: float = 1.0, digits: int = 3) -> str:
+    """A `paired_test` result as "mean [low, high], p=..", `*` below SIGNIFICANCE; scale 100 for points."""
+    mean, low, high = (d[k] * scale for k in ("mean", "low", "high"))
+    mark = " *" if d["p"] < SIGNIFICANCE else ""
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}], p={d['p']:.2g}{mark}"
+
+
 def _paired_cell(results: dict, row: str) -> str:
     if row == PAIRED_BASELINE or row in REFERENCE_ROWS or PAIRED_BASELINE not in results["rows"]:
         return ""
     d = paired_difference(results, row)
-    if d is None:
-        return "n/a"
-    mark = " *" if d["p"] < SIGNIFICANCE else ""
-    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], p={d['p']:.2g}{mark}"
+    return "n/a" if d is None else format_paired(d)
 
 
 def columns(results: dict) -> list[str]:
