@@ -106,6 +106,7 @@ def plot(summary: dict, path: Path) -> None:
         ns = sorted(by_n, key=int)
         ax.errorbar([int(n) for n in ns], [by_n[n]["mean"] for n in ns], yerr=[by_n[n]["std"] for n in ns],
                     marker="o", capsize=2, label=row, linewidth=2.5 if row == "medlego" else 1.2)
+    ax.set_xticks(sorted({int(n) for by_n in summary.values() for n in by_n}))  # N is a count: no 2.25 ticks
     ax.set_xlabel("number of specialists N")
     ax.set_ylabel("mean normalized ACC (merged / specialist)")
     ax.legend(fontsize=7, ncol=2)
