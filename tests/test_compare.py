@@ -67,6 +67,16 @@ def test_table_ranks_and_normalizes():
     assert "**0.900 ± 0.000**" in md and "<u>0.600 ± 0.100</u>" in md
 
 
+def test_a_site_whose_specialist_scored_zero_is_left_out_of_the_ratio_and_named():
+    # One modality split 16 ways gives test splits of a few dozen images: a specialist can score 0 there.
+    def row(accs):
+        return {"0": {"test": {site: {"acc": acc, "auc": 0.5, "f1": 0, "loss": 0} for site, acc in accs.items()}}}
+    results = {"sites": ["a", "b"], "seeds": [0], "rows": {"specialists (SVD-LoRA)": row({"a": 0.8, "b": 0.0}),
+                                                           "x": row({"a": 0.4, "b": 0.5})}}
+    assert summarize(results)["x"]["mean norm. ACC"][0] == pytest.approx(0.5)  # a alone: 0.4 / 0.8
+    assert "Left out of `mean norm. ACC`" in to_markdown(results) and "b (seed 0)" in to_markdown(results)
+
+
 def test_each_strategy_is_tested_against_medlego_paired_by_seed():
     from fl_medlego.compare.table import paired_difference
 

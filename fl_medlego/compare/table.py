@@ -40,14 +40,25 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def normalized_by_seed(results: dict, row: str) -> dict[str, float]:
-    """seed -> the row's mean normalized ACC in that seed (seeds where the row and the reference ran)."""
+    """seed -> the row's mean normalized ACC in that seed (seeds where the row and the reference ran).
+    A site whose specialist scored 0 ACC (a tiny test split, e.g. one modality split 16 ways) has no
+    ratio: it is left out of that seed's mean, and `unnormalizable` names it for the table."""
     sites, reference = results["sites"], results["rows"].get(NORMALIZED_BY, {})
     out = {}
     for seed, r in results["rows"].get(row, {}).items():
         ref = reference.get(seed, {}).get("test")
         if r.get("test") and ref:
-            out[seed] = float(np.mean([r["test"][s]["acc"] / ref[s]["acc"] for s in sites]))
+            ratios = [r["test"][s]["acc"] / ref[s]["acc"] for s in sites if ref[s]["acc"] > 0]
+            if ratios:
+                out[seed] = float(np.mean(ratios))
     return out
+
+
+def unnormalizable(results: dict) -> list[tuple[str, str]]:
+    """(seed, site) pairs left out of the normalized ACC because the specialist's test ACC is 0."""
+    reference = results["rows"].get(NORMALIZED_BY, {})
+    return [(seed, s) for seed, r in sorted(reference.items()) for s in results["sites"]
+            if r.get("test") and r["test"][s]["acc"] <= 0]
 
 
 def summarize(results: dict) -> dict[str, dict[str, tuple[float, float]]]:
@@ -154,6 +165,9 @@ def to_markdown(results: dict) -> str:
             "", *lines, "", "Options chosen on the validation splits:", *options]
     if errors:
         text += ["", "Strategies that could not merge these specialists:", *errors]
+    if unnormalizable(results):
+        text += ["", f"Left out of `{NORMALIZED}` (the specialist's test ACC is 0, so no ratio exists): "
+                 + ", ".join(f"{site} (seed {seed})" for seed, site in unnormalizable(results))]
     text += generalist_markdown(results)
     text += ["", f"Wall time: {results.get('wall_time_s', 'n/a')} s"]
     return "\n".join(text) + "\n"
