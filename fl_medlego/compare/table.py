@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..kinds import REFERENCE_KIND, SiteKind, get_kind, list_kinds
+from ..metrics import normalized_accuracy
 from ..wire import CENTRED_PREFIX, MERGED_MAX_RANK, MODALITY_SHARE, UNION_ACC, UNSEEN_METRICS
 
 MULTITASK = "multitask"
@@ -48,7 +49,8 @@ def normalized_by_seed(results: dict, row: str) -> dict[str, float]:
     for seed, r in results["rows"].get(row, {}).items():
         ref = reference.get(seed, {}).get("test")
         if r.get("test") and ref:
-            ratios = [r["test"][s]["acc"] / ref[s]["acc"] for s in sites if ref[s]["acc"] > 0]
+            ratios = [normalized_accuracy(r["test"][s]["acc"], ref[s]["acc"]) for s in sites]
+            ratios = [x for x in ratios if not math.isnan(x)]
             if ratios:
                 out[seed] = float(np.mean(ratios))
     return out
@@ -165,9 +167,10 @@ def to_markdown(results: dict) -> str:
             "", *lines, "", "Options chosen on the validation splits:", *options]
     if errors:
         text += ["", "Strategies that could not merge these specialists:", *errors]
-    if unnormalizable(results):
+    left_out = unnormalizable(results)
+    if left_out:
         text += ["", f"Left out of `{NORMALIZED}` (the specialist's test ACC is 0, so no ratio exists): "
-                 + ", ".join(f"{site} (seed {seed})" for seed, site in unnormalizable(results))]
+                 + ", ".join(f"{site} (seed {seed})" for seed, site in left_out)]
     text += generalist_markdown(results)
     text += ["", f"Wall time: {results.get('wall_time_s', 'n/a')} s"]
     return "\n".join(text) + "\n"
