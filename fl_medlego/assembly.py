@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from .files import backup_path, link_or_copy, replace_dir, write_json_atomic
 from .lora import Adapter, Factors, SVDLoRAConfig, load_adapter, save_adapter
 from .lora.io import read_adapter_config
 from .merging._lowrank import energy_rank, svd_of_sum
@@ -135,9 +136,7 @@ class Assembly:
         save_adapter(Adapter(self.sums, scale=1.0), root / "sum", lora, base, fingerprint)
         record = {"sites": self.sites, "options": dataclasses.asdict(self.options), "edits": self.edits,
                   "mean": self.mean}
-        tmp = root / "assembly.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(root / "assembly.json")
+        write_json_atomic(root / "assembly.json", record)
 
     @classmethod
     def load(cls, directory: str | Path) -> Assembly:
@@ -176,10 +175,10 @@ def edit_generalist(directory: str | Path, add: dict[str, str | Path] | None = N
     Every adapter must fit the generalist's base and targets. A generalist merged with explicit weights
     keeps them as they are (removing a site does not rescale the others), so a site added to it needs
     its weight in `weights`. The edited generalist is written into a folder beside it, the folder's other
-    files are moved over, and the two are swapped: an edit that fails leaves the generalist as it was,
-    and a swap cut short is completed by the next call."""
+    files are linked (or copied) over, and the two are swapped (`replace_dir`): an edit that fails leaves
+    the generalist as it was, and a swap cut short is completed by the next call."""
     directory = Path(directory).resolve()
-    staging, previous = directory.with_name(directory.name + ".edit"), directory.with_name(directory.name + ".old")
+    staging, previous = directory.with_name(directory.name + ".edit"), backup_path(directory)
     if not directory.exists() and previous.exists():  # a swap cut short after its first rename
         (staging if staging.exists() else previous).rename(directory)
         shutil.rmtree(previous, ignore_errors=True)
@@ -202,10 +201,8 @@ def edit_generalist(directory: str | Path, add: dict[str, str | Path] | None = N
             shutil.rmtree(leftover)
     merged = write_generalist(assembly, staging, lora, base, fingerprint)
     written = {p.name for p in staging.iterdir()}
-    for other in directory.iterdir():  # the user's own files in the folder go with it
+    for other in directory.iterdir():  # the user's own files go with it; the folder stays whole until the swap
         if other.name not in written:
-            other.rename(staging / other.name)
-    directory.rename(previous)
-    staging.rename(directory)
-    shutil.rmtree(previous)
+            link_or_copy(other, staging / other.name)
+    replace_dir(staging, directory)
     return merged

@@ -98,7 +98,7 @@ def render_run(run_dir: Path, summary: dict | None = None) -> list[Path]:
     """(Re)write summary.md and summary.png of a run folder from its saved summary and metrics."""
     run_dir = Path(run_dir)
     summary = summary or json.loads((run_dir / "summary.json").read_text())
-    (run_dir / "summary.md").write_text(summary_markdown(summary) + "\n![summary](summary.png)\n")
+    write_text_atomic(run_dir / "summary.md", summary_markdown(summary) + "\n![summary](summary.png)\n")
     events = read_events(run_dir / "metrics.jsonl")
     latest = {(e.get("round"), e.get("site")): e for e in events if e.get("event") == "evaluate"}
     run_figure(summary, list(latest.values()), run_dir / "summary.png")  # a redone round counts once

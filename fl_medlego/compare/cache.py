@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from ..config import RunConfig, settings_table
-from ..files import read_tensors
+from ..files import atomic_path, read_tensors
 
 # Settings that do not change what a specialist learns.
 _IRRELEVANT = ("strategy", "kind_name", "num_rounds", "output_dir", "round_timeout", "node_wait_timeout", "merge",
@@ -44,17 +43,16 @@ class SpecialistCache:
 
     @staticmethod
     def write(entry: Path, tensors: dict[str, dict[str, torch.Tensor]], metrics: dict, extra=None) -> None:
-        """Write into a temporary folder, then move it in place: a crash never leaves a half entry."""
-        tmp = entry.with_name(entry.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, state in tensors.items():
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
-        if extra is not None:
-            extra(tmp)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        shutil.rmtree(entry, ignore_errors=True)
-        tmp.rename(entry)
+        """Write into a temporary folder, then swap it with the old entry, if any: a crash or a failed write
+        never leaves a half entry, and the old entry stays until the new one is in place."""
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(entry) as tmp:
+            tmp.mkdir()
+            for name, state in tensors.items():
+                save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
+            if extra is not None:
+                extra(tmp)
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))  # the folder is moved as a whole
 
     @staticmethod
     def read(entry: Path, name: str) -> dict[str, torch.Tensor]:

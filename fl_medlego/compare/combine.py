@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..files import write_json_atomic
 from .table import render_comparison
 
 
@@ -50,7 +51,5 @@ def combine_folders(folders: list[str | Path], out_dir: str | Path) -> list[Path
     combined = combine_comparisons(parts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(combined, indent=2, default=str))
-    tmp.replace(out / "results.json")
+    write_json_atomic(out / "results.json", combined, default=str)
     return [out / "results.json", *render_comparison(combined, out)]

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig, parse_run_config, settings_table
 from ..data import SiteData, parse_sites
+from ..files import write_json_atomic
 from ..kinds import REFERENCE_KIND, SiteKind, SiteState, all_strategies, get_kind, kind_for_strategy
 from ..models import create_backbone
 from ..multitask import MultiTaskModel, train_multitask
@@ -102,9 +103,7 @@ class Comparison:
 
     def _save(self) -> None:
         """Atomically: an interrupted write never loses the rows measured so far."""
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=2, default=str))
-        tmp.replace(self.path)
+        write_json_atomic(self.path, self.results, default=str)
 
     def _config(self, seed: int, strategy: str | None = None) -> RunConfig:
         overrides = {"seed": seed, **({"strategy": strategy} if strategy else {})}

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import random
 from pathlib import Path
 
 import numpy as np
 
 from ..config import parse_run_config
+from ..files import atomic_path, write_json_atomic
 from .run import Comparison
 from .table import REFERENCE_ROWS, normalized_by_seed
 
@@ -83,16 +83,15 @@ def summarize_scaling(results: dict[int, dict[str, dict]]) -> dict:
 
 def _write(summary: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "scaling.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out_dir / "scaling.json")
-    with open(out_dir / "scaling.csv", "w", newline="") as f:
+    write_json_atomic(out_dir / "scaling.json", summary)
+    with atomic_path(out_dir / "scaling.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["strategy", "N", "mean_normalized_acc", "std_over_seeds", "subsets", "seeds"])
         for row, by_n in summary.items():
             for n, cell in by_n.items():
                 writer.writerow([row, n, cell["mean"], cell["std"], cell["subsets"], cell["seeds"]])
-    plot(summary, out_dir / "scaling.png")
+    with atomic_path(out_dir / "scaling.png") as tmp:
+        plot(summary, tmp)
 
 
 def plot(summary: dict, path: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import wire
-from ..files import read_tensors
+from ..files import atomic_path, read_tensors
 from ..models import SiteModel, create_backbone, shared_base
 from ..seeds import site_seed
 from ..train import TrainConfig
@@ -82,10 +82,9 @@ class FullWeightKind(SiteKind):
              base_fingerprint: str | None) -> Path:
         path = Path(directory) / WEIGHTS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
         about = {"base_model": cfg.model_name, **({"base_fingerprint": base_fingerprint} if base_fingerprint else {})}
-        save_file({k: v.contiguous() for k, v in update.items()}, str(tmp), metadata=about)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in update.items()}, str(tmp), metadata=about)
         return path
 
     def load(self, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> dict[str, torch.Tensor]:

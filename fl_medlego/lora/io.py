@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 
 from safetensors.torch import save_file
 
-from ..files import read_tensors
+from ..files import atomic_path, read_tensors, write_json_atomic
 from .config import SVDLoRAConfig
 from .factors import Adapter
 
@@ -46,11 +45,9 @@ def save_adapter(adapter: Adapter, directory: str | Path, lora: SVDLoRAConfig | 
         "ranks": {name: f.rank for name, f in adapter.factors.items()},
         "metadata": adapter.metadata,
     }
-    weights_tmp, config_tmp = directory / (WEIGHTS_FILE + ".tmp"), directory / (CONFIG_FILE + ".tmp")
-    save_file(tensors, str(weights_tmp))
-    config_tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-    os.replace(weights_tmp, directory / WEIGHTS_FILE)
-    os.replace(config_tmp, directory / CONFIG_FILE)
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp))
+    write_json_atomic(directory / CONFIG_FILE, config, sort_keys=True, default=str)
     return directory
 
 

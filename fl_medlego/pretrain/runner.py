@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..augment import augment
 from ..device import autocast, resolve_precision, to_device
 from ..device import resolve_device as _resolve_device
+from ..files import atomic_path, write_json_atomic
 from ..models import create_backbone, fingerprint, preset_image_size
 from ..seeds import step_seed
 from .objectives import build_objective
@@ -69,7 +70,7 @@ def _check_settings(out: Path, settings: PretrainSettings) -> None:
                              "use a new output folder or the same settings to resume")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(wanted, indent=2))
+        write_json_atomic(path, wanted)
 
 
 def _last_logged_loss(out: Path) -> float | None:
@@ -78,9 +79,8 @@ def _last_logged_loss(out: Path) -> float | None:
 
 
 def _save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -170,8 +170,9 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
 
     weights = out / "backbone.safetensors"
     backbone.cpu()
-    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(weights),
-              metadata={"recipe": recipe.name, "model": settings.model_name})
+    with atomic_path(weights) as tmp:
+        save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(tmp),
+                  metadata={"recipe": recipe.name, "model": settings.model_name})
     report = {
         "settings": dataclasses.asdict(settings), "recipe": dataclasses.asdict(recipe),
         "pretraining_images": len(images), "images_seen": settings.steps * settings.batch_size,
@@ -181,5 +182,5 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, save_every: int = 
         "precision": str(dtype).removeprefix("torch."),
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
     }
-    (out / "pretrain.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(out / "pretrain.json", report)
     return report
