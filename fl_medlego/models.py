@@ -9,6 +9,7 @@ Any timm name works as well, e.g. `vit_base_patch16_224`, the paper's ViT-B/16 a
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import hashlib
 import logging
@@ -20,6 +21,7 @@ from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from .bases import BUNDLED, bundled_base
+from .errors import ConfigError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ def vit_medmnist_28(pretrained: bool = False, **kwargs) -> nn.Module:
     No hub weights: the project's own offline base is `model.pretrained='bundled'` (fl_medlego.bases).
     """
     if pretrained:
-        raise ValueError("vit_medmnist_28 has no timm hub weights: use create_backbone(..., pretrained='bundled')")
+        raise ConfigError("vit_medmnist_28 has no timm hub weights: use create_backbone(..., pretrained='bundled')")
     args = dict(img_size=28, patch_size=4, embed_dim=128, depth=6, num_heads=4)
     return timm.create_model("vit_small_patch16_224", pretrained=False, **{**args, **kwargs})
 
@@ -45,6 +47,17 @@ def vit_medmnist_28(pretrained: bool = False, **kwargs) -> nn.Module:
 def list_presets() -> list[str]:
     """The backbones this project registers with timm."""
     return timm.list_models(module=__name__.rsplit(".", 1)[-1])
+
+
+def check_backbone_name(name: str) -> None:
+    """Refuse a name timm does not know; timm knows over a thousand, so list the presets and timm's closest."""
+    if timm.is_model(name):
+        return
+    err = UnknownNameError("backbone preset", name, list_presets())
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    err.args = (f"{err}; or any timm model name{' such as ' + ', '.join(close) if close else ''} "
+                "(timm.list_models())",)
+    raise err
 
 
 def preset_image_size(name: str) -> int:
@@ -64,6 +77,7 @@ def create_backbone(
     (.safetensors or a torch state dict; classifier-head keys that do not fit are skipped).
     num_classes=0 returns pooled features (the site model adds its own head).
     """
+    check_backbone_name(name)
     if pretrained == "timm":
         return timm.create_model(name, pretrained=True, num_classes=num_classes, **overrides)
     checkpoint = bundled_base(name) if pretrained == BUNDLED else pretrained  # fails early if none is shipped
@@ -96,7 +110,7 @@ def _cached_base(name: str, pretrained: str, seed: int, version: int) -> tuple[n
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"backbone checkpoint {path} not found: "
             "set model.pretrained to 'bundled', 'none', 'timm' or an existing file"
         )
@@ -112,7 +126,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     skipped = sorted(set(state) - set(fitting))
     missing = sorted(set(own) - set(fitting))
     if [k for k in missing if not k.startswith("head")]:
-        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: missing {missing[:8]} ...")
+        raise ConfigError(f"checkpoint {path} does not fit {type(model).__name__}: missing {missing[:8]} ...")
     model.load_state_dict(fitting, strict=False)
     log.info("loaded backbone checkpoint %s (%d tensors, skipped %s)", path, len(fitting), skipped[:8])
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import UserError
 from .lora import Adapter, SVDLoRAConfig, load_adapter, save_adapter
 from .lora.io import read_adapter_config
-from .merging import merge_adapters
+from .merging import get_merge, merge_adapters
 
 
 def merge_saved_adapters(inputs: Sequence[str | Path], output: str | Path, method: str = "medlego",
@@ -27,16 +28,24 @@ def merge_saved_adapters(inputs: Sequence[str | Path], output: str | Path, metho
     """
     output = Path(output)
     if (output / "adapter_model.safetensors").exists():
-        raise FileExistsError(f"{output} already holds an adapter: choose another output folder")
+        raise UserError(f"{output} already holds an adapter: choose another output folder")
     if not inputs:
-        raise ValueError("merge needs at least one adapter folder")
+        raise UserError("merge needs at least one adapter folder")
+    get_merge(method)  # an unknown method is refused before any file is read
     first = read_adapter_config(inputs[0])
     lora = SVDLoRAConfig.from_dict(first["svd_lora"]) if first.get("svd_lora") else None
     base, fingerprint = first.get("base_model_name_or_path"), first.get("base_model_fingerprint")
     adapters = [load_adapter(p, expect_lora=lora, expect_base=base, expect_fingerprint=fingerprint) for p in inputs]
+    if weights is not None and len(weights) != len(adapters):
+        raise UserError(f"got {len(weights)} merge weights for {len(adapters)} adapters")
     if method == "medlego":
         return _merge_editable(adapters, inputs, output, weights, names, lora, base, fingerprint, **options)
-    merged = merge_adapters(adapters, method, weights, **options)
+    try:
+        merged = merge_adapters(adapters, method, weights, **options)
+    except UserError:
+        raise
+    except ValueError as err:  # a method refusing these adapters (e.g. unequal ranks): the user's choice of inputs
+        raise UserError(str(err)) from err
     merged.metadata["merge"]["inputs"] = [str(p) for p in inputs]
     save_adapter(merged, output, lora, base, fingerprint)
     return merged
@@ -55,16 +64,13 @@ def _site_names(inputs: Sequence[str | Path]) -> list[str]:
 
 def _merge_editable(adapters, inputs, output, weights, names, lora, base, fingerprint, **options) -> Adapter:
     from .assembly import Assembly, write_generalist
-    from .merging import get_merge
 
     names = list(names) if names else _site_names(inputs)
     if len(set(names)) != len(names) or len(names) != len(adapters):
-        raise ValueError(f"each merged site needs its own name, got {names} for {len(adapters)} adapters "
+        raise UserError(f"each merged site needs its own name, got {names} for {len(adapters)} adapters "
                          "(name them NAME=FOLDER)")
-    if weights is not None and len(weights) != len(adapters):
-        raise ValueError(f"got {len(weights)} merge weights for {len(adapters)} adapters")
     if weights is not None and any(w <= 0 for w in weights):
-        raise ValueError(f"an editable Med-LEGO merge weighs sites by positive weights, got {list(weights)}")
+        raise UserError(f"an editable Med-LEGO merge weighs sites by positive weights, got {list(weights)}")
     assembly = Assembly.from_adapters(dict(zip(names, adapters)), dict(zip(names, weights)) if weights else None,
                                       get_merge("medlego").make_options(**options))
     return write_generalist(assembly, output, lora, base, fingerprint, inputs=[str(p) for p in inputs])

@@ -27,7 +27,7 @@ def test_merge_command_refuses_to_overwrite_and_names_bad_input(tmp_path, rng, c
     assert main(["merge", str(tmp_path / "nope"), "-o", str(tmp_path / "b")]) == 2
     assert "adapter_config.json" in capsys.readouterr().out
     assert main(["merge", "--method", "nope", str(tmp_path / "a"), "-o", str(tmp_path / "c")]) == 2
-    assert "known methods" in capsys.readouterr().out
+    assert "known merge methods" in capsys.readouterr().out
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 

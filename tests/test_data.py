@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fl_medlego.data import dirichlet_partition, iid_partition, load_medmnist, load_site, parse_sites
+from fl_medlego.errors import ConfigError, UnknownNameError
 from fl_medlego.train import to_model_input
 
 
@@ -18,7 +19,7 @@ def test_bundled_sample_loads_offline_and_names_its_source():
 
 def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("MEDMNIST_ROOT", raising=False)
-    with pytest.raises(FileNotFoundError, match="bundled sample has no dermamnist"):
+    with pytest.raises(ConfigError, match="bundled sample has no dermamnist"):
         load_medmnist("derma", "bundled")
 
 
@@ -35,7 +36,7 @@ def test_root_lookup_prefers_config_root_then_environment(tmp_path, monkeypatch)
 
 
 def test_unknown_set_lists_known_ones():
-    with pytest.raises(ValueError, match="known 2D sets: .*pneumonia"):
+    with pytest.raises(UnknownNameError, match="known MedMNIST 2D sets: .*pneumonia"):
         parse_sites("blood,pneumona")
 
 
@@ -43,7 +44,7 @@ def test_site_spec_splits_a_modality():
     sites = parse_sites("pneumonia:3,blood")
     assert [s.name for s in sites] == ["pneumonia-1", "pneumonia-2", "pneumonia-3", "blood"]
     assert {s.count for s in sites[:3]} == {3}
-    with pytest.raises(ValueError, match="each once"):
+    with pytest.raises(ConfigError, match="each once"):
         parse_sites("blood,blood")
 
 

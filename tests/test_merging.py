@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fl_medlego.errors import ConfigError, UnknownNameError
 from fl_medlego.lora import Adapter, Factors
 from fl_medlego.merging import get_merge, list_merges, merge_adapters
 from fl_medlego.merging._lowrank import dense_sum, energy_rank, svd_of_sum
@@ -110,17 +111,17 @@ def test_lora_avg_refuses_mixed_ranks(rng):
 
 
 def test_unknown_method_lists_known_ones():
-    with pytest.raises(KeyError, match="known methods: .*medlego"):
+    with pytest.raises(UnknownNameError, match="known merge methods: .*medlego"):
         get_merge("medlgo")
 
 
 def test_unknown_option_is_named():
-    with pytest.raises(TypeError, match="has no option"):
+    with pytest.raises(ConfigError, match="has no option"):
         merge_adapters([Adapter({"m": random_factors(4, 4, 1, torch.Generator())})], "medlego", enrgy=0.9)
 
 
 def test_bad_option_values_are_refused():
-    with pytest.raises(ValueError, match="energy"):
+    with pytest.raises(ConfigError, match="energy"):
         get_merge("medlego").make_options(energy=1.5)
 
 

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from fl_medlego.bases import bundled_base_path
 from fl_medlego.config import parse_run_config
+from fl_medlego.errors import ConfigError
 from fl_medlego.models import create_backbone, fingerprint, list_presets, preset_image_size, shared_base
 
 
@@ -41,7 +42,7 @@ def test_local_checkpoint_loads(tmp_path):
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint .* not found"):
+    with pytest.raises(ConfigError, match="checkpoint .* not found"):
         create_backbone(pretrained=str(tmp_path / "nope.pt"))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import UserError
 from ..files import write_json_atomic
 from .table import render_comparison
 
@@ -25,21 +26,21 @@ def _without_seed(settings: dict) -> dict:
 
 def combine_comparisons(parts: list[dict]) -> dict:
     if not parts:
-        raise ValueError("combine needs at least one comparison folder")
+        raise UserError("combine needs at least one comparison folder")
     first = parts[0]
     combined = {"settings": first["settings"], "sites": first["sites"], "rows": {}, "seeds": [], "wall_time_s": 0.0}
     for i, part in enumerate(parts):
         if part["sites"] != first["sites"]:
-            raise ValueError(f"part {i} compares sites {part['sites']}, part 0 {first['sites']}: not one comparison")
+            raise UserError(f"part {i} compares sites {part['sites']}, part 0 {first['sites']}: not one comparison")
         if _without_seed(part["settings"]) != _without_seed(first["settings"]):
             differing = sorted(k for k in _without_seed(first["settings"])
                                if _without_seed(part["settings"]).get(k) != _without_seed(first["settings"]).get(k))
-            raise ValueError(f"part {i} ran with other settings than part 0 (differing: {differing})")
+            raise UserError(f"part {i} ran with other settings than part 0 (differing: {differing})")
         for row, by_seed in part["rows"].items():
             mine = combined["rows"].setdefault(row, {})
             for seed, record in by_seed.items():
                 if seed in mine and mine[seed].get("test") != record.get("test"):
-                    raise ValueError(f"row {row!r}, seed {seed} differs between the parts: rerun one of them")
+                    raise UserError(f"row {row!r}, seed {seed} differs between the parts: rerun one of them")
                 mine[seed] = record
         combined["seeds"] = sorted(set(combined["seeds"]) | set(part["seeds"]))
         combined["wall_time_s"] = round(combined["wall_time_s"] + part.get("wall_time_s", 0.0), 1)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import parse_run_config
+from ..errors import ConfigError
 from ..files import atomic_path, write_json_atomic
 from .run import Comparison
 from .table import REFERENCE_ROWS, normalized_by_seed
@@ -35,12 +36,12 @@ def subsets_for(run_config: dict, sizes: list[int], max_subsets: int, seed: int 
         return {n: [f"{modality}:{n}"] for n in sizes}
     names = [s.name for s in cfg.sites]
     if any(s.count > 1 for s in cfg.sites):
-        raise ValueError("scaling over subsets needs one site per modality (or a single modality split N ways); "
+        raise ConfigError("scaling over subsets needs one site per modality (or a single modality split N ways); "
                          f"got sites {names}")
     out = {}
     for n in sizes:
         if not 1 <= n <= len(names):
-            raise ValueError(f"N = {n}: the scenario declares {len(names)} sites")
+            raise ConfigError(f"N = {n}: the scenario declares {len(names)} sites")
         combos = [",".join(c) for c in itertools.combinations(names, n)]
         out[n] = combos if len(combos) <= max_subsets else random.Random(seed).sample(combos, max_subsets)
     return out

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, UnknownNameError, UserError
+
 log = logging.getLogger(__name__)
 
 BUNDLED = "bundled"
@@ -49,7 +51,7 @@ def canonical_flag(name: str) -> str:
     info = _medmnist_info().INFO
     if flag not in info or flag.endswith("3d"):
         known = sorted(k.removesuffix("mnist") for k in info if not k.endswith("3d"))
-        raise ValueError(f"unknown MedMNIST data set {name!r}; known 2D sets: {', '.join(known)}")
+        raise UnknownNameError("MedMNIST 2D set", name, known)
     return flag
 
 
@@ -92,7 +94,7 @@ def load_medmnist(name: str, root: str = BUNDLED, size: int = 28) -> LoadedSet:
     if root == BUNDLED:
         if size != 28 or not (BUNDLED_ROOT / _file_name(flag, 28)).is_file():
             available = sorted(p.stem for p in BUNDLED_ROOT.glob("*.npz"))
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"the bundled sample has no {flag} at {size} px (it has {available} at 28 px): "
                 "set data.root to a folder with the MedMNIST files, or to '' to look up / download them"
             )
@@ -114,7 +116,7 @@ def load_medmnist(name: str, root: str = BUNDLED, size: int = 28) -> LoadedSet:
         try:
             ds = cls(split=split, root=str(chosen), download=download, size=size)
         except Exception as err:  # medmnist raises bare RuntimeErrors; name the fix
-            raise FileNotFoundError(
+            raise UserError(
                 f"could not load {flag} ({split}) from {[str(r) for r in candidate_roots(root)]}: {err}. "
                 "Put the MedMNIST .npz files in a folder and set data.root (or MEDMNIST_ROOT) to it, "
                 "or use data.root='bundled' for the offline sample"

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError, UnknownNameError
+
+SCHEMES = ("iid", "dirichlet")
+
 
 def iid_partition(n: int, num_sites: int, seed: int) -> list[np.ndarray]:
     order = np.random.default_rng(seed).permutation(n)
@@ -17,7 +21,7 @@ def dirichlet_partition(labels: np.ndarray, num_sites: int, alpha: float, seed: 
     Small alpha gives strong label skew. Draws again (bounded) until every site has `min_size` examples.
     """
     if alpha <= 0:
-        raise ValueError(f"Dirichlet alpha must be > 0, got {alpha}")
+        raise ConfigError(f"Dirichlet alpha must be > 0, got {alpha}")
     labels = labels.reshape(len(labels), -1)[:, 0]  # multi-label sets skew on their first label
     rng = np.random.default_rng(seed)
     for _ in range(max_tries):
@@ -29,7 +33,7 @@ def dirichlet_partition(labels: np.ndarray, num_sites: int, alpha: float, seed: 
                 parts[site].extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    raise ValueError(
+    raise ConfigError(
         f"could not give each of {num_sites} sites {min_size} examples with Dirichlet alpha={alpha} "
         f"from {len(labels)} examples: use fewer sites or a larger alpha"
     )
@@ -42,7 +46,7 @@ def partition(labels: np.ndarray, num_sites: int, scheme: str, alpha: float, see
         return iid_partition(len(labels), num_sites, seed)
     if scheme == "dirichlet":
         return dirichlet_partition(labels, num_sites, alpha, seed)
-    raise ValueError(f"unknown partition scheme {scheme!r}; use 'iid' or 'dirichlet'")
+    raise UnknownNameError("partition scheme", scheme, SCHEMES)
 
 
 def subsample(indices: np.ndarray, cap: int, seed: int) -> np.ndarray:

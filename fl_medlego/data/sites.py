@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..seeds import data_seed
 from .medmnist_source import SPLITS, LoadedSet, canonical_flag, load_medmnist
 from .partition import partition, subsample
@@ -35,15 +36,15 @@ def parse_sites(spec: str) -> list[SiteSpec]:
         try:
             count = int(count_text) if count_text else 1
         except ValueError:
-            raise ValueError(f"bad site entry {item!r}: write 'modality' or 'modality:N' with N an integer") from None
+            raise ConfigError(f"bad site entry {item!r}: write 'modality' or 'modality:N' with N an integer") from None
         if count < 1:
-            raise ValueError(f"bad site entry {item!r}: N must be >= 1")
+            raise ConfigError(f"bad site entry {item!r}: N must be >= 1")
         flag = canonical_flag(name)
         short = flag.removesuffix("mnist")
         sites += [SiteSpec(short if count == 1 else f"{short}-{i + 1}", flag, i, count) for i in range(count)]
     names = [s.name for s in sites]
     if not sites or len(set(names)) != len(names):
-        raise ValueError(f"sites spec {spec!r} must name at least one site, each once (got {names})")
+        raise ConfigError(f"sites spec {spec!r} must name at least one site, each once (got {names})")
     return sites
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from ..errors import UserError
 from ..files import atomic_path, read_tensors, write_json_atomic
 from .config import SVDLoRAConfig
 from .factors import Adapter
@@ -63,9 +64,9 @@ def read_adapter_config(directory: str | Path) -> dict:
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_path} is not valid JSON ({err}): the adapter folder is corrupt") from err
+        raise UserError(f"{config_path} is not valid JSON ({err}): the adapter folder is corrupt") from err
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{config_path} is not an fl-medlego SVD-LoRA adapter")
+        raise UserError(f"{config_path} is not an fl-medlego SVD-LoRA adapter")
     return config
 
 
@@ -74,14 +75,14 @@ def check_adapter_fits(config: dict, where: str, lora: SVDLoRAConfig | None = No
     """Refuse an adapter (its config file's content) trained on another base or for other targets."""
     saved_lora = config.get("svd_lora")
     if lora is not None and saved_lora is not None and tuple(saved_lora["targets"]) != tuple(lora.targets):
-        raise ValueError(f"{where} adapts {list(saved_lora['targets'])}, but it is being loaded for targets "
+        raise UserError(f"{where} adapts {list(saved_lora['targets'])}, but it is being loaded for targets "
                          f"{list(lora.targets)}: use an adapter trained with lora.targets='{','.join(lora.targets)}'")
     saved_base, saved_print = config.get("base_model_name_or_path"), config.get("base_model_fingerprint")
     if base_model is not None and saved_base is not None and saved_base != base_model:
-        raise ValueError(f"{where} was trained on base model {saved_base!r}, not {base_model!r}: "
+        raise UserError(f"{where} was trained on base model {saved_base!r}, not {base_model!r}: "
                          "an adapter only fits the base it was trained on")
     if base_fingerprint is not None and saved_print is not None and saved_print != base_fingerprint:
-        raise ValueError(f"{where} was trained on base weights {saved_print}, but these are {base_fingerprint} "
+        raise UserError(f"{where} was trained on base weights {saved_print}, but these are {base_fingerprint} "
                          f"(same name {saved_base!r}, other weights: check model.pretrained)")
     if config.get("format_version", 1) < 2 and (lora or base_model or base_fingerprint):
         log.warning("%s predates self-describing adapters: its targets and base model cannot be checked", where)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError, UnknownNameError
 from ..lora.factors import Factors
 
 MergeFn = Callable[[list[Factors], torch.Tensor, object], Factors]
@@ -33,12 +34,18 @@ class MergeMethod:
     batched: Callable[[list[list[Factors]], torch.Tensor, object], list[Factors]] | None = None
 
     def make_options(self, **options) -> object:
-        """Build the method's options; an unknown option names the method and the known ones."""
+        """Build the method's options; an unknown option names the method and the known ones, and a value
+        the options refuse is a ConfigError (both come from a user's setting or --option)."""
         known = [f.name for f in dataclasses.fields(self.options_type)]
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise TypeError(f"merge method {self.name!r} has no option(s) {unknown}; its options are {known}")
-        return self.options_type(**options)
+            raise ConfigError(f"merge method {self.name!r} has no option(s) {unknown}; its options are {known}")
+        try:
+            return self.options_type(**options)
+        except ConfigError:
+            raise
+        except ValueError as err:  # the options' own checks (fl_medlego.merging._options) raise plain ValueErrors
+            raise ConfigError(str(err)) from err
 
 
 _REGISTRY: dict[str, MergeMethod] = {}
@@ -61,7 +68,7 @@ def get_merge(name: str) -> MergeMethod:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown merge method {name!r}; known methods: {', '.join(list_merges())}") from None
+        raise UnknownNameError("merge method", name, list_merges()) from None
 
 
 def list_merges() -> list[str]:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UnknownNameError
+
 View = Callable[[], torch.Tensor]  # each call draws one augmented view of the step's batch (on the CPU)
 
 
@@ -115,5 +117,5 @@ OBJECTIVES: dict[str, type[PretrainObjective]] = {
 
 def build_objective(name: str, backbone: nn.Module, recipe) -> PretrainObjective:
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown pretraining objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}")
+        raise UnknownNameError("pretraining objective", name, OBJECTIVES)
     return OBJECTIVES[name].build(backbone, recipe)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..augment import AugmentConfig
+from ..errors import UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise ValueError(f"unknown pretraining recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+        raise UnknownNameError("pretraining recipe", name, RECIPES)
     return RECIPES[name]
 
 

@@ -14,7 +14,8 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 
-from .settings import PrivacySettings
+from ..errors import UnknownNameError
+from .settings import ACCOUNTANTS, PrivacySettings
 
 
 class PrivacyBudgetExhausted(RuntimeError):
@@ -28,6 +29,8 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
     """Epsilon at `delta` after the DP-SGD steps in `history` ((noise multiplier, sampling rate, steps) each)."""
+    if accountant not in ACCOUNTANTS:  # Opacus knows more than the two this project supports and checks
+        raise UnknownNameError("privacy accountant", accountant, ACCOUNTANTS)
     if not history:
         return 0.0
     from opacus.accountants import create_accountant
