@@ -12,6 +12,7 @@ import torch
 
 from .. import wire
 from ..lora import Adapter, adapter_updates, get_adapter, inject_svd_lora, load_adapter, save_adapter, set_adapter
+from ..lora.factors import Factors
 from ..merging import adapter_norm, get_merge, list_merges, merge_adapters, option_grid
 from ..models import SiteModel, create_backbone, shared_base
 from ..seeds import site_seed
@@ -21,6 +22,20 @@ from ._registry import SiteKind, register_kind
 if TYPE_CHECKING:
     from ..config import MergeSettings, RunConfig
     from ..data import SiteData
+
+
+def _scaled_factors(f: Factors, factor: float) -> Factors:
+    """B diag(E) A scaled by `factor`, in float32 without losing it: the factor goes onto E, as the site sent
+    it, unless that leaves float32's range (clipping an update of tiny E and huge B, A by 1e-15 underflows
+    E to zero), in which case B, E and A are first brought to one magnitude; the product is the same."""
+    B, E, A = f.B.double(), f.E.double() * factor, f.A.double()
+    float32 = torch.finfo(torch.float32)
+    e, b, a = float(E.abs().max()), float(B.abs().max()), float(A.abs().max())
+    # Entries under 2**-24 of the largest cannot move the norm in float32; the largest must stay normal.
+    if e > 0 and b * a > 0 and not float32.tiny * 2**24 <= e <= float32.max:
+        magnitude = (b * e * a) ** (1 / 3)
+        B, E, A = B * (magnitude / b), E * (magnitude / e), A * (magnitude / a)
+    return Factors(B.to(f.B.dtype), E.to(f.E.dtype), A.to(f.A.dtype))
 
 
 @register_kind
@@ -55,7 +70,8 @@ class AdapterKind(SiteKind):
         return adapter_norm(update)
 
     def scaled(self, update: Adapter, factor: float, reference: Adapter | None = None) -> Adapter:
-        return Adapter(update.folded(), scale=factor, metadata=dict(update.metadata))
+        return Adapter({name: _scaled_factors(f, update.scale * factor) for name, f in update.factors.items()},
+                       scale=1.0, metadata=dict(update.metadata))
 
     def encode(self, update: Adapter) -> dict[str, torch.Tensor]:
         return wire.encode_adapter(update)
