@@ -28,6 +28,7 @@ from .device import (
 )
 from .lora import SVDLoRAConfig, orthogonality_penalty
 from .metrics import MULTI_LABEL, classification_metrics
+from .seeds import global_draws_from
 
 log = logging.getLogger(__name__)
 
@@ -238,18 +239,22 @@ def train_epoch(stepper: PlainSteps, train: Split, task: str, image_size: int, c
 
 def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, cfg: TrainConfig,
         watch: Split | None = None, on_epoch: Callable[[EpochReport], None] | None = None,
-        steps: StepsFactory = PlainSteps) -> FitResult:
+        steps: StepsFactory = PlainSteps, draws_seed: int | None = None) -> FitResult:
     """Train the trainable parameters (adapter + head); keep the epoch with the best validation ACC.
 
     `watch`, if given, is evaluated after every epoch for learning curves only: it never picks the epoch.
     `on_epoch`, if given, is called after every epoch (progress for people; it cannot change training).
     `steps` makes the batches and optimizer steps (DP-SGD passes its own); `FitResult.steps` counts them.
+    `draws_seed` seeds whatever draws from the process's generators meanwhile (a tower's dropout): a site
+    passes seeds.training_seed(run seed, site, round); None uses cfg.seed. The caller's generators are left
+    as they were. Shuffling and augmentation keep their own generators, seeded from cfg.seed.
     """
     plan = StepPlan.for_training(cfg, train, task)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    with placed(model, plan.device):  # the optimizer is made after the move: its state lives on the device too
+    draws = global_draws_from(cfg.seed if draws_seed is None else draws_seed, plan.device)
+    with draws, placed(model, plan.device):  # the optimizer is made after the move: its state lives on the device
         stepper = steps(model, params, cfg)
         best_acc, best_epoch, best_state, history = -1.0, 0, None, []
         try:

@@ -30,8 +30,10 @@ class FixedProjection(nn.Module):
 
     def __init__(self, d_in: int, seed: int | None) -> None:
         super().__init__()
-        self.map = nn.Linear(d_in, TEXT_WIDTH, bias=False)
-        if seed is not None:
+        if seed is None:
+            self.map = nn.Linear(d_in, TEXT_WIDTH, bias=False)
+        else:  # no default init: it would draw from the process's generator, only to be overwritten
+            self.map = nn.utils.skip_init(nn.Linear, d_in, TEXT_WIDTH, bias=False)
             generator = torch.Generator().manual_seed(seed)
             q, _ = torch.linalg.qr(torch.randn(TEXT_WIDTH, d_in, generator=generator))
             with torch.no_grad():

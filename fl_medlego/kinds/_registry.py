@@ -22,9 +22,9 @@ import torch
 
 from .. import wire
 from ..augment import flips_keep_labels
-from ..errors import UnknownNameError
 from ..models import SiteModel, shared_base
 from ..privacy import PrivacyLedger, private_steps
+from ..seeds import training_seed
 from ..train import EpochReport, PlainSteps, TrainConfig, evaluate, fit
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ class SiteKind(ABC):
             # Opacus's per-example gradients are checked in float32 only: no bf16 autocast under DP-SGD.
             train_cfg = dataclasses.replace(train_cfg, precision="float32")
         result = fit(model, data.train, data.val, data.task, model.image_size, train_cfg, on_epoch=on_epoch,
-                     steps=steps)
+                     steps=steps, draws_seed=training_seed(cfg.seed, data.site.name, server_round))
         update = self.extract(model)
         head = self.head_state(model)
         if state is None:  # the first training from the base: this is the site's specialist
@@ -220,7 +220,7 @@ def get_kind(name: str) -> SiteKind:
     try:
         return _KINDS[name]
     except KeyError:
-        raise UnknownNameError("site kind", name, list_kinds()) from None
+        raise KeyError(f"unknown site kind {name!r}; known kinds: {', '.join(list_kinds())}") from None
 
 
 def list_kinds() -> list[str]:
@@ -233,7 +233,7 @@ def kind_for_strategy(strategy: str) -> SiteKind:
     for kind in _KINDS.values():
         if not kind.chosen_explicitly and strategy in kind.strategies():
             return kind
-    raise UnknownNameError("strategy", strategy, all_strategies())
+    raise KeyError(f"unknown strategy {strategy!r}; known strategies: {', '.join(all_strategies())}")
 
 
 def all_strategies() -> list[str]:
