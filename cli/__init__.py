@@ -13,6 +13,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from fl_medlego.errors import UserError
+
+from ._boundary import Parser, as_user_error, comma_list, installed_version, run_command
+
 console = Console(soft_wrap=True)  # long paths in messages stay on one line
 
 
@@ -45,21 +49,20 @@ def cmd_merge(args: argparse.Namespace) -> int:
         console.print(table)
         return 0
     if len(args.adapters) < 1 or not args.output:
-        console.print("[red]merge needs at least one adapter folder and -o OUTPUT (or --list)[/red]")
-        return 2
+        raise UserError("merge needs at least one adapter folder and -o OUTPUT (or --list)")
     options = dict(args.option or [])
     if args.energy is not None:
         options["energy"] = args.energy
     if args.max_rank is not None:
         options["max_rank"] = args.max_rank or None
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    weights = args.weights
     named = [a.partition("=") for a in args.adapters]
     names = [n for n, sep, _ in named if sep] or None
     if names is not None and len(names) != len(named):
-        console.print("[red]name every adapter (SITE=FOLDER) or none[/red]")
-        return 2
+        raise UserError("name every adapter (SITE=FOLDER) or none")
     folders = [folder if sep else name for name, sep, folder in named]
-    merged = merge_saved_adapters(folders, args.output, args.method, weights, names=names, **options)
+    with as_user_error():
+        merged = merge_saved_adapters(folders, args.output, args.method, weights, names=names, **options)
     ranks = sorted({f.rank for f in merged.factors.values()})
     console.print(f"merged {len(args.adapters)} adapters with {args.method} -> {args.output} "
                   f"({len(merged.factors)} matrices, ranks {ranks})")
@@ -70,14 +73,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from fl_medlego.compare import Comparison, compared_strategies, print_whole, rich_table
     from fl_medlego.scenario import load_scenario_config
 
-    run_config = load_scenario_config(args.scenario, args.run_config or "")
+    with as_user_error(ValueError):  # reading the scenario and the --run-config text only
+        run_config = load_scenario_config(args.scenario, args.run_config or "")
     strategies = args.strategies.split(",") if args.strategies else compared_strategies(run_config)
-    seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
+    seeds = args.seed_list or list(range(args.seeds))
     name = Path(args.scenario).resolve().name
     out = Path(args.output or Path("outputs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     console.print(f"comparing {len(strategies)} strategies on {name}, seeds {seeds} -> {out}")
-    rounds = tuple(int(r) for r in args.rounds.split(","))
-    energies = tuple(float(v) for v in args.energy_sweep.split(",")) if args.energy_sweep else ()
+    rounds = tuple(args.rounds)
+    energies = tuple(args.energy_sweep or ())
     results = Comparison(run_config, strategies, seeds, out, Path(args.cache).expanduser(), progress=True,
                          rounds=rounds, energies=energies).run()
     print_whole(console, rich_table(results))
@@ -90,11 +94,12 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     from fl_medlego.compare.scaling import run_scaling
     from fl_medlego.scenario import load_scenario_config
 
-    run_config = load_scenario_config(args.scenario, args.run_config or "")
+    with as_user_error(ValueError):  # reading the scenario and the --run-config text only
+        run_config = load_scenario_config(args.scenario, args.run_config or "")
     strategies = args.strategies.split(",") if args.strategies else [
         s for s in compared_strategies(run_config) if s != "multitask"]
     seeds = list(range(args.seeds))
-    sizes = [int(n) for n in args.sizes.split(",")]
+    sizes = args.sizes
     name = Path(args.scenario).resolve().name
     out = Path(args.output or Path("outputs") / f"scaling-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     console.print(f"scaling {len(strategies)} strategies on {name} over N = {sizes}, seeds {seeds} -> {out}")
@@ -116,7 +121,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif (run_dir / "summary.json").is_file():
         paths = render_run(run_dir)
     else:
-        raise FileNotFoundError(f"{run_dir} holds neither results.json (a comparison) nor summary.json (a run)")
+        raise UserError(f"{run_dir} holds neither results.json (a comparison) nor summary.json (a run)")
     console.print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -124,26 +129,30 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_combine(args: argparse.Namespace) -> int:
     from fl_medlego.compare.combine import combine_folders
 
-    paths = combine_folders(args.parts, args.output)
+    with as_user_error():
+        paths = combine_folders(args.parts, args.output)
     console.print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fl-medlego", description=__doc__)
+    parser = Parser(prog="fl-medlego", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     merge = sub.add_parser("merge", help="merge saved adapters into one saved adapter (no data needed)")
     merge.add_argument("adapters", nargs="*", help="adapter folders (adapter_config.json + adapter_model.safetensors), "
                        "optionally SITE=FOLDER (medlego keeps the site names for `fl-medlego edit`)")
-    merge.add_argument("-o", "--output", help="folder for the merged adapter (must not hold one already)")
+    merge.add_argument("-o", "--output", help="folder for the merged adapter (must not hold one already; no "
+                       "default: needed unless --list)")
     merge.add_argument("--method", default="medlego", help="a registered merge method (see --list)")
     merge.add_argument("--energy", type=float, help="medlego: fraction v of singular-value mass to keep (default 0.9)")
     merge.add_argument("--max-rank", type=int, help="medlego: cap on the merged rank (default 16; 0 = none)")
-    merge.add_argument("--weights", help="comma-separated site weights (default: uniform)")
+    merge.add_argument("--weights", type=comma_list(float, "numbers"),
+                       help="comma-separated site weights (default: uniform)")
     merge.add_argument("-O", "--option", type=_parse_option, action="append", metavar="KEY=VALUE",
-                       help="any other option of the method, e.g. -O density=0.2")
+                       help="any other option of the method, e.g. -O density=0.2 (default: the method's defaults)")
     merge.add_argument("--list", action="store_true", help="list the merge methods and their options")
     merge.set_defaults(func=cmd_merge)
 
@@ -151,14 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("scenario", help="a scenario folder, e.g. scenarios/cross_domain")
     compare.add_argument("--seeds", type=int, default=5, help="repeat with seeds 0..N-1: mean ± std and the "
                          "paired test against Med-LEGO (default %(default)s as published; 1 for a quick look)")
-    compare.add_argument("--seed-list", help="explicit comma-separated seeds instead of --seeds")
+    compare.add_argument("--seed-list", type=comma_list(int, "integers"),
+                         help="explicit comma-separated seeds instead of --seeds (default: seeds 0..N-1 of --seeds)")
     compare.add_argument("--strategies", help="comma-separated subset (default: every strategy + multitask)")
-    compare.add_argument("--run-config", help="overrides of the scenario's knobs, as for flwr run")
-    compare.add_argument("--rounds", default="1", help="comma-separated round counts: 1 = the one-shot merge of the "
+    compare.add_argument("--run-config", help="overrides of the scenario's knobs, as for flwr run (default: "
+                         "none, the scenario's own values)")
+    compare.add_argument("--rounds", default="1", type=comma_list(int, "integers"),
+                         help="comma-separated round counts: 1 = the one-shot merge of the "
                          "specialists (the paper's setting), R > 1 = R federated rounds, sites continuing from the "
                          "merge (row 'STRATEGY (R rounds)'), e.g. 1,3")
-    compare.add_argument("--energy-sweep", help="Med-LEGO at fixed thresholds v (no tuning, no rank cap), e.g. "
-                         "0.5,0.7,0.8,0.9,0.95,1: rows 'medlego (v=..., fixed)' and energy_sweep.png")
+    compare.add_argument("--energy-sweep", type=comma_list(float, "numbers"),
+                         help="Med-LEGO at fixed thresholds v (no tuning, no rank cap), e.g. 0.5,0.7,0.8,0.9,0.95,1: "
+                         "rows 'medlego (v=..., fixed)' and energy_sweep.png (default: no sweep)")
     compare.add_argument("-o", "--output", help="output folder (default: outputs/compare-SCENARIO-TIME)")
     compare.add_argument("--cache", default="~/.cache/fl-medlego/specialists",
                          help="where trained specialists are kept for reuse (default: %(default)s)")
@@ -166,24 +179,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     combine = sub.add_parser("combine", help="one comparison from several folders (e.g. seeds run in parallel)")
     combine.add_argument("parts", nargs="+", help="comparison folders (results.json)")
-    combine.add_argument("-o", "--output", required=True)
+    combine.add_argument("-o", "--output", required=True, help="folder for the combined comparison")
     combine.set_defaults(func=cmd_combine)
 
     scaling = sub.add_parser("scaling", help="mean normalized ACC against the number of specialists, every strategy")
     scaling.add_argument("scenario", help="cross_domain (subsets of its modalities) or in_domain (one modality "
                          "split N ways)")
-    scaling.add_argument("--sizes", default="2,3,4", help="the numbers of sites N (default %(default)s)")
-    scaling.add_argument("--seeds", type=int, default=1)
+    scaling.add_argument("--sizes", default="2,3,4", type=comma_list(int, "integers"),
+                         help="the numbers of sites N (default %(default)s)")
+    scaling.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1")
     scaling.add_argument("--strategies", help="comma-separated (default: every strategy of the kind)")
     scaling.add_argument("--max-subsets", type=int, default=6, help="subsets of N sites compared per N, at most")
-    scaling.add_argument("--run-config", help="overrides of the scenario's knobs, as for flwr run")
-    scaling.add_argument("-o", "--output")
-    scaling.add_argument("--cache", default="~/.cache/fl-medlego/specialists")
+    scaling.add_argument("--run-config", help="overrides of the scenario's knobs, as for flwr run (default: "
+                         "none, the scenario's own values)")
+    scaling.add_argument("-o", "--output", help="output folder (default: outputs/scaling-SCENARIO-TIME)")
+    scaling.add_argument("--cache", default="~/.cache/fl-medlego/specialists",
+                         help="where trained specialists are kept for reuse")
     scaling.set_defaults(func=cmd_scaling)
 
     report = sub.add_parser("report", help="re-render the tables and figures of a run or comparison folder")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+
 
     from . import deploy, edit, pretrain
 
@@ -196,11 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        return args.func(args)
-    except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, TimeoutError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        return 2
+    return run_command(lambda: args.func(args), console)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,18 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fl_medlego.errors import UserError
+
+from ._boundary import as_user_error
+
 console = Console(soft_wrap=True)
 
 
 def cmd_coordinator_tls(args) -> int:
     from fl_medlego.server.coordinator import create_tls
 
-    paths = create_tls(args.dir, args.host)
+    with as_user_error():
+        paths = create_tls(args.dir, args.host)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}; give ca.crt (only) to every site")
     return 0
 
@@ -31,7 +36,11 @@ def cmd_coordinator_start(args) -> int:
 def cmd_coordinator_register(args) -> int:
     from fl_medlego.server.coordinator import register_site
 
-    node = register_site(args.flwr_home, args.connection, args.public_key)
+    with as_user_error():
+        try:
+            node = register_site(args.flwr_home, args.connection, args.public_key)
+        except RuntimeError as err:  # Flower's own refusal of this request (an unknown connection, a key twice)
+            raise UserError(str(err)) from err
     console.print(f"registered {args.public_key} as node {node}")
     return 0
 
@@ -39,7 +48,8 @@ def cmd_coordinator_register(args) -> int:
 def cmd_site_keys(args) -> int:
     from fl_medlego.clients.site_node import create_site_keys
 
-    private, public = create_site_keys(args.dir, args.site)
+    with as_user_error():  # never overwrites a private key: an existing one is the user's to move
+        private, public = create_site_keys(args.dir, args.site)
     console.print(f"wrote {private} (keep it at the site) and {public} (send it to the coordinator)")
     return 0
 
@@ -47,8 +57,9 @@ def cmd_site_keys(args) -> int:
 def cmd_site_start(args) -> int:
     from fl_medlego.clients.site_node import SiteNodeConfig, check_site, supernode_command
 
-    config = SiteNodeConfig.from_file(args.config)
-    source = check_site(config)  # refuses to start without readable data, certificate and key
+    with as_user_error(ValueError):  # the site's own file: missing, unknown keys, no data, no certificate or key
+        config = SiteNodeConfig.from_file(args.config)
+        source = check_site(config)  # refuses to start without readable data, certificate and key
     console.print(f"site {config.site}: data {source}")
     command = supernode_command(config)
     if args.dry_run:
@@ -63,9 +74,11 @@ def cmd_federation_up(args) -> int:
 
     from .loopback import up
 
-    sites = args.sites.split(",") if args.sites else [
-        s.name for s in parse_sites(load_scenario_config(args.scenario)["sites"])]
-    state = up(args.workdir, sites, args.data_root)
+    with as_user_error(ValueError):  # reading the scenario only
+        scenario = load_scenario_config(args.scenario)
+    sites = args.sites.split(",") if args.sites else [s.name for s in parse_sites(scenario["sites"])]
+    with as_user_error():  # a site whose data, or a workdir that is taken
+        state = up(args.workdir, sites, args.data_root)
     console.print(json.dumps(state, indent=2))
     console.print(f"\nrun the scenario against it:\n  FLWR_HOME={state['flwr_home']} flwr run {args.scenario} "
                   f"--stream --run-config \"sites='{','.join(sites)}'\"\nstop it:\n  fl-medlego federation down "
@@ -85,26 +98,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     coordinator = sub.add_parser("coordinator", help="what the coordinator runs").add_subparsers(dest="action",
                                                                                                  required=True)
     tls = coordinator.add_parser("tls", help="create the CA and the SuperLink certificate")
-    tls.add_argument("--dir", required=True)
+    tls.add_argument("--dir", required=True, help="folder for the CA and the SuperLink's certificate and key")
     tls.add_argument("--host", action="append", required=True, help="a name or IP sites dial (repeatable)")
     tls.set_defaults(func=cmd_coordinator_tls)
     start = coordinator.add_parser("start", help="start flower-superlink with TLS, site auth and a database")
-    start.add_argument("--tls-dir", required=True)
-    start.add_argument("--database", required=True)
-    start.add_argument("--host", default="0.0.0.0")
-    start.add_argument("--port", type=int, default=8000)
-    start.add_argument("--log-file")
+    start.add_argument("--tls-dir", required=True, help="the folder `coordinator tls` wrote")
+    start.add_argument("--database", required=True, help="the SuperLink's persistent state (a SQLite file)")
+    start.add_argument("--host", default="0.0.0.0", help="address the SuperLink listens on")
+    start.add_argument("--port", type=int, default=8000, help="port sites dial")
+    start.add_argument("--log-file", help="also write Flower's log there (default: the terminal only)")
     start.set_defaults(func=cmd_coordinator_start)
     register = coordinator.add_parser("register", help="register a site's public key")
-    register.add_argument("public_key")
+    register.add_argument("public_key", help="the .pub file a site sent (`site keys`)")
     register.add_argument("--connection", required=True, help="SuperLink connection name in FLWR_HOME/config.toml")
-    register.add_argument("--flwr-home", default=os.environ.get("FLWR_HOME", str(Path.home() / ".flwr")))
+    register.add_argument("--flwr-home", default=os.environ.get("FLWR_HOME", str(Path.home() / ".flwr")),
+                          help="Flower's home folder ($FLWR_HOME when set)")
     register.set_defaults(func=cmd_coordinator_register)
 
     site = sub.add_parser("site", help="what a hospital site runs").add_subparsers(dest="action", required=True)
     keys = site.add_parser("keys", help="create the site's EC P-384 key pair")
-    keys.add_argument("--site", required=True)
-    keys.add_argument("--dir", default=".")
+    keys.add_argument("--site", required=True, help="the site's name, e.g. blood")
+    keys.add_argument("--dir", default=".", help="folder for the key pair")
     keys.set_defaults(func=cmd_site_keys)
     site_start = site.add_parser("start", help="check the site's data, then start its SuperNode")
     site_start.add_argument("config", help="the site's TOML configuration")
@@ -114,11 +128,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     federation = sub.add_parser("federation", help="a loopback federation for a dry run").add_subparsers(
         dest="action", required=True)
     fed_up = federation.add_parser("up", help="SuperLink + one authenticated SuperNode per site, with TLS")
-    fed_up.add_argument("scenario")
-    fed_up.add_argument("--workdir", required=True)
+    fed_up.add_argument("scenario", help="a scenario folder, e.g. scenarios/cross_domain")
+    fed_up.add_argument("--workdir", required=True, help="folder for keys, certificates, logs and pids")
     fed_up.add_argument("--sites", help="comma-separated (default: the scenario's sites)")
-    fed_up.add_argument("--data-root", default="bundled")
+    fed_up.add_argument("--data-root", default="bundled", help="every site's data.root ('bundled': the sample)")
     fed_up.set_defaults(func=cmd_federation_up)
     fed_down = federation.add_parser("down", help="stop every process `up` started, by pid")
-    fed_down.add_argument("--workdir", required=True)
+    fed_down.add_argument("--workdir", required=True, help="the folder `federation up` used")
     fed_down.set_defaults(func=cmd_federation_down)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from fl_medlego.clients.site_node import SiteNodeConfig, check_site, create_site_keys, supernode_command
+from fl_medlego.errors import UserError
 from fl_medlego.processes import free_port, start_process, stop_process
 from fl_medlego.server.coordinator import (
     create_tls,
@@ -86,7 +87,7 @@ def up(workdir: str | Path, sites: list[str], data_root: str = "bundled") -> dic
     """Bring up the SuperLink and one SuperNode per site; on any failure, stop what was started."""
     workdir = Path(workdir).resolve()
     if (workdir / STATE_FILE).exists():
-        raise FileExistsError(f"{workdir} already holds a federation: run `fl-medlego federation down` first")
+        raise UserError(f"{workdir} already holds a federation: run `fl-medlego federation down` first")
     workdir.mkdir(parents=True, exist_ok=True)
     state = {"superlink": {"port": free_port(), "log": str(workdir / "logs" / "superlink.log")},
              "flwr_home": str(workdir / "flwr-home"), "connection": CONNECTION, "sites": {}}

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig, parse_run_config, settings_table
 from ..data import SiteData, parse_sites
+from ..errors import ConfigError
 from ..files import write_json_atomic
 from ..kinds import REFERENCE_KIND, SiteKind, SiteState, all_strategies, get_kind, kind_for_strategy
 from ..models import create_backbone
@@ -63,20 +64,20 @@ class Comparison:
                  specialists_of: str | None = None) -> None:
         cfg = parse_run_config(run_config)
         if not rounds or min(rounds) < 1:
-            raise ValueError(f"rounds must be positive numbers of rounds, e.g. --rounds 1,3; got {list(rounds)}")
+            raise ConfigError(f"rounds must be positive numbers of rounds, e.g. --rounds 1,3; got {list(rounds)}")
         if max(rounds) > 1 and cfg.privacy.private:
-            raise ValueError("--rounds above 1 trains federated rounds inside the comparison, without the run's "
+            raise ConfigError("--rounds above 1 trains federated rounds inside the comparison, without the run's "
                              "privacy ledger: with privacy.mode 'dp-sgd' use flwr run for several rounds")
         known = compared_strategies(run_config)
         unknown = sorted(set(strategies) - set(known))
         if unknown:
-            raise ValueError(f"strategies {unknown} do not run on this scenario's sites (kind {cfg.kind.name!r}); "
+            raise ConfigError(f"strategies {unknown} do not run on this scenario's sites (kind {cfg.kind.name!r}); "
                              f"known: {', '.join(known)}")
         if cfg.privacy.private:
             # A comparison is only private if every row is: the rest would train without DP-SGD, or fail midway.
             public = [s for s in strategies if s == MULTITASK or not kind_for_strategy(s).supports_privacy]
             if public:
-                raise ValueError(f"privacy.mode={cfg.privacy.mode!r}: {public} cannot train with DP-SGD; "
+                raise ConfigError(f"privacy.mode={cfg.privacy.mode!r}: {public} cannot train with DP-SGD; "
                                  "leave them out of --strategies")
         self.run_config, self.strategies, self.seeds = run_config, strategies, seeds
         self.rounds = sorted(set(rounds))
@@ -85,7 +86,7 @@ class Comparison:
         # whose data and training do not depend on the other sites.
         self.specialists_of = specialists_of
         if any(not 0 < v <= 1 for v in energies):
-            raise ValueError(f"--energy-sweep values are Med-LEGO thresholds v in (0, 1], got {list(energies)}")
+            raise ConfigError(f"--energy-sweep values are Med-LEGO thresholds v in (0, 1], got {list(energies)}")
         self.energies = sorted(set(energies))
         self.out_dir, self.cache_dir, self.progress = Path(out_dir), Path(cache_dir), progress
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import torch
 
 from .. import wire
 from ..augment import flips_keep_labels
+from ..errors import UnknownNameError
 from ..models import SiteModel, shared_base
 from ..privacy import PrivacyLedger, private_steps
 from ..seeds import training_seed
@@ -220,7 +221,7 @@ def get_kind(name: str) -> SiteKind:
     try:
         return _KINDS[name]
     except KeyError:
-        raise KeyError(f"unknown site kind {name!r}; known kinds: {', '.join(list_kinds())}") from None
+        raise UnknownNameError("site kind", name, list_kinds()) from None
 
 
 def list_kinds() -> list[str]:
@@ -233,7 +234,7 @@ def kind_for_strategy(strategy: str) -> SiteKind:
     for kind in _KINDS.values():
         if not kind.chosen_explicitly and strategy in kind.strategies():
             return kind
-    raise KeyError(f"unknown strategy {strategy!r}; known strategies: {', '.join(all_strategies())}")
+    raise UnknownNameError("strategy", strategy, all_strategies())
 
 
 def all_strategies() -> list[str]:
