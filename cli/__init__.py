@@ -135,6 +135,22 @@ def cmd_combine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    from fl_medlego.config import setting_groups
+    from fl_medlego.settings import describe, markdown_table
+
+    if args.markdown:
+        sys.stdout.write(markdown_table(setting_groups()))
+        return 0
+    table = Table(title="run config settings (flwr run --run-config \"key=value ...\")")
+    for column in ("key", "type", "default", "allowed", "meaning"):
+        table.add_column(column, no_wrap=column == "key")
+    for row in describe(setting_groups()):
+        table.add_row(row["key"], row["type"], row["default"], row["allowed"], row["help"])
+    console.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fl-medlego", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -201,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
 
+
+    settings = sub.add_parser("settings", help="every run config setting: key, type, default, allowed values, help")
+    settings.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
+    settings.set_defaults(func=cmd_settings)
 
     from . import deploy, edit, pretrain
 

@@ -2,42 +2,149 @@
 
 Both the ServerApp and the ClientApp parse the same run config with `parse_run_config`; the result
 holds the sites as objects, the site kind the strategy runs, and the merge method's options already
-validated as that method's own options type. Every default is declared once: in the dataclass it
-belongs to (`SVDLoRAConfig`, `TrainConfig`, `DataSettings`, the merge's options) or, for settings of
-the run itself, in `RUN_DEFAULTS`. A scenario's pyproject.toml declares every key (Flower requires
-it); `tests/test_scenarios.py` fails when a scenario's value drifts from DEFAULTS unintentionally.
+validated as that method's own options type. Every setting is declared once, with its key, type,
+default, allowed values and help (`fl_medlego.settings.setting`), in the dataclass it belongs to:
+`RunSettings` (the run itself), `SVDLoRAConfig`, `MergeSettings`, `TrainConfig`, `DataSettings`,
+`GuardSettings`, `PrivacySettings`, `NewTaskSettings`, and each site kind's own `settings_type`.
+A scenario's pyproject.toml declares every key (Flower requires it); `tests/test_scenarios.py` fails
+when a scenario's value drifts from the declared default unintentionally, and `tests/test_settings.py`
+when the README's table is not `fl-medlego settings --markdown`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from .crossmodal.settings import CrossModalSettings
+import timm
+
 from .data import SiteSpec, parse_sites
+from .errors import ConfigError
 from .kinds import SiteKind, get_kind, kind_for_strategy, list_kinds
 from .lora import SVDLoRAConfig
 from .merging.medlego import MedLegoOptions
-from .models import preset_image_size
+from .models import list_presets, preset_image_size
 from .privacy import PrivacySettings
 from .scenario import parse_overrides
+from .settings import check_group, default_table, group_table, parse_group, setting, settings_of
 from .train import TrainConfig
 
 WEIGHTINGS = ("uniform", "examples")  # examples: weight each site by its number of training examples
+PARTITIONS = ("iid", "dirichlet")
+MEDMNIST_SIZES = (28, 64, 128, 224)
+GUARD_ACTIONS = ("clip", "reject")
+RENAMED = {"train.full-lr": "full.lr"}  # old key -> new key, named in the error for an old scenario file
+
+
+def _sites(text: str) -> tuple[SiteSpec, ...]:
+    return tuple(parse_sites(text))
+
+
+def _sites_text(sites: tuple[SiteSpec, ...]) -> str:
+    """The sites as a user writes them: one entry per modality, `name:N` for a modality split N ways."""
+    short = [(s.flag.removesuffix("mnist"), s.count) for s in sites if s.index == 0]
+    return ",".join(name if count == 1 else f"{name}:{count}" for name, count in short)
+
+
+def _site_nodes(text: str) -> dict[str, int]:
+    """'blood=12,breast=34' -> {'blood': 12, 'breast': 34}."""
+    pairs = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        site, sep, node = item.partition("=")
+        if not sep or not node.strip().isdigit() or site.strip() in pairs:
+            raise ConfigError(f"site-nodes entry {item!r}: write 'site=NODE_ID', each site once")
+        pairs[site.strip()] = int(node)
+    return pairs
+
+
+def _site_nodes_text(pairs: dict[str, int]) -> str:
+    return ",".join(f"{site}={node}" for site, node in pairs.items())
+
+
+def _check_kind(name: str) -> None:
+    if name and name not in list_kinds():
+        raise ConfigError(f"unknown site kind {name!r}; known site kinds: {', '.join(list_kinds())}")
+
+
+def _check_strategy(name: str) -> None:
+    known = sorted({s for k in list_kinds() for s in get_kind(k).strategies()})
+    if name not in known:
+        raise ConfigError(f"unknown strategy {name!r}; known strategies: {', '.join(known)}")
+
+
+def _check_backbone(name: str) -> None:
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        raise ConfigError(f"unknown backbone {name!r}: use a preset ({', '.join(list_presets())}) or a timm model "
+                          f"name{' such as ' + ', '.join(close) if close else ''} (timm.list_models())")
+
+
+def _check_norm_factor(value: float) -> None:
+    if not (value == 0 or value >= 1):
+        raise ConfigError("guard.norm-factor must be 0 (off) or >= 1")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Settings of the run itself: no group of their own, or model.* / lora.site-ranks read by the run."""
+
+    PREFIX: ClassVar[str] = ""
+
+    sites: tuple[SiteSpec, ...] = setting("blood,breast,organa,pneumonia", "one site per modality; `name:N` "
+                                          "splits a modality across N sites", parse=_sites, show=_sites_text,
+                                          accepts="MedMNIST names, each once")
+    strategy: str = setting("medlego", "merge method (`fl-medlego merge --list`), or `vit_avg`: full fine-tuning "
+                            "at the sites and weight averaging (site kind `full`)", check=_check_strategy,
+                            accepts="a strategy of a site kind")
+    kind_name: str = setting("", "the site kind; \"\" = the one the strategy implies (adapter merges, `vit_avg`); "
+                             "`cross-modal`: SVD-LoRA in an image and a text tower, classes from prompts "
+                             "(docs/cross-modal.md)", key="kind", check=_check_kind,
+                             accepts="\"\" or a site kind")
+    num_rounds: int = setting(3, "federated rounds (round 1 trains the specialists from the base)", low=1)
+    seed: int = setting(0, "seed of everything drawn: data partitions, initialisations, batches", low=0)
+    output_dir: str = setting("outputs", "where run folders go; relative = under ~/fl-medlego/")
+    round_timeout: float = setting(1800.0, "seconds to wait for the sites' replies in one round", above=0)
+    node_wait_timeout: float = setting(120.0, "seconds to wait for every site's node to connect", above=0)
+    min_sites: int = setting(0, "sites a round must combine to count; 0 = every declared site in round 1, then "
+                             "half of them (rounded up). A round below it fails the run", low=0)
+    site_nodes: dict = setting("", "bind sites to nodes (`blood=NODE_ID,...`, ids from `flwr supernode list`); "
+                               "without it, two nodes claiming one site stop the run", parse=_site_nodes,
+                               show=_site_nodes_text, accepts="site=NODE_ID,...")
+    resume: str = setting("", "a run folder: continue that run from its last complete round (same settings)")
+    messages_per_node: int = setting(2, "messages the coordinator keeps waiting at each node at once; 0 = a "
+                                     "round's all at once (docs/performance.md, \"Scale\")", low=0)
+    model_name: str = setting("vit_medmnist_28", "backbone preset or timm name", key="model.name",
+                              check=_check_backbone, accepts="a preset or a timm model name")
+    pretrained: str = setting("bundled", "`bundled` (the base shipped with the package), `none` (seeded random "
+                              "init), `timm` or a checkpoint path", key="model.pretrained",
+                              accepts="bundled, none, timm or a path")
+    base_fingerprint: str = setting("", "the base every site must have trained on; \"\" = the coordinator builds "
+                                    "the base and fingerprints it", key="model.fingerprint")
+    site_ranks: tuple[int, ...] = setting((), "per-site adapter ranks, cycled over the sites, e.g. `2,4,8` "
+                                          "(\"\" = lora.rank for all)", key="lora.site-ranks", low=1)
 
 
 @dataclass(frozen=True)
 class DataSettings:
-    root: str = "bundled"  # the sample in the package; a folder of MedMNIST files; "" = $MEDMNIST_ROOT / download
-    image_size: int = 28  # the MedMNIST file size (28, 64, 128, 224); images are resized to the model's input
-    partition: str = "iid"  # or "dirichlet" (label skew) when a modality is split across sites
-    dirichlet_alpha: float = 0.5
-    max_train: int = 0  # cap per site, 0 = all
-    max_eval: int = 0
+    PREFIX: ClassVar[str] = "data."
 
+    root: str = setting("bundled", "`bundled` sample in the package, a folder of MedMNIST `.npz` files, or \"\" "
+                        "for $MEDMNIST_ROOT / ~/.medmnist / download")
+    image_size: int = setting(28, "the MedMNIST file size (images are resized to the model's input)",
+                              choices=MEDMNIST_SIZES)
+    partition: str = setting("iid", "how a modality split across sites is divided (`dirichlet`: label skew)",
+                             choices=PARTITIONS)
+    dirichlet_alpha: float = setting(0.5, "label skew of `dirichlet` (smaller = stronger)", above=0)
+    max_train: int = setting(0, "cap on training images per site (0 = all)", low=0,
+                             accepts=">= 0 (0 = all)")
+    max_eval: int = setting(0, "cap on validation / test images per site (0 = all)", low=0,
+                            accepts=">= 0 (0 = all)")
 
-GUARD_ACTIONS = ("clip", "reject")
+    def __post_init__(self) -> None:
+        check_group(self)
 
 
 @dataclass(frozen=True)
@@ -51,143 +158,85 @@ class GuardSettings:
     one site can do to the combined update.
     """
 
-    norm_factor: float = 3.0  # 0 turns the relative bound off
-    max_norm: float = 0.0  # 0 = no absolute bound
-    action: str = GUARD_ACTIONS[0]
+    PREFIX: ClassVar[str] = "guard."
+
+    norm_factor: float = setting(3.0, "an update over this x the round's lower-median norm is clipped or "
+                                 "rejected (0 = off)", low=0, check=_check_norm_factor,
+                                 accepts="0 or >= 1")
+    max_norm: float = setting(0.0, "an absolute bound on an update's norm (0 = none)", low=0)
+    action: str = setting(GUARD_ACTIONS[0], "what happens to an update over the bound", choices=GUARD_ACTIONS)
 
     def __post_init__(self) -> None:
-        if self.norm_factor < 0 or self.max_norm < 0 or not (self.norm_factor >= 1 or self.norm_factor == 0):
-            raise ValueError(f"guard.norm-factor must be 0 (off) or >= 1 and guard.max-norm >= 0, got "
-                             f"{self.norm_factor} and {self.max_norm}")
-        if self.action not in GUARD_ACTIONS:
-            raise ValueError(f"guard.action must be one of {GUARD_ACTIONS}, got {self.action!r}")
-
-
-_LORA, _TRAIN, _DATA, _GUARD = SVDLoRAConfig(), TrainConfig(), DataSettings(), GuardSettings()
-_PRIVACY, _CROSS_MODAL = PrivacySettings(), CrossModalSettings()
-
-# Settings of the run itself (no dataclass of their own elsewhere).
-RUN_DEFAULTS: dict[str, object] = {
-    "sites": "blood,breast,organa,pneumonia",
-    "strategy": "medlego",
-    # "" = the site kind the strategy implies (adapter merges, vit_avg); "cross-modal" for its merges.
-    "kind": "",
-    "num-rounds": 3,
-    "seed": 0,
-    "output-dir": "outputs",
-    "round-timeout": 1800,
-    "node-wait-timeout": 120,
-    # 0: every declared site in round 1 (the specialists), then at least half of them (rounded up).
-    "min-sites": 0,
-    # "" = nodes say which sites they host; "blood=1234,breast=5678" binds each site to its node id.
-    "site-nodes": "",
-    # "" = a new run; a run folder = continue that run from its last complete round, same settings.
-    "resume": "",
-    # Messages a node has waiting at once (0 = a round's messages all go out together). See server/window.py.
-    "messages-per-node": 2,
-    "model.name": "vit_medmnist_28",
-    "model.pretrained": "bundled",
-    # "" = the server builds the base itself and fingerprints it; else the fingerprint every site must have.
-    "model.fingerprint": "",
-    "lora.site-ranks": "",
-    "merge.weighting": WEIGHTINGS[0],
-    "merge.options": "",
-    "train.full-lr": 0.001,  # full fine-tuning (kind `full`, the multi-task reference): AdamW at 1e-3 as usual for ViTs
-    "new-task.site": "",
-    "new-task.epochs": 8,
-}
-
-# Every knob, with its default. A scenario may override any of them in [tool.flwr.app.config].
-DEFAULTS: dict[str, object] = {
-    **RUN_DEFAULTS,
-    "lora.rank": _LORA.rank,
-    "lora.alpha": _LORA.alpha,
-    "lora.targets": ",".join(_LORA.targets),
-    "lora.init-std": _LORA.init_std,
-    "lora.orth-weight": _LORA.orth_weight,
-    # merge.energy / merge.max-rank are Med-LEGO's (and any method's with options of those names).
-    "merge.energy": MedLegoOptions.energy,
-    "merge.max-rank": MedLegoOptions.max_rank or 0,
-    "train.local-epochs": _TRAIN.epochs,
-    "train.batch-size": _TRAIN.batch_size,
-    "train.lr": _TRAIN.lr,
-    "train.weight-decay": _TRAIN.weight_decay,
-    "train.device": _TRAIN.device,
-    "train.precision": _TRAIN.precision,
-    "train.schedule": _TRAIN.schedule,
-    "train.warmup": _TRAIN.warmup,
-    "train.augment": _TRAIN.augment,
-    "train.class-balance": _TRAIN.class_balance,
-    "data.root": _DATA.root,
-    "data.image-size": _DATA.image_size,
-    "data.partition": _DATA.partition,
-    "data.dirichlet-alpha": _DATA.dirichlet_alpha,
-    "data.max-train": _DATA.max_train,
-    "data.max-eval": _DATA.max_eval,
-    "guard.norm-factor": _GUARD.norm_factor,
-    "guard.max-norm": _GUARD.max_norm,
-    "guard.action": _GUARD.action,
-    "privacy.mode": _PRIVACY.mode,
-    "privacy.epsilon": _PRIVACY.epsilon,
-    "privacy.delta": _PRIVACY.delta,
-    "privacy.max-grad-norm": _PRIVACY.max_grad_norm,
-    "privacy.accountant": _PRIVACY.accountant,
-    "cross-modal.text-targets": ",".join(_CROSS_MODAL.text_targets),
-    "cross-modal.text-init-std": _CROSS_MODAL.text_init_std,
-    "cross-modal.logit-scale": _CROSS_MODAL.logit_scale,
-    "cross-modal.negatives": _CROSS_MODAL.negatives,
-}
+        check_group(self)
 
 
 @dataclass(frozen=True)
 class MergeSettings:
-    """How the server combines the sites' updates: the strategy and its validated options."""
+    """How the server combines the sites' updates: the strategy and its validated options.
 
-    method: str
-    options: object | None  # an instance of the method's options dataclass; None where it has none
-    weighting: str = WEIGHTINGS[0]
+    energy, max_rank and options_text are what the run config says; `options` is the method's own
+    options object built from them (None where it has none), which `compare` may tune (`with_options`).
+    """
+
+    PREFIX: ClassVar[str] = "merge."
+
+    energy: float = setting(MedLegoOptions.energy, "Med-LEGO's threshold v: keep the top singular values holding "
+                            "this fraction of the mass (any method with an `energy` option)", above=0, high=1)
+    max_rank: int = setting(MedLegoOptions.max_rank or 0, "cap on the merged rank (0 = no cap)", low=0,
+                            accepts=">= 0 (0 = no cap)")
+    weighting: str = setting(WEIGHTINGS[0], "site weights (`examples` weighs by data size)", choices=WEIGHTINGS)
+    options_text: str = setting("", "method-specific options, e.g. strategy='ties' merge.options='density=0.5 "
+                                "lam=0.7'", key="merge.options")
+    method: str = ""  # the strategy
+    options: object | None = None  # an instance of the method's options dataclass; None where it has none
 
     def __post_init__(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"merge.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        check_group(self)
 
     def with_options(self, **values) -> MergeSettings:
         """The same settings with some options replaced (validated again by the options type)."""
         if not values:
             return self
         if self.options is None:
-            raise ValueError(f"strategy {self.method!r} has no options to set, got {sorted(values)}")
+            raise ConfigError(f"strategy {self.method!r} has no options to set, got {sorted(values)}")
         return dataclasses.replace(self, options=dataclasses.replace(self.options, **values))
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    sites: tuple[SiteSpec, ...]
-    strategy: str
-    kind_name: str  # the site kind the strategy runs (fl_medlego.kinds)
-    num_rounds: int
-    seed: int
-    output_dir: str
-    round_timeout: float
-    node_wait_timeout: float
-    model_name: str
-    pretrained: str
+class NewTaskSettings:
+    """The new_task scenario: one site held out of the merge, then learned from the merged update and the base."""
+
+    PREFIX: ClassVar[str] = "new-task."
+
+    site: str = setting("", "new_task scenario: the site held out of the merge (\"\" = none)")
+    epochs: int = setting(8, "new_task scenario: epochs of each learning curve", low=1)
+
+    def __post_init__(self) -> None:
+        check_group(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(RunSettings):
+    """Everything a run is configured with: the run's own settings (`RunSettings`, with the site kind
+    resolved and the sites as objects) and every group, parsed and checked."""
+
     lora: SVDLoRAConfig
     merge: MergeSettings
     train: TrainConfig
     data: DataSettings
-    full_lr: float
-    site_ranks: tuple[int, ...]  # per-site adapter ranks, cycled over the sites (empty: lora.rank for all)
-    new_task_site: str  # new_task scenario: the site held out of the merge
-    new_task_epochs: int
     guard: GuardSettings
-    min_sites: int
-    site_nodes: dict  # site -> node id, when the coordinator declares the binding (else discovery decides)
-    base_fingerprint: str  # "" = the server computes it from the model settings
-    resume: str  # a run folder to continue, or ""
-    messages_per_node: int  # messages a node has waiting at once (0: all of a round's at once)
     privacy: PrivacySettings
-    cross_modal: CrossModalSettings
+    new_task: NewTaskSettings
+    kind_groups: dict  # kind name -> its settings_type's instance, for every kind that declares settings
+
+    @property
+    def kind_settings(self) -> object | None:
+        """The settings of the run's own site kind (None when it declares none)."""
+        return self.kind_groups.get(self.kind_name)
+
+    def settings_of(self, kind_name: str) -> object:
+        """The settings of a kind other than the run's (the multi-task reference trains as kind `full`)."""
+        return self.kind_groups[kind_name]
 
     @property
     def kind(self) -> SiteKind:
@@ -230,99 +279,75 @@ class RunConfig:
         return (root / run_name).resolve()
 
 
-def _merge_settings(c: dict) -> tuple[str, MergeSettings]:
-    strategy, kind_name = str(c["strategy"]), str(c["kind"])
+def setting_groups() -> list[type]:
+    """Every group of settings: the run's, then each registered kind's own (`settings_type`)."""
+    kinds = [type(get_kind(name)).settings_type for name in list_kinds()]
+    return [RunSettings, SVDLoRAConfig, MergeSettings, TrainConfig, DataSettings, GuardSettings, PrivacySettings,
+            NewTaskSettings, *dict.fromkeys(k for k in kinds if k is not None)]
+
+
+# Every key with its default, as a user writes it (scenario pyprojects repeat them: Flower requires every key).
+DEFAULTS: dict[str, object] = default_table(setting_groups())
+
+
+def _resolve_kind(run: RunSettings) -> SiteKind:
+    kind = get_kind(run.kind_name) if run.kind_name else kind_for_strategy(run.strategy)
+    if run.strategy not in kind.strategies():
+        raise ConfigError(f"strategy={run.strategy!r} is refused: strategy {run.strategy!r} does not run sites of "
+                          f"kind {kind.name!r}; its strategies: {', '.join(kind.strategies())}")
+    return kind
+
+
+def _merge_settings(flat: dict, kind: SiteKind, strategy: str) -> MergeSettings:
+    merge = parse_group(MergeSettings, flat, method=strategy)
+    shared = {"energy": merge.energy, "max_rank": merge.max_rank or None}
     try:
-        kind = get_kind(kind_name) if kind_name else kind_for_strategy(strategy)
-    except KeyError as err:
-        raise ValueError(err.args[0]) from None
-    if strategy not in kind.strategies():
-        raise ValueError(f"strategy {strategy!r} does not run sites of kind {kind.name!r}; its strategies: "
-                         f"{', '.join(kind.strategies())}")
-    max_rank = int(c["merge.max-rank"])
-    shared = {"energy": float(c["merge.energy"]), "max_rank": max_rank if max_rank > 0 else None}
-    options = kind.merge_options(strategy, shared, parse_overrides(str(c["merge.options"])))
-    return kind.name, MergeSettings(strategy, options, str(c["merge.weighting"]))
+        options = kind.merge_options(strategy, shared, parse_overrides(merge.options_text))
+    except (TypeError, ValueError) as err:  # UserError included: say which key it came from
+        raise ConfigError(f"merge.options={merge.options_text!r} is refused for strategy {strategy!r}: {err}") from None
+    return dataclasses.replace(merge, options=options)
 
 
-def _non_negative(key: str, value: int) -> int:
-    if value < 0:
-        raise ValueError(f"{key} must be >= 0, got {value}")
-    return value
-
-
-def _site_nodes(text: str) -> dict:
-    """'blood=12,breast=34' -> {'blood': 12, 'breast': 34}."""
-    pairs = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        site, sep, node = item.partition("=")
-        if not sep or not node.strip().isdigit() or site.strip() in pairs:
-            raise ValueError(f"site-nodes entry {item!r}: write 'site=NODE_ID', each site once")
-        pairs[site.strip()] = int(node)
-    return pairs
-
-
-def _privacy_settings(c: dict, kind_name: str) -> PrivacySettings:
-    privacy = PrivacySettings(mode=str(c["privacy.mode"]), epsilon=float(c["privacy.epsilon"]),
-                              delta=float(c["privacy.delta"]), max_grad_norm=float(c["privacy.max-grad-norm"]),
-                              accountant=str(c["privacy.accountant"]))
-    if privacy.private and not get_kind(kind_name).supports_privacy:
+def _check_privacy(run: RunSettings, privacy: PrivacySettings, kind: SiteKind, new_task: NewTaskSettings) -> None:
+    if privacy.private and not kind.supports_privacy:
         private_kinds = [k for k in list_kinds() if get_kind(k).supports_privacy]
-        raise ValueError(f"privacy.mode={privacy.mode!r} is not available for strategy {c['strategy']!r} (site kind "
-                         f"{kind_name!r}); it is for the strategies of site kind(s) {private_kinds}")
-    if privacy.private and str(c["new-task.site"]):
-        raise ValueError("privacy.mode='dp-sgd' does not cover the new_task scenario's learning curves: "
-                         "leave new-task.site empty or privacy.mode='none'")
-    return privacy
+        raise ConfigError(f"privacy.mode={privacy.mode!r} is not available for strategy {run.strategy!r} (site kind "
+                          f"{kind.name!r}); it is for the strategies of site kind(s) {private_kinds}")
+    if privacy.private and new_task.site:
+        raise ConfigError("privacy.mode='dp-sgd' does not cover the new_task scenario's learning curves: "
+                          "leave new-task.site empty or privacy.mode='none'")
+
+
+def _check_keys(run_config: dict) -> None:
+    known = {s.key for g in setting_groups() for s in settings_of(g)}
+    unknown = sorted(set(run_config) - known)
+    if unknown:
+        renamed = [f"{old} is now {RENAMED[old]}" for old in unknown if old in RENAMED]
+        hint = f" ({'; '.join(renamed)})" if renamed else ""
+        raise ConfigError(f"unknown run config key(s) {unknown}{hint}; known keys: {', '.join(sorted(known))}")
 
 
 def parse_run_config(run_config: dict) -> RunConfig:
-    """Typed settings from a Flower run config; unknown keys are an error that lists the known ones."""
-    unknown = sorted(set(run_config) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown run config key(s) {unknown}; known keys: {', '.join(sorted(DEFAULTS))}")
-    c = {**DEFAULTS, **run_config}
-    try:
-        lora = SVDLoRAConfig(
-            rank=int(c["lora.rank"]), alpha=float(c["lora.alpha"]),
-            targets=tuple(t.strip() for t in str(c["lora.targets"]).split(",") if t.strip()),
-            init_std=float(c["lora.init-std"]), orth_weight=float(c["lora.orth-weight"]),
-        )
-        kind_name, merge = _merge_settings(c)
-        return RunConfig(
-            sites=tuple(parse_sites(str(c["sites"]))), strategy=merge.method, kind_name=kind_name,
-            num_rounds=int(c["num-rounds"]), seed=int(c["seed"]), output_dir=str(c["output-dir"]),
-            round_timeout=float(c["round-timeout"]), node_wait_timeout=float(c["node-wait-timeout"]),
-            model_name=str(c["model.name"]), pretrained=str(c["model.pretrained"]), lora=lora, merge=merge,
-            train=TrainConfig(epochs=int(c["train.local-epochs"]), batch_size=int(c["train.batch-size"]),
-                              lr=float(c["train.lr"]), weight_decay=float(c["train.weight-decay"]),
-                              orth_weight=lora.orth_weight, seed=int(c["seed"]), device=str(c["train.device"]),
-                              precision=str(c["train.precision"]), schedule=str(c["train.schedule"]),
-                              warmup=float(c["train.warmup"]), augment=str(c["train.augment"]),
-                              class_balance=str(c["train.class-balance"])),
-            data=DataSettings(root=str(c["data.root"]), image_size=int(c["data.image-size"]),
-                              partition=str(c["data.partition"]), dirichlet_alpha=float(c["data.dirichlet-alpha"]),
-                              max_train=int(c["data.max-train"]), max_eval=int(c["data.max-eval"])),
-            full_lr=float(c["train.full-lr"]),
-            site_ranks=tuple(int(r) for r in str(c["lora.site-ranks"]).split(",") if r.strip()),
-            new_task_site=str(c["new-task.site"]), new_task_epochs=int(c["new-task.epochs"]),
-            guard=GuardSettings(norm_factor=float(c["guard.norm-factor"]), max_norm=float(c["guard.max-norm"]),
-                                action=str(c["guard.action"])),
-            min_sites=_non_negative("min-sites", int(c["min-sites"])),
-            site_nodes=_site_nodes(str(c["site-nodes"])),
-            base_fingerprint=str(c["model.fingerprint"]),
-            resume=str(c["resume"]),
-            messages_per_node=_non_negative("messages-per-node", int(c["messages-per-node"])),
-            privacy=_privacy_settings(c, kind_name),
-            cross_modal=CrossModalSettings(
-                text_targets=tuple(t.strip() for t in str(c["cross-modal.text-targets"]).split(",") if t.strip()),
-                text_init_std=float(c["cross-modal.text-init-std"]), logit_scale=float(c["cross-modal.logit-scale"]),
-                negatives=str(c["cross-modal.negatives"])),
-        )
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"invalid run config: {err}") from err
+    """Typed settings from a Flower run config; a bad key or value is one ConfigError line naming the key."""
+    _check_keys(run_config)
+    run = parse_group(RunSettings, run_config)
+    kind = _resolve_kind(run)
+    lora = parse_group(SVDLoRAConfig, run_config)
+    new_task = parse_group(NewTaskSettings, run_config)
+    privacy = parse_group(PrivacySettings, run_config)
+    _check_privacy(run, privacy, kind, new_task)
+    kind_groups = {name: parse_group(group, run_config) for name in list_kinds()
+                   if (group := type(get_kind(name)).settings_type) is not None}
+    own = {f.name: getattr(run, f.name) for f in dataclasses.fields(RunSettings)}
+    return RunConfig(
+        **{**own, "kind_name": kind.name}, lora=lora, merge=_merge_settings(run_config, kind, run.strategy),
+        train=parse_group(TrainConfig, run_config, orth_weight=lora.orth_weight, seed=run.seed),
+        data=parse_group(DataSettings, run_config), guard=parse_group(GuardSettings, run_config), privacy=privacy,
+        new_task=new_task, kind_groups=kind_groups)
 
 
 def settings_table(cfg: RunConfig) -> dict[str, object]:
-    """Flat, JSON-friendly view of the settings (for summaries)."""
-    return dataclasses.asdict(cfg)
+    """Every setting of the run by the key a user types -> its value as typed (JSON-friendly; settings.json)."""
+    groups = (cfg, cfg.lora, cfg.merge, cfg.train, cfg.data, cfg.guard, cfg.privacy, cfg.new_task,
+              *cfg.kind_groups.values())
+    return {key: value for group in groups for key, value in group_table(group).items()}

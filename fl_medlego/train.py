@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -18,9 +19,10 @@ from tqdm.auto import tqdm
 from .augment import AugmentConfig, augment_floats
 from .data.sites import Split
 from .device import (
+    DEVICE_CHOICES,
+    PRECISIONS,
     autocast,
     check_device_name,
-    check_precision_name,
     placed,
     resolve_device,
     resolve_precision,
@@ -28,6 +30,7 @@ from .device import (
 )
 from .lora import SVDLoRAConfig, orthogonality_penalty
 from .metrics import MULTI_LABEL, classification_metrics
+from .settings import check_group, setting
 from .seeds import global_draws_from
 
 log = logging.getLogger(__name__)
@@ -43,32 +46,33 @@ LIGHT_AUGMENT = AugmentConfig(min_scale=0.85, colour=0.1, grey=0.0, rotate=False
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 0.01
-    weight_decay: float = 0.01
+    PREFIX: ClassVar[str] = "train."
+
+    epochs: int = setting(5, "local epochs per round; a site keeps its best epoch by validation ACC",
+                          key="train.local-epochs", low=1)
+    batch_size: int = setting(64, "images per step of local AdamW training", low=1)
+    lr: float = setting(0.01, "learning rate of local AdamW training (adapter and head)", above=0)
+    weight_decay: float = setting(0.01, "AdamW weight decay", low=0)
     orth_weight: float = SVDLoRAConfig.orth_weight  # the adapter's regulariser (0 for full fine-tuning)
     seed: int = 0
     progress: bool = False  # a tqdm bar per epoch (the CLI turns it on; Flower logs stay line-based)
-    device: str = "auto"  # fl_medlego.device: resolved where the site trains, not where the run is configured
-    precision: str = "auto"
-    schedule: str = "constant"  # or "cosine": linear warm-up over `warmup` of the steps, then cosine to zero
-    warmup: float = 0.1
-    augment: str = "none"  # or "light": mild crops, flips where labels allow them, brightness/contrast/saturation
+    # fl_medlego.device: resolved where the site trains, not where the run is configured
+    device: str = setting("auto", "where a site trains: 'auto' = the GPU torch sees at that site, else the CPU; "
+                          f"or {', '.join(DEVICE_CHOICES[1:])}", check=check_device_name,
+                          accepts=", ".join(DEVICE_CHOICES))
+    precision: str = setting("auto", "'auto' = bf16 autocast on a GPU that supports it, float32 on the CPU",
+                             choices=PRECISIONS)
+    schedule: str = setting("constant", "'cosine': linear warm-up over train.warmup of the steps, then cosine "
+                            "decay to zero", choices=SCHEDULES)
+    warmup: float = setting(0.1, "share of the steps warmed up with the cosine schedule", low=0, below=1)
+    augment: str = setting("none", "'light': crops of at least 85 %, brightness, contrast and saturation within "
+                           "10 %, no rotations, flips except for left/right classes", choices=AUGMENTS)
     flips: bool = True  # the site kind turns them off for data sets with left / right classes
-    class_balance: str = "none"  # or "loss": classes weighted by inverse frequency in the site's training set
+    class_balance: str = setting("none", "'loss': cross-entropy weighted by inverse class frequency at each site",
+                                 choices=CLASS_BALANCE)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"invalid training config {self}: epochs, batch size and lr must be positive")
-        check_device_name(self.device)
-        check_precision_name(self.precision)
-        for name, value, allowed in (("schedule", self.schedule, SCHEDULES), ("augment", self.augment, AUGMENTS),
-                                     ("class-balance", self.class_balance, CLASS_BALANCE)):
-            if value not in allowed:
-                raise ValueError(f"train.{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"train.warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        check_group(self)
 
 
 @dataclass(frozen=True)

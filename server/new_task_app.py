@@ -21,7 +21,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    held = parse_run_config(context.run_config).new_task_site
+    held = parse_run_config(context.run_config).new_task.site
     if not held:
         raise ValueError("the new_task scenario needs new-task.site: the site whose task is held out of the merge")
     fed = run_federation(grid, context, held_out=(held,))
@@ -30,7 +30,7 @@ def main(grid: Grid, context: Context) -> None:
     starts = {"from merged adapter": fed.merged, "from base model": ArrayRecord()}
     messages = []
     for arrays in starts.values():
-        config = ConfigRecord({wire.SITE: held, wire.LEARNING_CURVE: True, wire.CURVE_EPOCHS: fed.cfg.new_task_epochs})
+        config = ConfigRecord({wire.SITE: held, wire.LEARNING_CURVE: True, wire.CURVE_EPOCHS: fed.cfg.new_task.epochs})
         messages.append(Message(RecordDict({wire.ARRAYS: arrays, wire.CONFIG: config}),
                                 message_type=MessageType.TRAIN, dst_node_id=fed.site_nodes[held]))
     replies = list(grid.send_and_receive(messages, timeout=fed.cfg.round_timeout))

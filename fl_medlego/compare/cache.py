@@ -19,14 +19,15 @@ from safetensors.torch import save_file
 from ..config import RunConfig, settings_table
 from ..files import atomic_path, read_tensors
 
-# Settings that do not change what a specialist learns.
-_IRRELEVANT = ("strategy", "kind_name", "num_rounds", "output_dir", "round_timeout", "node_wait_timeout", "merge",
-               "seed", "guard", "min_sites", "site_nodes", "base_fingerprint", "resume")
+# Settings (run config keys) that do not change what a specialist learns.
+_IRRELEVANT = ("strategy", "kind", "num-rounds", "output-dir", "round-timeout", "node-wait-timeout", "seed",
+               "min-sites", "site-nodes", "model.fingerprint", "resume", "messages-per-node")
+_IRRELEVANT_GROUPS = ("merge.", "guard.")
 
 
 def settings_hash(cfg: RunConfig) -> str:
-    relevant = {k: v for k, v in settings_table(cfg).items() if k not in _IRRELEVANT}
-    relevant["train"] = {k: v for k, v in relevant["train"].items() if k != "progress"}  # display only
+    relevant = {k: v for k, v in settings_table(cfg).items()
+                if k not in _IRRELEVANT and not k.startswith(_IRRELEVANT_GROUPS)}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

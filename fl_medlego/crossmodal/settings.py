@@ -1,8 +1,11 @@
-"""Settings of the cross-modal kind (run config `cross-modal.*`)."""
+"""Settings of the cross-modal kind (run config `cross-modal.*`): the kind declares them (`settings_type`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
+
+from ..settings import check_group, setting
 
 NEGATIVES = ("vocabulary", "none")
 
@@ -23,16 +26,17 @@ class CrossModalSettings:
         the site's own prompts (then nothing tells a blood smear from a chest x-ray).
     """
 
-    text_targets: tuple[str, ...] = ("attention.self.query", "attention.self.value")
-    text_init_std: float = 0.05
-    logit_scale: float = 30.0
-    negatives: str = NEGATIVES[0]
+    PREFIX: ClassVar[str] = "cross-modal."
+
+    text_targets: tuple[str, ...] = setting(("attention.self.query", "attention.self.value"),
+                                            "cross-modal sites: the text tower's maps that get SVD-LoRA "
+                                            "(MiniLM's query and value)", nonempty=True)
+    text_init_std: float = setting(0.05, "cross-modal sites: init std of the text tower's B and A "
+                                   "(~1/sqrt(384), its width)", above=0)
+    logit_scale: float = setting(30.0, "cross-modal sites: fixed inverse temperature of the image-prompt cosine "
+                                 "similarities", above=0)
+    negatives: str = setting(NEGATIVES[0], "cross-modal sites: other modalities' class prompts as training "
+                             "negatives ('none' = off)", choices=NEGATIVES)
 
     def __post_init__(self) -> None:
-        if not self.text_targets:
-            raise ValueError("cross-modal.text-targets is empty: name at least one text-tower module")
-        if self.text_init_std <= 0 or self.logit_scale <= 0:
-            raise ValueError(f"cross-modal.text-init-std and cross-modal.logit-scale must be > 0, got "
-                             f"{self.text_init_std} and {self.logit_scale}")
-        if self.negatives not in NEGATIVES:
-            raise ValueError(f"cross-modal.negatives must be one of {NEGATIVES}, got {self.negatives!r}")
+        check_group(self)

@@ -64,6 +64,9 @@ class SiteKind(ABC):
     # Runs only when the run config names it (`kind`): its strategies are another kind's names too.
     chosen_explicitly: ClassVar[bool] = False
     zero_shot: ClassVar[bool] = False  # its untrained model classifies already (prompts): compare reports it
+    # Its own settings: a dataclass with a PREFIX whose fields are declared with fl_medlego.settings.setting
+    # (the run config parses every kind's group; RunConfig.kind_settings holds the run's kind's).
+    settings_type: ClassVar[type | None] = None
 
     # -- which strategies run this kind, and their options ---------------------------------------
     @abstractmethod

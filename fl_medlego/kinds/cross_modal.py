@@ -21,6 +21,7 @@ from torch import nn
 from ..crossmodal.model import PROJECTION, CrossModalModel, FixedProjection
 from ..crossmodal.prompts import is_multi_label, site_prompts, vocabulary
 from ..crossmodal.scoring import evaluate_cross_modal
+from ..crossmodal.settings import CrossModalSettings
 from ..crossmodal.text_tower import load_text_tower, text_tower_on_meta
 from ..lora import (
     Adapter,
@@ -52,8 +53,8 @@ def _inject(image: nn.Module, projection: nn.Module, text: nn.Module, cfg: RunCo
     lora = dataclasses.replace(cfg.lora, rank=rank)
     inject_svd_lora(image, lora)
     inject_svd_lora(projection, SVDLoRAConfig(rank, lora.alpha, ("map",), lora.init_std, lora.orth_weight))
-    inject_svd_lora(text, SVDLoRAConfig(rank, lora.alpha, cfg.cross_modal.text_targets,
-                                        cfg.cross_modal.text_init_std, lora.orth_weight))
+    own: CrossModalSettings = cfg.kind_settings
+    inject_svd_lora(text, SVDLoRAConfig(rank, lora.alpha, own.text_targets, own.text_init_std, lora.orth_weight))
 
 
 class _Towers(nn.Module):
@@ -71,6 +72,7 @@ class CrossModalKind(AdapterKind):
     specialist_label = "cross-modal SVD-LoRA"
     supports_privacy = False  # the text tower's gradients are over prompts, not over a site's examples
     zero_shot = True
+    settings_type = CrossModalSettings
     chosen_explicitly = True  # the merge names are the adapter kind's: `kind = "cross-modal"` selects this one
 
     def template(self, cfg: RunConfig) -> dict[str, tuple[int, int]]:
@@ -93,7 +95,7 @@ class CrossModalKind(AdapterKind):
 
     def save(self, update: Adapter, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> Path:
         update = Adapter(update.factors, update.scale, {**update.metadata, "kind": self.name,
-                                                        "text_targets": list(cfg.cross_modal.text_targets)})
+                                                        "text_targets": list(cfg.kind_settings.text_targets)})
         return save_adapter(update, Path(directory) / "adapter", cfg.lora, self.base_name(cfg), base_fingerprint)
 
     def load(self, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> Adapter:
@@ -108,11 +110,12 @@ class CrossModalKind(AdapterKind):
         text, _ = load_text_tower()
         projection = FixedProjection(image.num_features, _projection_seed(cfg))
         flag = data.site.flag
-        negatives = vocabulary(flag) if cfg.cross_modal.negatives == "vocabulary" and not is_multi_label(flag) else None
+        own: CrossModalSettings = cfg.kind_settings
+        negatives = vocabulary(flag) if own.negatives == "vocabulary" and not is_multi_label(flag) else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(site_seed(cfg.seed, data.site.name))
             _inject(image, projection, text, cfg, cfg.rank_of(data.site.name))
-        model = CrossModalModel(image, projection, text, site_prompts(flag), cfg.cross_modal.logit_scale,
+        model = CrossModalModel(image, projection, text, site_prompts(flag), own.logit_scale,
                                 is_multi_label(flag), negatives, cfg.image_size, base_fingerprint)
         if update is not None:
             set_adapter(model, update)

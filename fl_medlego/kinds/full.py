@@ -7,8 +7,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from safetensors.torch import save_file
@@ -17,6 +18,7 @@ from .. import wire
 from ..files import atomic_path, read_tensors
 from ..models import SiteModel, create_backbone, shared_base
 from ..seeds import site_seed
+from ..settings import check_group, setting
 from ..train import TrainConfig
 from ._registry import SiteKind, register_kind
 
@@ -36,9 +38,23 @@ def average_backbones(states: Sequence[dict[str, torch.Tensor]], weights: torch.
             for k in states[0]}
 
 
+@dataclass(frozen=True)
+class FullSettings:
+    """Settings of the full kind (run config `full.*`)."""
+
+    PREFIX: ClassVar[str] = "full."
+
+    lr: float = setting(0.001, "full fine-tuning (`vit_avg` sites, the multi-task reference of `fl-medlego "
+                        "compare`): AdamW at 1e-3 as usual for ViTs", above=0)
+
+    def __post_init__(self) -> None:
+        check_group(self)
+
+
 @register_kind
 class FullWeightKind(SiteKind):
     name = "full"
+    settings_type = FullSettings
     summary = "every backbone weight + head fine-tuned; whole backbones are averaged (ViT averaging)"
     specialist_label = "full fine-tune"
     needs_reference = True
@@ -112,4 +128,4 @@ class FullWeightKind(SiteKind):
         return {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
 
     def train_config(self, cfg: RunConfig) -> TrainConfig:
-        return dataclasses.replace(cfg.train, lr=cfg.full_lr, orth_weight=0.0)
+        return dataclasses.replace(cfg.train, lr=cfg.settings_of(self.name).lr, orth_weight=0.0)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
+
+from ..settings import check_group, setting
 
 MODES = ("none", "dp-sgd")
 ACCOUNTANTS = ("rdp", "prv")  # Opacus's Renyi-DP and privacy-random-variable accountants
@@ -18,22 +21,19 @@ class PrivacySettings:
     site with N training images, at most 1e-5.
     """
 
-    mode: str = MODES[0]
-    epsilon: float = 8.0
-    delta: float = 0.0
-    max_grad_norm: float = 1.0  # per-example clipping bound C of DP-SGD
-    accountant: str = ACCOUNTANTS[0]
+    PREFIX: ClassVar[str] = "privacy."
+
+    mode: str = setting(MODES[0], "'dp-sgd': every site trains with DP-SGD (Opacus) under a per-site budget; "
+                        "see \"Privacy\"", choices=MODES)
+    epsilon: float = setting(8.0, "the whole run's budget per site (all rounds x local epochs)", above=0)
+    delta: float = setting(0.0, f"0 = 1/(10 N) for a site with N training images, at most {MAX_DELTA:g}",
+                           low=0, below=1)
+    max_grad_norm: float = setting(1.0, "per-example gradient clipping bound C of DP-SGD", above=0)
+    accountant: str = setting(ACCOUNTANTS[0], "Opacus's accountant: Renyi-DP or privacy random variables",
+                              choices=ACCOUNTANTS)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"privacy.mode must be one of {MODES}, got {self.mode!r}")
-        if self.accountant not in ACCOUNTANTS:
-            raise ValueError(f"privacy.accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
-        if not self.epsilon > 0 or not self.max_grad_norm > 0:
-            raise ValueError(f"privacy.epsilon and privacy.max-grad-norm must be positive, got "
-                             f"{self.epsilon} and {self.max_grad_norm}")
-        if not 0 <= self.delta < 1:
-            raise ValueError(f"privacy.delta must be in [0, 1) (0: 1/(10 N), at most {MAX_DELTA}), got {self.delta}")
+        check_group(self)
 
     @property
     def private(self) -> bool:
