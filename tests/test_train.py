@@ -128,8 +128,14 @@ def test_class_weights_fit_logits_wider_than_the_classes_a_site_has():
     plan = StepPlan.for_training(cfg, Split(torch.zeros(8, 4, 4, 3, dtype=torch.uint8), labels), "multi-class")
     weight = plan.weight_for(5)
     assert weight.tolist() == pytest.approx([8 / 12, 8 / 4, 1.0, 1.0, 1.0])
-    logits = torch.randn(8, 5)
     from fl_medlego.train import task_loss
 
-    narrow = task_loss(logits[:, :2], labels, "multi-class", plan.weight_for(2))
-    assert torch.isfinite(task_loss(logits, labels, "multi-class", weight)) and torch.isfinite(narrow)
+    logits = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    never_chosen = torch.cat([logits, torch.full((8, 3), -1e4)], dim=1)  # extra columns with no probability
+    narrow = task_loss(logits, labels, "multi-class", plan.weight_for(2))
+    assert task_loss(never_chosen, labels, "multi-class", weight) == pytest.approx(narrow.item(), rel=1e-6)
+    # With live extra columns the loss is still the weighted mean over the real classes' targets.
+    wide = torch.cat([logits, torch.randn(8, 3, generator=torch.Generator().manual_seed(1))], dim=1)
+    per_image = -torch.log_softmax(wide, dim=1)[torch.arange(8), labels[:, 0]]
+    expected = (weight[labels[:, 0]] * per_image).sum() / weight[labels[:, 0]].sum()
+    assert task_loss(wide, labels, "multi-class", weight) == pytest.approx(expected.item(), rel=1e-6)
