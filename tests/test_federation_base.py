@@ -7,18 +7,18 @@ import os
 
 import pytest
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricRecord, RecordDict
 from safetensors.torch import save_file
 
 from fl_medlego import wire
 from fl_medlego.config import parse_run_config, settings_table
+from fl_medlego.lora import Adapter, Factors
 from fl_medlego.models import create_backbone, shared_base
 from fl_medlego.results import RunResults
 from fl_medlego.server.app import RESUMABLE_CHANGES, federation_base, run_federation
 from fl_medlego.server.strategy import RoundFailed, SiteMergeStrategy
 
-from flower_mocks import set_task_identity
-from hostile_replies import build, honest_parts
+from flower_mocks import message, set_task_identity
 
 RANDOM_BASE = {"model.pretrained": "none"}  # the preset's seeded random init: no checkpoint to read
 
@@ -54,8 +54,15 @@ def test_an_adapter_run_holds_its_sites_to_the_declared_fingerprint(tmp_path):
     set_task_identity()
     template = {"blocks.0.attn.qkv.q": (8, 8)}
     strategy = SiteMergeStrategy({"blood": 11}, template, cfg, RunResults(tmp_path, {}), declared)
-    parts = honest_parts("blood", template, seed=0)
-    reply = build({**parts, "info": {**parts["info"], wire.BASE_FINGERPRINT: real}}, node=11)
+    gen = torch.Generator().manual_seed(0)
+    adapter = Adapter({"blocks.0.attn.qkv.q": Factors(torch.randn(8, 2, generator=gen), torch.ones(2),
+                                                      torch.randn(2, 8, generator=gen))})
+    reply = message(RecordDict({
+        wire.ARRAYS: ArrayRecord(wire.encode_adapter(adapter)),
+        wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 10.0, wire.VAL_ACC: 0.5, wire.TRAIN_LOSS: 1.0,
+                                    wire.BEST_EPOCH: 1.0}),
+        wire.SITE_INFO: ConfigRecord({wire.SITE: "blood", wire.BASE_FINGERPRINT: real, wire.DATA_SOURCE: "x"}),
+    }), MessageType.TRAIN, src=11, dst=0)
     with pytest.raises(RoundFailed, match=f"base model {real} differs from the federation's ffff0000"):
         strategy.aggregate_train(1, [reply])
 

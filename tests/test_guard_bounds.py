@@ -5,19 +5,42 @@ import json
 import math
 
 import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
 
+from fl_medlego import wire
 from fl_medlego.config import GuardSettings, parse_run_config
 from fl_medlego.kinds import get_kind
+from fl_medlego.lora import Adapter, Factors
 from fl_medlego.merging import adapter_norm
 from fl_medlego.results import RunResults
 from fl_medlego.server.guard import guard_updates, norm_bound
 from fl_medlego.server.strategy import SiteMergeStrategy
 
-from flower_mocks import set_task_identity
-from hostile_replies import BASE, HOSTILE, SITES, build, honest_adapter, honest_parts, hostile_message
+from flower_mocks import message, set_task_identity
 
 TEMPLATE = {f"blocks.{b}.attn.qkv.{p}": (16, 16) for b in range(2) for p in "qv"}
 NORMS = {"blood": 1.0, "breast": 2.0, "organa": 4.0, "retina": 100.0}
+SITES = {"blood": 11, "breast": 12, "organa": 13, "retina": 15, "pneumonia": 14}
+HOSTILE = "pneumonia"  # sends its update x1e6
+BASE = "abc123"
+
+
+def honest_adapter(seed: int, scale: float = 2.0) -> Adapter:
+    gen = torch.Generator().manual_seed(seed)
+    factors = {n: Factors(torch.randn(o, 4, generator=gen) * 0.1, torch.rand(4, generator=gen) + 0.5,
+                          torch.randn(4, i, generator=gen) * 0.1) for n, (o, i) in TEMPLATE.items()}
+    return Adapter(factors, scale=scale)
+
+
+def train_reply(site: str, adapter: Adapter):
+    content = RecordDict({
+        wire.ARRAYS: ArrayRecord(wire.encode_adapter(adapter)),
+        wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 100.0, wire.VAL_ACC: 0.5, wire.TRAIN_LOSS: 1.0,
+                                    wire.BEST_EPOCH: 2.0}),
+        wire.SITE_INFO: ConfigRecord({wire.SITE: site, wire.BASE_FINGERPRINT: BASE, wire.DATA_SOURCE: "test"}),
+    })
+    return message(content, MessageType.TRAIN, src=SITES[site], dst=0)
 
 
 def test_the_bound_is_the_tighter_of_norm_factor_times_the_lower_median_and_max_norm():
@@ -32,7 +55,7 @@ def test_the_bound_is_the_tighter_of_norm_factor_times_the_lower_median_and_max_
 def test_max_norm_is_absolute_whatever_the_sites_send():
     """Every site over max-norm is clipped to exactly it, even when all are (no median can lift it)."""
     kind = get_kind("adapter")
-    updates = {site: honest_adapter(TEMPLATE, seed=i, scale=10.0) for i, site in enumerate(NORMS)}
+    updates = {site: honest_adapter(seed=i, scale=20.0) for i, site in enumerate(NORMS)}
     smallest = min(kind.norm(u, None) for u in updates.values())
     kept, decisions = guard_updates(updates, kind, None, GuardSettings(norm_factor=0, max_norm=smallest / 2))
     assert {d.action for d in decisions} == {"clipped"} and {d.bound for d in decisions} == {smallest / 2}
@@ -49,17 +72,17 @@ def test_bounds_that_cannot_work_are_refused_naming_the_setting(bad, key):
 
 def honest_norms() -> dict[str, float]:
     """The four honest sites' update norms, as round_of_five sends them."""
-    return {site: adapter_norm(honest_adapter(TEMPLATE, i)) for i, site in enumerate(s for s in SITES if s != HOSTILE)}
+    return {site: adapter_norm(honest_adapter(i)) for i, site in enumerate(s for s in SITES if s != HOSTILE)}
 
 
 def round_of_five(tmp_path, **guard) -> tuple[SiteMergeStrategy, list[dict]]:
-    """Four honest adapters and the hostile site's oversized one (x1e6 or more) through the strategy:
+    """Four honest adapters and the hostile site's x1e6 one through the strategy:
     (strategy, guard events)."""
     set_task_identity()
     cfg = parse_run_config({"merge.energy": 1.0, "merge.max-rank": 0, "min-sites": 1, **guard})
     strategy = SiteMergeStrategy(SITES, TEMPLATE, cfg, RunResults(tmp_path, {}), BASE)
-    replies = [build(honest_parts(site, TEMPLATE, i), SITES[site]) for i, site in enumerate(honest_norms())]
-    replies.append(hostile_message("update x1e6", TEMPLATE, seed=7))
+    replies = [train_reply(site, honest_adapter(i)) for i, site in enumerate(honest_norms())]
+    replies.append(train_reply(HOSTILE, honest_adapter(7, scale=2e6)))
     strategy.aggregate_train(1, replies)
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return strategy, [e for e in events if e["event"] == "guard"]
@@ -82,7 +105,8 @@ def test_norm_factor_zero_with_max_norm_bounds_by_max_norm_alone(tmp_path):
     assert {e["site"] for e in guard} == {s for s, n in sent.items() if n > limit} | {HOSTILE}
     assert len(guard) == 3 and all(e["bound"] == limit and e["action"] == "clipped" for e in guard)
     assert all(e["norm"] == pytest.approx(sent[e["site"]], rel=1e-5) for e in guard if e["site"] != HOSTILE)
-    assert [e["norm"] > 1e6 * limit for e in guard if e["site"] == HOSTILE] == [True]
+    hostile = adapter_norm(honest_adapter(7, scale=2e6))
+    assert [e["norm"] for e in guard if e["site"] == HOSTILE] == [pytest.approx(hostile, rel=1e-5)]
 
 
 def test_a_real_run_clips_every_site_to_max_norm(tmp_path):
