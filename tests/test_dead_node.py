@@ -5,16 +5,19 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from fl_medlego import processes
 from fl_medlego.cli import loopback
 
-from flower_run import BIN, REPO
+BIN = Path(sys.executable).parent  # flwr of the running environment
+REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = [pytest.mark.deployment, pytest.mark.slow]  # about 2 minutes: run with -m slow
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 
 def test_a_killed_node_fails_its_round_in_bounded_time(tmp_path):

@@ -1,12 +1,14 @@
 """Real sites on loopback: SuperLink with TLS + SuperNode authentication + a persistent database.
 
-Marked `deployment` (about 3 minutes): `pytest -m "not deployment"` skips them; CI runs them.
+Marked `deployment`: outside the default run; `pytest -m deployment` runs them, and CI runs them.
 Every process is started through fl_medlego.cli.loopback, recorded with its pid, and stopped by pid.
 """
 
 import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,8 @@ from fl_medlego import processes
 from fl_medlego.cli import loopback
 from fl_medlego.server.coordinator import registered_nodes
 
-from flower_run import BIN, REPO
+BIN = Path(sys.executable).parent  # flwr of the running environment
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.deployment
 

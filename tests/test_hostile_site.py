@@ -1,12 +1,14 @@
 """A site that sends its update x1e13 among honest ones: the guard keeps the honest sites' merged ACC."""
 
 import pytest
+
 from message_federation import run, scaled_reply
 
 TINY = {"sites": "breast,pneumonia,blood", "num-rounds": 2, "train.local-epochs": 1, "data.max-train": 64,
         "data.max-eval": 64, "lora.rank": 2}
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("action", ["clip", "reject"])
 def test_honest_sites_keep_their_accuracy_next_to_a_hostile_one(tmp_path, action):
     config = {**TINY, "guard.action": action, "min-sites": 2}  # a rejected site must not fail round 1
@@ -19,6 +21,7 @@ def test_honest_sites_keep_their_accuracy_next_to_a_hostile_one(tmp_path, action
     assert attacked.status["blood"]["state"] == ("merged" if action == "clip" else "rejected")
 
 
+@pytest.mark.flower
 @pytest.mark.slow
 def test_a_real_run_with_a_site_sending_its_update_x1e13(tmp_path):
     """The same tiny run through Flower twice: honest, and with tests/hostile_app (site blood x1e13)."""

@@ -4,7 +4,11 @@ import json
 
 import pytest
 
+from fl_medlego import wire
+
 from flower_run import flwr_run, local_flower
+
+pytestmark = pytest.mark.flower  # a real `flwr run` each (a minute or more on two cores)
 
 
 def _tiny_run(tmp_path, settings: str, scenario: str = "cross_domain", timeout_s: float = 420):
@@ -19,13 +23,24 @@ def _tiny_run(tmp_path, settings: str, scenario: str = "cross_domain", timeout_s
     return run_dir, json.loads((run_dir / "summary.json").read_text())
 
 
+def assert_summary_reports_what_the_sites_evaluated(run_dir, summary, metrics=("acc",)) -> None:
+    """Each site's merged metrics are its evaluation of round 2's combined update, its specialist's the ones it
+    reported in round 1 (a specialist is evaluated once), as the run's event log recorded them."""
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluated = {(e["round"], e["site"]): e for e in events if e["event"] == "evaluate"}
+    for name, site in summary["sites"].items():
+        assert site["merged"]["round"] == 2
+        for metric in metrics:
+            assert site["merged"][metric] == evaluated[(2, name)][metric], (name, metric)
+            assert site["specialist"][metric] == evaluated[(1, name)][wire.SPECIALIST_PREFIX + metric], (name, metric)
+        assert wire.SPECIALIST_PREFIX + "acc" not in evaluated[(2, name)]  # not evaluated again
+
+
 @pytest.mark.parametrize("strategy", ["medlego", "vit_avg"])
 def test_two_tiny_sites_complete_a_flower_simulation(tmp_path, strategy):
     run_dir, summary = _tiny_run(tmp_path, f"strategy='{strategy}'")
     assert set(summary["sites"]) == {"breast", "pneumonia"}
-    for site in summary["sites"].values():
-        assert 0 <= site["merged"]["acc"] <= 1 and 0 <= site["specialist"]["acc"] <= 1
-        assert site["merged"]["round"] == 2
+    assert_summary_reports_what_the_sites_evaluated(run_dir, summary)
     saved = "backbone.safetensors" if strategy == "vit_avg" else "adapter/adapter_model.safetensors"
     assert (run_dir / "round-002" / saved).is_file()
     assert "normalized ACC" in (run_dir / "summary.md").read_text()
@@ -48,10 +63,8 @@ def test_a_cross_modal_flower_simulation_is_head_free_and_reports_the_generalist
     prompts; the merged adapter saved by the server spans the image tower, the projection and the text tower."""
     run_dir, summary = _tiny_run(tmp_path, "", scenario="cross_modal", timeout_s=480)
     assert set(summary["sites"]) == {"breast", "pneumonia"}
-    for site in summary["sites"].values():
-        for model in ("merged", "specialist"):
-            assert 0 <= site[model]["acc"] <= 1 and 0 <= site[model]["modality-share"] <= 1
-            assert 0 <= site[model]["unseen-acc"] <= 1
+    assert_summary_reports_what_the_sites_evaluated(run_dir, summary,
+                                                    ("acc", wire.MODALITY_SHARE, wire.UNSEEN_PREFIX + "acc"))
     config_file = json.loads((run_dir / "round-002" / "adapter" / "adapter_config.json").read_text())
     assert config_file["base_model_name_or_path"] == "vit_medmnist_28+all-MiniLM-L6-v2"
     assert {name.split(".")[0] for name in config_file["ranks"]} == {"image", "projection", "text"}
