@@ -16,8 +16,10 @@ import torch
 
 from fl_medlego.config import parse_run_config
 from fl_medlego.kinds import get_kind, list_kinds
+from fl_medlego.privacy import PrivacyLedger, PrivacySettings, private_steps
 from fl_medlego.seeds import training_seed
 from fl_medlego.site import load_site_data
+from fl_medlego.train import fit
 
 # Two steps of one epoch on 16 images: enough for a dropout mask or a shuffle to show in the update.
 TINY = {"sites": "blood,breast", "train.local-epochs": 1, "data.max-train": 16, "data.max-eval": 16,
@@ -90,6 +92,21 @@ def test_round_two_does_not_replay_the_draws_of_round_one():
     round1, round2 = round_update(1), round_update(2)
     assert any(not torch.equal(round1[k], round2[k]) for k in round1)
     _assert_same_tensors(round2, round_update(2))
+
+
+def test_dp_sgd_noise_and_sampling_stay_out_of_the_seeded_draws():
+    """The coordinator knows the run seed: a private training seeded like any other must not be replayable."""
+    cfg = _config("adapter")
+    data = load_site_data(cfg, "blood")
+    settings = PrivacySettings(mode="dp-sgd", epsilon=8.0)
+    trained = []
+    for _ in range(2):
+        model = cfg.kind.build_model(cfg, data, None, None)
+        ledger = PrivacyLedger.plan(settings, len(data.train), 8, 1, 1)
+        fit(model, data.train, data.val, data.task, model.image_size, cfg.kind.train_config(cfg),
+            steps=private_steps(settings, ledger, len(data.train)), draws_seed=training_seed(cfg.seed, "blood", 1))
+        trained.append(cfg.kind.encode(cfg.kind.extract(model)))
+    assert any(not torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
 
 
 def test_training_seeds_differ_by_site_and_round_and_fit_every_generator():

@@ -3,8 +3,10 @@ every trainable parameter's gradient (adapter factors and head together), Gaussi
 
 The sampling and the noise draw from a generator seeded by the operating system, never from the run's
 seed: the run config is shared with the coordinator, which could otherwise replay both and undo the
-noise. A private run is therefore not bit-reproducible. The adapter's orthogonality regulariser does
-not depend on any image, so its gradient is added after the noise, at no privacy cost.
+noise. They are generators of their own, so fit's seeding of the process's generators (from the run
+seed, site and round) does not reach them. A private run is therefore not bit-reproducible. The
+adapter's orthogonality regulariser does not depend on any image, so its gradient is added after the
+noise, at no privacy cost.
 """
 
 from __future__ import annotations
