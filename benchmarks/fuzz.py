@@ -2,7 +2,7 @@
 
     python -m benchmarks.fuzz [--replies 10000] [--seed 0]
 
-Each case is one round: four honest sites and one whose reply is mutated (tests/hostile_replies.py:
+Each case is one round: four honest sites and one whose reply is mutated (benchmarks/hostile_replies.py:
 malformed records, forged or truncated array bytes, wrong dtypes, bad ranks, NaN/Inf/overflow,
 undeclared or out-of-range metrics, spoofed sites and fingerprints, error replies, and well-formed
 but oversized updates). Counts exceptions out of `aggregate_train`, invalid replies merged,
@@ -23,16 +23,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._flower import local_flower  # noqa: F401  (puts tests/ on the path)
 from benchmarks._isolate import write_csv
+from benchmarks.hostile_replies import BASE, HOSTILE, INVALID, SITES, VALID, honest_messages, hostile_message
 from fl_medlego import wire
+from fl_medlego.cli.local_run import set_task_identity
 from fl_medlego.config import parse_run_config
 from fl_medlego.results import RunResults
 from fl_medlego.server.replies import read_train_reply
 from fl_medlego.server.strategy import SiteMergeStrategy
-
-from flower_mocks import set_task_identity
-from hostile_replies import BASE, HOSTILE, INVALID, SITES, VALID, honest_messages, hostile_message
 
 
 def one_case(name: str, seed: int, template: dict, folder: Path) -> dict:

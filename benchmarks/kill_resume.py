@@ -20,12 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._flower import flwr_run, local_flower
 from benchmarks._isolate import write_csv
+from fl_medlego.cli.flower_run import BIN, REPO, flwr_run, local_flower, superlink_pids
 from fl_medlego.lora import load_adapter
 from fl_medlego.processes import descendants
-
-from flower_run import BIN, REPO, _superlink_pids
 
 TINY = ("sites='breast,pneumonia' num-rounds=3 train.local-epochs=1 data.max-train=48 data.max-eval=48 "
         "lora.rank=2")
@@ -56,7 +54,7 @@ def killed_run(tmp: Path, out: Path, delay_s: float) -> Path | None:
                    "--run-config", f"{TINY} output-dir='{out}'"]
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay_s)
-        superlinks = _superlink_pids(tmp / "flwr-home")  # this run's local SuperLink, started by flwr
+        superlinks = superlink_pids(tmp / "flwr-home")  # this run's local SuperLink, started by flwr
         for pid in [d for link in superlinks for d in descendants(link)]:
             try:
                 if "flwr-simulation" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):

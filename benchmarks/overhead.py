@@ -2,12 +2,11 @@
 
     python -m benchmarks.overhead [--pairs 3] [--run-config "..."] [--federation-config "..."]
 
-Both sides do the same work with the same library calls (tests/plain_federation.py mirrors the
-apps): every round each site trains (from the base, then from the merged update), the server decodes,
-checks and merges the packed factors, every site evaluates the merged update, and each specialist
-is evaluated once. Each pair runs the plain loop in a fresh Python process, then `flwr run` (a fresh
-local SuperLink, simulation process and Ray), one after the other; pairs repeat so that a ratio is
-told from the machine's noise. Two ratios per pair:
+Both sides run the same code: the plain side runs the real ServerApp and ClientApp in one process
+(fl_medlego.cli.local_run: discovery, every round of the strategy with its guard, the sites' training
+and evaluation, the summary), the Flower side the same apps under `flwr run`. Each pair runs the plain
+loop in a fresh Python process, then `flwr run` (a fresh local SuperLink, simulation process and Ray),
+one after the other; pairs repeat so that a ratio is told from the machine's noise. Two ratios per pair:
 
 - `ratio_to_loop`: flwr run's wall time over the plain loop's own time (imports and data already
   loaded): everything Flower, Ray and our apps add, start-up included. The headline number.
@@ -26,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import statistics
 import subprocess
@@ -34,8 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._flower import flwr_run, local_flower
 from benchmarks._isolate import ROOT, write_csv
+from fl_medlego.cli.flower_run import flwr_run, local_flower
 from fl_medlego.scenario import load_scenario_config
 
 STRATEGY_DONE = re.compile(r"Strategy execution finished in ([\d.]+)s")
@@ -43,13 +43,22 @@ EPOCH_LINE = re.compile(r"site \S+: epoch \d+/\d+, .*\(([\d.]+) s\)")  # fl_medl
 
 
 def plain_child(run_config: dict) -> None:
-    """In the child process: the plain loop, timed on its own; prints one JSON line."""
-    from plain_federation import plain_federation  # tests/ is on the path through benchmarks._flower
+    """In the child process: the apps in this process, timed on their own; prints one JSON line."""
+    from fl_medlego.cli.local_run import run_local_federation
 
     epochs = []
-    start = time.perf_counter()
-    plain_federation(run_config, on_epoch=lambda site, report: epochs.append(report.seconds))
-    print(json.dumps({"loop_s": time.perf_counter() - start, "epochs_s": sum(epochs)}))
+
+    class EpochLines(logging.Handler):  # the sites' progress lines, as the Flower side's log has them
+        def emit(self, record: logging.LogRecord) -> None:
+            if match := EPOCH_LINE.search(record.getMessage()):
+                epochs.append(float(match.group(1)))
+
+    logging.getLogger("flwr").addHandler(EpochLines())
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {**run_config, "output-dir": str(Path(tmp) / "out")}
+        start = time.perf_counter()
+        run_local_federation(config, Path(tmp) / "state")
+        print(json.dumps({"loop_s": time.perf_counter() - start, "epochs_s": sum(epochs)}))
 
 
 def plain_run(run_config: dict) -> dict:

@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._flower import flwr_run, local_flower
 from benchmarks._isolate import ROOT, write_csv
+from fl_medlego.cli.flower_run import flwr_run, local_flower
 from fl_medlego.results import read_events
 
 RESULTS = ROOT / "benchmarks" / "results"

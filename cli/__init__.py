@@ -70,6 +70,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from fl_medlego.cli.local_run import run_local_federation
     from fl_medlego.compare import Comparison, compared_strategies, print_whole, rich_table
     from fl_medlego.scenario import load_scenario_config
 
@@ -83,7 +84,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rounds = tuple(args.rounds)
     energies = tuple(args.energy_sweep or ())
     results = Comparison(run_config, strategies, seeds, out, Path(args.cache).expanduser(), progress=True,
-                         rounds=rounds, energies=energies).run()
+                         rounds=rounds, energies=energies, federate=run_local_federation).run()
     print_whole(console, rich_table(results))
     console.print(f"wrote {out / 'table.md'}, table.csv, table.png and results.json ({results['wall_time_s']} s)")
     return 0
@@ -216,7 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="re-render the tables and figures of a run or comparison folder")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
-
 
     settings = sub.add_parser("settings", help="every run config setting: key, type, default, allowed values, help")
     settings.add_argument("--markdown", action="store_true", help="as the README's Markdown table")

@@ -15,6 +15,7 @@ from flwr.common import log
 
 from fl_medlego import wire
 from fl_medlego.config import RunConfig, parse_run_config
+from fl_medlego.privacy.site import PrivateTraining
 from fl_medlego.site import load_site_data, sites_for_node
 from fl_medlego.train import progress_line
 
@@ -29,7 +30,7 @@ def _parsed(run_config: tuple) -> tuple[RunConfig, dict]:
     return cfg, cfg.kind.template(cfg)
 
 
-def _setup(context: Context) -> tuple[RunConfig, dict]:
+def run_setup(context: Context) -> tuple[RunConfig, dict]:
     """The run's parsed config and its kind's update template, built once per process and run config.
 
     A simulated node's process serves every message of its sites: parsing the config (it lists every
@@ -38,7 +39,7 @@ def _setup(context: Context) -> tuple[RunConfig, dict]:
     return _parsed(tuple(sorted(context.run_config.items())))
 
 
-def _site_of(msg: Message, context: Context, cfg: RunConfig) -> str:
+def site_of(msg: Message, context: Context, cfg: RunConfig) -> str:
     """The site a message is for; a node never serves a site it does not host."""
     site = str(msg.content[wire.CONFIG][wire.SITE])
     hosted = sites_for_node(cfg, context.node_config)
@@ -54,12 +55,18 @@ def _round_and_folder(msg: Message, context: Context) -> tuple[int, object]:
     return int(config.get(wire.SERVER_ROUND, 1)), state_folder(context.node_config, run_key)
 
 
-def _progress(site: str):
+def progress(site: str):
     # Flower's logger: in a simulation its lines reach the `flwr run --stream` log as they happen.
     return lambda report: log(INFO, progress_line(site, report))
 
 
-def _reply(msg: Message, metrics: dict, info: dict, arrays: ArrayRecord | None = None) -> Message:
+def start_update(msg: Message, kind, template: dict):
+    """The federation's update a message carries (None: start from the base)."""
+    tensors = msg.content[wire.ARRAYS].to_torch_state_dict()
+    return kind.decode(tensors, template) if tensors else None
+
+
+def reply(msg: Message, metrics: dict, info: dict, arrays: ArrayRecord | None = None) -> Message:
     content = {wire.METRICS: MetricRecord(metrics), wire.SITE_INFO: ConfigRecord(info)}
     if arrays is not None:
         content[wire.ARRAYS] = arrays
@@ -69,38 +76,36 @@ def _reply(msg: Message, metrics: dict, info: dict, arrays: ArrayRecord | None =
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which sites this node hosts."""
-    sites = sites_for_node(_setup(context)[0], context.node_config)
+    sites = sites_for_node(run_setup(context)[0], context.node_config)
     return Message(RecordDict({wire.SITE_INFO: ConfigRecord({wire.SITES: ",".join(sites)})}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training from the federation's update (round 1: from the base)."""
-    cfg, template = _setup(context)
-    site, kind = _site_of(msg, context, cfg), cfg.kind
+    cfg, template = run_setup(context)
+    site, kind = site_of(msg, context, cfg), cfg.kind
     data = load_site_data(cfg, site, context.node_config)
-    tensors = msg.content[wire.ARRAYS].to_torch_state_dict()
-    start = kind.decode(tensors, template) if tensors else None
-    config = msg.content[wire.CONFIG]
-    if config.get(wire.LEARNING_CURVE, False):
-        curve = kind.learning_curve(cfg, data, start, int(config[wire.CURVE_EPOCHS]), on_epoch=_progress(site))
-        return _reply(msg, {wire.NUM_EXAMPLES: float(len(data.train)), **curve}, {wire.SITE: site})
+    start = start_update(msg, kind, template)
     server_round, folder = _round_and_folder(msg, context)
     state = load_state(folder, site, server_round - 1, kind, template)
-    ledger = load_ledger(folder, site) if cfg.privacy.private else None
-    result = kind.train(cfg, data, start, state, on_epoch=_progress(site), privacy=ledger, server_round=server_round)
-    if result.privacy is not None:  # before the update leaves: what is sent has been counted
-        save_ledger(folder, site, result.privacy)
+    if cfg.privacy.private:  # the privacy layer wraps the kind's training step
+        private = PrivateTraining(cfg.privacy, cfg.num_rounds)
+        result, ledger = private.train(kind, cfg, data, start, state, load_ledger(folder, site), server_round,
+                                       on_epoch=progress(site))
+        save_ledger(folder, site, ledger)  # before the update leaves: what is sent has been counted
+    else:
+        result = kind.train(cfg, data, start, state, on_epoch=progress(site), server_round=server_round)
     save_state(folder, site, server_round, kind, result.state)
     info = {wire.SITE: site, wire.BASE_FINGERPRINT: result.base_fingerprint, wire.DATA_SOURCE: data.origin}
-    return _reply(msg, result.metrics, info, ArrayRecord(kind.encode(result.update)))
+    return reply(msg, result.metrics, info, ArrayRecord(kind.encode(result.update)))
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Test metrics of the federation's update with this site's head, and of its own specialist."""
-    cfg, template = _setup(context)
-    site, kind = _site_of(msg, context, cfg), cfg.kind
+    cfg, template = run_setup(context)
+    site, kind = site_of(msg, context, cfg), cfg.kind
     server_round, folder = _round_and_folder(msg, context)
     state = load_state(folder, site, server_round, kind, template)
     if state is None:
@@ -112,4 +117,4 @@ def evaluate(msg: Message, context: Context) -> Message:
         own = kind.evaluate(cfg, data, state.specialist, state.specialist_head)
         metrics |= {wire.SPECIALIST_PREFIX + k: v for k, v in own.items()}
     metrics[wire.NUM_EXAMPLES] = float(len(data.test))
-    return _reply(msg, metrics, {wire.SITE: site})
+    return reply(msg, metrics, {wire.SITE: site})

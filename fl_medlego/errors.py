@@ -26,4 +26,5 @@ class UnknownNameError(UserError):
 
     def __init__(self, what: str, name: object, known: Iterable[str]) -> None:
         self.what, self.name, self.known = what, name, sorted(known)
-        super().__init__(f"unknown {what} {name!r}; known {what}s: {', '.join(self.known) or '(none)'}")
+        plural = what[:-1] + "ies" if what.endswith("y") else what + "s"
+        super().__init__(f"unknown {what} {name!r}; known {plural}: {', '.join(self.known) or '(none)'}")

@@ -16,28 +16,55 @@ import math
 import re
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from .errors import ConfigError
 from .files import replace_dir, write_text_atomic
 from .metrics import normalized_accuracy
 from .report import run_figure, summary_markdown
 
 ROUND_STATE = "round.json"
+INTERNAL_ERRORS = "errors.log"  # tracebacks of the coordinator's own faults (never a site's text alone)
+
+
+@dataclass
+class RoundLedger:
+    """What one round of the coordinator did, built by the strategy's pipeline and persisted by RunResults.
+
+    accepted: site -> its reply as read at the trust boundary (and passed the installed layers' checks);
+    kept: site -> the update the guard let through (clipped, maybe); decisions: the guard's, per site;
+    events: what metrics.jsonl gets for the round, in order.
+    """
+
+    round: int
+    accepted: dict[str, Any] = field(default_factory=dict)
+    kept: dict[str, Any] = field(default_factory=dict)
+    decisions: list = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+
+    def event(self, event: str, **fields) -> None:
+        self.events.append({"event": event, "round": self.round, **fields})
 _ROUND = re.compile(r"round-(\d{3,})$")
 
 
 class RunResults:
-    def __init__(self, run_dir: Path, settings: dict, resume: bool = False) -> None:
-        """A new run folder, or (resume=True) an existing one, whose settings must be the same."""
+    def __init__(self, run_dir: Path, settings: dict, resume: bool = False, may_change: tuple[str, ...] = ()) -> None:
+        """A new run folder, or (resume=True) an existing one, whose settings must be the same but for the keys
+        in `may_change` (where and how long a resumed run waits, say). settings.json holds every setting the
+        run uses, as given."""
         self.run_dir = Path(run_dir)
         settings_path = self.run_dir / "settings.json"
         text = json.dumps(settings, indent=2, default=str)
         if resume:
             if not settings_path.is_file():
                 raise FileNotFoundError(f"cannot resume {self.run_dir}: it holds no settings.json (not a run folder)")
-            if json.loads(settings_path.read_text()) != json.loads(text):
-                raise ValueError(f"cannot resume {self.run_dir} with other settings than it was started with: "
-                                 "pass the same --run-config (plus resume)")
+            before, now = json.loads(settings_path.read_text()), json.loads(text)
+            changed = sorted(k for k in set(before) | set(now) if k not in may_change and before.get(k) != now.get(k))
+            if changed:
+                raise ConfigError(f"cannot resume {self.run_dir} with other settings than it was started with "
+                                  f"({', '.join(changed)} differ): pass the same --run-config (plus resume)")
             for stale in self.run_dir.glob("round-*.tmp"):  # a round that was being written when the run died
                 shutil.rmtree(stale)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -49,6 +76,18 @@ class RunResults:
         record = {"event": event, "time": round(time.time() - self.started, 3), **fields}
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record, default=_json_safe) + "\n")
+
+    def record_events(self, ledger: RoundLedger) -> None:
+        """A round's events, in order (also those of a round that failed: they say why)."""
+        for record in ledger.events:
+            self.log(**{**record, "round": record.get("round", ledger.round)})
+
+    def log_internal_error(self, what: str, trace: str) -> Path:
+        """A fault of the coordinator itself, with its traceback, for the report a user files."""
+        path = self.run_dir / INTERNAL_ERRORS
+        with open(path, "a") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: {what}\n{trace.rstrip()}\n")
+        return path
 
     def round_dir(self, server_round: int) -> Path:
         """Where round N's results are, once complete."""

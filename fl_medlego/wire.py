@@ -28,7 +28,7 @@ SITES = "sites"  # a node's answer to the site query: comma-separated site names
 SERVER_ROUND = "server-round"  # the run's round number (a resumed run goes on counting)
 RUN_KEY = "run-key"  # names the run across a resume: where a site keeps its state between rounds
 WITH_SPECIALIST = "with-specialist"
-LEARNING_CURVE = "learning-curve"  # train message: fine-tune from the given adapter, report per-epoch ACC
+CURVE_ACTION = "curve"  # message type train.curve (new_task): learn from the given update, report per-epoch ACC
 CURVE_EPOCHS = "curve-epochs"
 BASE_FINGERPRINT = "base-fingerprint"
 DATA_SOURCE = "data-source"  # where the site's images came from (a description without paths, never the data)
@@ -39,9 +39,6 @@ VAL_ACC = "val-acc"  # best validation ACC of the round's local training
 TRAIN_LOSS = "train-loss"  # mean task loss of that epoch
 BEST_EPOCH = "best-epoch"
 TEST_ACC = "test-acc"  # learning curves only (new_task), one value per epoch
-EPSILON_SPENT = "epsilon-spent"  # DP-SGD sites: the epsilon their training has spent so far in this run
-PRIVACY_DELTA = "privacy-delta"  # ... and the delta it holds at
-PRIVACY_METRICS = (EPSILON_SPENT, PRIVACY_DELTA)
 EVAL_METRICS = ("acc", "auc", "f1", "loss")
 # Cross-modal sites also send the two generalist tests (fl_medlego.crossmodal.scoring says what they measure).
 UNION_ACC = "union-acc"
@@ -68,9 +65,10 @@ NODE_STATE_DIR = "state-dir"  # a node-local folder for its sites' state between
 class InvalidUpdate(ValueError):
     """A site's reply that must not be merged; the message says why, `site` says whose (once known)."""
 
-    def __init__(self, reason: str, site: str | None = None) -> None:
+    def __init__(self, reason: str, site: str | None = None, internal: str = "") -> None:
         super().__init__(reason)
         self.site = site
+        self.internal = internal  # the traceback, when the fault is the coordinator's own and not the site's
 
 
 # ArrayRecord entries: all factors packed in one float32 vector, in the order of the sorted matrix names
@@ -155,15 +153,25 @@ METRIC_SCHEMA: dict[str, tuple[float, float, bool]] = {
     VAL_ACC: (0.0, 1.0, False),
     TRAIN_LOSS: (0.0, MAX_LOSS, False),
     BEST_EPOCH: (1, 10**6, True),
-    EPSILON_SPENT: (0.0, 1e6, False),
-    PRIVACY_DELTA: (0.0, 1.0, False),
     **{name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
     **{SPECIALIST_PREFIX + name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
     **{prefix + name: (0.0, 1.0, False) for name in GENERALIST_METRICS for prefix in ("", SPECIALIST_PREFIX)},
 }
+
+
+def declare_metrics(schema: dict[str, tuple[float, float, bool]]) -> None:
+    """Declare the metrics a layer or a kind adds to replies (name -> (low, high, integral)); a name is
+    declared once, with one range."""
+    for name, bounds in schema.items():
+        if METRIC_SCHEMA.get(name, bounds) != bounds:
+            raise ValueError(f"metric {name!r} is declared twice with different ranges")
+        METRIC_SCHEMA[name] = bounds
+
+
 # AUC is undefined (NaN, as fl_medlego.metrics reports it) on a split that holds one class only: an honest
 # small site sends it. Every other metric must be a finite number.
-# A DP-SGD site sends no training loss (NaN): it would be computed on its private images outside the guarantee.
+# A DP-SGD site sends no training loss (NaN): it would be computed on its private images outside the guarantee
+# (fl_medlego.privacy.site).
 MAY_BE_UNDEFINED = frozenset({"auc", SPECIALIST_PREFIX + "auc", TRAIN_LOSS,
                               *(prefix + kind + "auc" for prefix in ("", SPECIALIST_PREFIX)
                                 for kind in (UNSEEN_PREFIX, CENTRED_PREFIX))})

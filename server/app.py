@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from rich.console import Console
 
 from fl_medlego.config import RunConfig, parse_run_config, settings_table
 from fl_medlego.memory import peak_rss_mb
+from fl_medlego.privacy.coordinator import coordinator_layers, summary_without_layer
 from fl_medlego.report import summary_table
 from fl_medlego.results import RunResults
 
@@ -33,16 +36,17 @@ class Federation:
     merged: ArrayRecord  # the last combined update
 
 
-def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = ()) -> Federation:
-    """Discover the sites, run the rounds with the configured merge (without `held_out` sites), write the summary."""
+def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = (),
+                   on_strategy: Callable[[SiteMergeStrategy], None] | None = None) -> Federation:
+    """Discover the sites, run the rounds with the configured merge (without `held_out` sites), write the summary.
+
+    on_strategy: called with the strategy once it is built (tests and in-process runs read its state)."""
     cfg = parse_run_config(context.run_config)  # fails before any training on a wrong strategy or option
-    # What a resumed run may change: where and how long it waits, which nodes serve the sites.
-    settings = {k: v for k, v in settings_table(cfg).items() if k not in RESUMABLE_CHANGES}
     if cfg.resume:
         run_dir = Path(cfg.resume).expanduser().resolve()
     else:
         run_dir = cfg.output_path(f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}-{context.run_id}")
-    results = RunResults(run_dir, settings, resume=bool(cfg.resume))
+    results = RunResults(run_dir, settings_table(cfg), resume=bool(cfg.resume), may_change=RESUMABLE_CHANGES)
     print(f"fl-medlego: results of this run go to {run_dir}", flush=True)
 
     declared = cfg.site_names
@@ -58,40 +62,39 @@ def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = ())
         print(f"fl-medlego: resuming after round {done} of {cfg.num_rounds}", flush=True)
     site_nodes = discover_sites(grid, declared, cfg.node_wait_timeout, pinned=cfg.site_nodes)
     merging = {s: n for s, n in site_nodes.items() if s not in held_out}
+    layers = coordinator_layers(cfg.privacy, state)
     strategy = SiteMergeStrategy(merging, cfg.kind.template(cfg), cfg, results, base_fingerprint, reference,
-                                 declared=[s for s in declared if s not in held_out], resumed=(done, state))
-    failure = None
+                                 declared=[s for s in declared if s not in held_out], resumed=(done, state),
+                                 layers=layers)
+    if on_strategy is not None:
+        on_strategy(strategy)
+    failure, internal = None, None
     try:
         if cfg.num_rounds > done:
             window = WindowedGrid(grid, cfg.messages_per_node) if cfg.messages_per_node else grid
             arrays = strategy.start(grid=window, initial_arrays=arrays, num_rounds=cfg.num_rounds - done,
                                     timeout=cfg.round_timeout, train_config=ConfigRecord(),
-                                    evaluate_config=ConfigRecord()).arrays
+                                    evaluate_config=ConfigRecord(), evaluate_fn=strategy.commit_round).arrays
     except RoundFailed as err:
         failure = str(err)
-    except Exception as err:  # the summary says what happened even when the run breaks
-        failure = f"{type(err).__name__}: {err}"
+    except Exception as err:  # our own fault: the summary says what happened, errors.log has the traceback
+        internal = err
+        log_path = results.log_internal_error(f"the run failed: {type(err).__name__}: {err}", traceback.format_exc())
+        failure = f"internal error {type(err).__name__}: {err} (traceback in {log_path})"
+    privacy = next((layer.summary() for layer in layers), None) or summary_without_layer(cfg.privacy)
     summary = results.write_summary(strategy.specialist, strategy.merged, extra={
         "status": f"failed: {failure}" if failure else "completed", "site_status": strategy.status,
         "sites_missing": [s for s in declared if s not in site_nodes], "sites_held_out": list(held_out),
-        "base_fingerprint": base_fingerprint, "server_peak_rss_mb": peak_rss_mb(),
-        "privacy": privacy_summary(cfg, strategy.privacy)})
+        "base_fingerprint": base_fingerprint, "server_peak_rss_mb": peak_rss_mb(), "privacy": privacy})
     Console(width=120).print(summary_table(summary))
     print(f"fl-medlego: summary written to {run_dir / 'summary.md'} and {run_dir / 'summary.json'}", flush=True)
     if failure:  # the run must end failed, not "completed" with too few sites
-        raise RuntimeError(f"fl-medlego: the run failed: {failure}")
+        raise RuntimeError(f"fl-medlego: the run failed: {failure}") from internal
     return Federation(cfg, run_dir, site_nodes, strategy, arrays)
 
 
-def privacy_summary(cfg: RunConfig, spent: dict[str, dict]) -> dict:
-    """The run's privacy as the summary states it: the budget, and each site's reported (epsilon, delta)."""
-    if not cfg.privacy.private:
-        return {"mode": cfg.privacy.mode}
-    return {"mode": cfg.privacy.mode, "epsilon_budget": cfg.privacy.epsilon, "accountant": cfg.privacy.accountant,
-            "max_grad_norm": cfg.privacy.max_grad_norm, "sites": spent}
-
-
-RESUMABLE_CHANGES = ("resume", "round_timeout", "node_wait_timeout", "site_nodes", "min_sites", "messages_per_node")
+# What a resumed run may change: where and how long it waits, which nodes serve the sites.
+RESUMABLE_CHANGES = ("resume", "round-timeout", "node-wait-timeout", "site-nodes", "min-sites", "messages-per-node")
 
 
 def federation_base(cfg: RunConfig) -> tuple[str, object | None]:

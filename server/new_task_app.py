@@ -11,9 +11,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_medlego import wire
 from fl_medlego.config import parse_run_config
+from fl_medlego.errors import ConfigError
+from fl_medlego.files import write_text_atomic
 from fl_medlego.report import learning_curve_figure
 
-from .app import run_federation
+from .app import Federation, run_federation
+from .replies import read_curve_reply
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -23,27 +26,43 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     held = parse_run_config(context.run_config).new_task.site
     if not held:
-        raise ValueError("the new_task scenario needs new-task.site: the site whose task is held out of the merge")
+        raise ConfigError("the new_task scenario needs new-task.site: the site whose task is held out of the merge")
     fed = run_federation(grid, context, held_out=(held,))
     if held not in fed.site_nodes:
         raise RuntimeError(f"no node hosts the held-out site {held!r}")
-    starts = {"from merged adapter": fed.merged, "from base model": ArrayRecord()}
-    messages = []
-    for arrays in starts.values():
-        config = ConfigRecord({wire.SITE: held, wire.LEARNING_CURVE: True, wire.CURVE_EPOCHS: fed.cfg.new_task.epochs})
-        messages.append(Message(RecordDict({wire.ARRAYS: arrays, wire.CONFIG: config}),
-                                message_type=MessageType.TRAIN, dst_node_id=fed.site_nodes[held]))
-    replies = list(grid.send_and_receive(messages, timeout=fed.cfg.round_timeout))
-    by_id = {m.metadata.message_id: label for m, label in zip(messages, starts)}
-    curves = {}
-    for reply in replies:
-        label = by_id[reply.metadata.reply_to_message_id]
-        if reply.has_error():
-            raise RuntimeError(f"the held-out site failed to train ({label}): {reply.error.reason}")
-        metrics = reply.content[wire.METRICS]
-        curves[label] = {key: list(metrics[key]) for key in (wire.VAL_ACC, wire.TEST_ACC)}
-    (fed.run_dir / "new_task.json").write_text(json.dumps({"site": held, "curves": curves}, indent=2))
+    curves = learning_curves(grid, fed, held)
+    write_text_atomic(fed.run_dir / "new_task.json", json.dumps({"site": held, "curves": curves}, indent=2))
     learning_curve_figure(held, curves, fed.run_dir / "new_task.png")
     for label, curve in curves.items():
         print(f"fl-medlego: {held} {label}: test ACC per epoch " + " ".join(f"{a:.3f}" for a in curve[wire.TEST_ACC]))
     print(f"fl-medlego: learning curves written to {fed.run_dir / 'new_task.png'}", flush=True)
+
+
+def learning_curves(grid: Grid, fed: Federation, held: str) -> dict[str, dict[str, list[float]]]:
+    """The held-out site's learning curves from the merged update and from the bare base, each reply read at
+    the trust boundary (server/replies.py); a missing or malformed reply fails the run with its reason."""
+    starts = {"from merged adapter": fed.merged, "from base model": ArrayRecord()}
+    epochs = fed.cfg.new_task.epochs
+    messages = {}
+    for label, arrays in starts.items():
+        config = ConfigRecord({wire.SITE: held, wire.CURVE_EPOCHS: epochs})
+        messages[label] = Message(RecordDict({wire.ARRAYS: arrays, wire.CONFIG: config}),
+                                  message_type=f"{MessageType.TRAIN}.{wire.CURVE_ACTION}",
+                                  dst_node_id=fed.site_nodes[held])
+    replies = list(grid.send_and_receive(list(messages.values()), timeout=fed.cfg.round_timeout))
+    label_of = {m.metadata.message_id: label for label, m in messages.items()}
+    curves = {}
+    for msg in replies:
+        label = label_of.get(msg.metadata.reply_to_message_id)
+        try:
+            if label is None or label in curves:
+                raise wire.InvalidUpdate("a reply to no learning-curve message of this run, or a second one")
+            curves[label] = read_curve_reply(msg, {held: fed.site_nodes[held]}, epochs,
+                                             {m.metadata.message_id: held for m in messages.values()}).curve
+        except wire.InvalidUpdate as err:
+            raise RuntimeError(f"the held-out site {held}'s learning curve ({label or 'unknown'}) is not usable: "
+                               f"{err}") from None
+    missing = [label for label in starts if label not in curves]
+    if missing:
+        raise RuntimeError(f"the held-out site {held} sent no learning curve {missing} within round-timeout")
+    return curves

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def _rejections(site: str | None = None) -> Iterator[None]:
     try:
         yield
     except wire.InvalidUpdate as err:
-        if site is None:
+        if site is None or err.internal:
             raise
         raise wire.InvalidUpdate(f"site {site}: {bounded(err, 300)}", site=site) from None
     except Exception as err:  # noqa: BLE001  the boundary: no reply may raise out of the strategy
@@ -147,15 +148,16 @@ def read_arrays(record: ArrayRecord, max_elements: int, max_arrays: int) -> dict
 
 
 def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, template: dict,
-                     sent: dict[str, str] | None = None) -> TrainReply:
-    """A train reply as checked values; raises only wire.InvalidUpdate (prefixed with the site once known)."""
+                     sent: dict[str, str] | None = None, optional: tuple[str, ...] = ()) -> TrainReply:
+    """A train reply as checked values; raises only wire.InvalidUpdate (prefixed with the site once known).
+
+    optional: metrics a reply may carry beyond its kind's (those of the run's installed layers)."""
     site = site_of(msg, site_nodes, sent)
     with _rejections(site):
-        metrics = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), kind.train_metrics,
-                                    optional=wire.PRIVACY_METRICS)
+        metrics = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), kind.train_metrics, optional=optional)
         # A kind's update has at most one array per template entry, plus its bookkeeping (ranks, ...).
         tensors = read_arrays(_record(msg, wire.ARRAYS, ArrayRecord), kind.size_bound(template), len(template) + 2)
-        update = kind.decode(tensors, template)
+        update = _decoded(kind, tensors, template, site)
         info = msg.content[wire.SITE_INFO]
         base = info.get(wire.BASE_FINGERPRINT)
         if not isinstance(base, str) or not re.fullmatch(r"[0-9a-f]{1,64}", base):
@@ -164,14 +166,56 @@ def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, t
         return TrainReply(site, update, metrics, base, bounded(origin if isinstance(origin, str) else "", 80))
 
 
-def read_evaluate_reply(msg: Message, site_nodes: dict[str, int], sent: dict[str, str] | None = None
-                        ) -> EvaluateReply:
+def _decoded(kind: SiteKind, tensors: dict, template: dict, site: str) -> object:
+    """The kind's decoding of checked arrays. Its InvalidUpdate is the site's fault; anything else it raises
+    is a fault of the coordinator's own code: the reply is still not used, but the reason says whose fault
+    it is and carries the traceback for the run's error log."""
+    try:
+        return kind.decode(tensors, template)
+    except wire.InvalidUpdate:
+        raise
+    except Exception as err:  # noqa: BLE001  our bug, never blamed on the site
+        raise wire.InvalidUpdate(f"site {site}: the coordinator failed to decode the update (internal error "
+                                 f"{type(err).__name__}: {bounded(err)}); this is a fault of fl-medlego, please report "
+                                 "it with the run's errors.log", site=site, internal=traceback.format_exc()) from None
+
+
+def read_evaluate_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind,
+                        sent: dict[str, str] | None = None) -> EvaluateReply:
+    """An evaluate reply as checked values: the kind's evaluation metrics of the merged update, and of the
+    site's specialist when asked for; raises only wire.InvalidUpdate."""
     site = site_of(msg, site_nodes, sent)
     with _rejections(site):
-        optional = (*wire.GENERALIST_METRICS, *(wire.SPECIALIST_PREFIX + m
-                                                 for m in (*wire.EVAL_METRICS, *wire.GENERALIST_METRICS)))
+        extra = kind.evaluate_metrics
+        optional = (*extra, *(wire.SPECIALIST_PREFIX + m for m in (*wire.EVAL_METRICS, *extra)))
         declared = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), wire.EVAL_METRICS, optional=optional)
     merged = {k: v for k, v in declared.items() if not k.startswith(wire.SPECIALIST_PREFIX)}
     specialist = {k.removeprefix(wire.SPECIALIST_PREFIX): v for k, v in declared.items()
                   if k.startswith(wire.SPECIALIST_PREFIX)}
     return EvaluateReply(site, merged, specialist)
+
+
+@dataclass(frozen=True)
+class CurveReply:
+    site: str
+    curve: dict[str, list[float]]  # wire.VAL_ACC and wire.TEST_ACC: one ACC per epoch
+
+
+def read_curve_reply(msg: Message, site_nodes: dict[str, int], epochs: int,
+                     sent: dict[str, str] | None = None) -> CurveReply:
+    """A learning-curve reply (new_task) as checked values: for each of validation and test, exactly `epochs`
+    finite ACC values in [0, 1]; raises only wire.InvalidUpdate."""
+    site = site_of(msg, site_nodes, sent)
+    with _rejections(site):
+        record = _record(msg, wire.METRICS, MetricRecord)
+        curve = {}
+        for key in (wire.VAL_ACC, wire.TEST_ACC):
+            values = record.get(key)
+            if not isinstance(values, list) or len(values) != epochs:
+                raise wire.InvalidUpdate(f"'{key}' must be a list of {epochs} ACC values (one per epoch), got "
+                                         f"{bounded(type(values).__name__, 20)}"
+                                         + (f" of {len(values)}" if isinstance(values, list) else ""))
+            if not all(isinstance(v, float) and math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+                raise wire.InvalidUpdate(f"'{key}' holds a value that is not an ACC in [0, 1]")
+            curve[key] = [float(v) for v in values]
+        return CurveReply(site, curve)

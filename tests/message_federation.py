@@ -1,22 +1,23 @@
-"""A federation of real ClientApp handlers and the real strategy, without Flower's transport: messages are
-handed from one to the other in this process. For runs with hostile sites, where a site's reply is
-changed on its way to the coordinator."""
+"""The real ServerApp and ClientApp in this process (fl_medlego.cli.local_run), with the hooks hostile-site and
+resume tests need: a site's reply changed on its way to the coordinator, a coordinator stopped after a round."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
+from flwr.app import ArrayRecord, MessageType, RecordDict
 
 from fl_medlego import wire
-from fl_medlego.clients.app import evaluate, train
-from fl_medlego.config import parse_run_config, settings_table
-from fl_medlego.models import shared_base
-from fl_medlego.results import RunResults
+from fl_medlego.cli.local_run import run_local_federation
+from fl_medlego.clients.app import app as site_app
 from fl_medlego.server.strategy import SiteMergeStrategy
 
-from flower_mocks import message, set_task_identity
+from flower_mocks import message
+
+
+class CoordinatorStopped(BaseException):
+    """The coordinator process ended between two rounds (not an Exception: nothing in the apps catches it)."""
 
 
 def run(run_config: dict, out: Path, tamper: dict[str, Callable] | None = None, stop_after: int | None = None,
@@ -25,36 +26,41 @@ def run(run_config: dict, out: Path, tamper: dict[str, Callable] | None = None, 
 
     stop_after: end after that round (as a stopped coordinator would); resume: go on from the run folder's
     last complete round, as `resume=RUN_DIR` does (the sites find their state again under `out`)."""
-    set_task_identity()
-    cfg = parse_run_config(run_config)
-    sites = cfg.site_names
-    nodes = {site: 100 + i for i, site in enumerate(sites)}
-    contexts = {site: Context(run_id=7, node_id=nodes[site], node_config={wire.NODE_SITE: site,
-                                                                         wire.NODE_STATE_DIR: str(out / "state")},
-                              state=RecordDict(), run_config=dict(run_config)) for site in sites}
-    results = RunResults(out / "run", settings_table(cfg), resume=resume)
-    base = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)[1]
-    done, state = results.last_complete_round() if resume else (0, {})
-    strategy = SiteMergeStrategy(nodes, cfg.kind.template(cfg), cfg, results, base, resumed=(done, state))
-    arrays = ArrayRecord(cfg.kind.encode(cfg.kind.load(results.round_dir(done), cfg, base))) if done else ArrayRecord()
-    for server_round in range(1, (stop_after or cfg.num_rounds) - done + 1):
-        replies = []
-        for msg in strategy.configure_train(server_round, arrays, ConfigRecord(), grid=None):
-            site = msg.content[wire.CONFIG][wire.SITE]
-            request = message(msg.content, MessageType.TRAIN, src=0, dst=nodes[site])
-            reply = train(request, contexts[site])
-            if tamper and site in tamper:
-                reply = tamper[site](reply)
-            replies.append(message(reply.content, MessageType.TRAIN, src=nodes[site], dst=0))
-        combined, _ = strategy.aggregate_train(server_round, replies)
-        arrays = combined if combined is not None else arrays
-        evaluations = []
-        for msg in strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid=None):
-            site = msg.content[wire.CONFIG][wire.SITE]
-            reply = evaluate(message(msg.content, MessageType.EVALUATE, src=0, dst=nodes[site]), contexts[site])
-            evaluations.append(message(reply.content, MessageType.EVALUATE, src=nodes[site], dst=0))
-        strategy.aggregate_evaluate(server_round, evaluations)
-    return strategy
+    config = {**run_config, "output-dir": str(out / "runs")}
+    if resume:
+        (run_dir,) = (out / "runs").iterdir()
+        config["resume"] = str(run_dir)
+    client_app, seen = site_app, {}
+
+    def stopping_app(msg, context):
+        if int(msg.content[wire.CONFIG].get(wire.SERVER_ROUND, 1)) > stop_after:
+            raise CoordinatorStopped
+        return site_app(msg, context)
+
+    if stop_after is not None:
+        client_app = stopping_app
+
+    def keep_strategy(grid, context):
+        from fl_medlego.server.app import run_federation
+
+        try:
+            return run_federation(grid, context, on_strategy=lambda s: seen.setdefault("strategy", s))
+        except CoordinatorStopped:
+            return None
+
+    only_train = {site: _train_only(f) for site, f in (tamper or {}).items()}
+    run_local_federation(config, out / "state", tamper=only_train, client_app=client_app, main=keep_strategy)
+    return seen["strategy"]
+
+
+def _train_only(tamper: Callable) -> Callable:
+    """The tampered train reply, still routed as the site's reply to its message (a hostile site changes
+    what it sends, not where it comes from); evaluation replies pass unchanged."""
+    def train_reply(reply):
+        if reply.metadata.message_type != MessageType.TRAIN or reply.has_error():
+            return reply
+        return _as_reply_to(reply, tamper(reply).content)
+    return train_reply
 
 
 def scaled_reply(factor: float) -> Callable:
@@ -66,3 +72,10 @@ def scaled_reply(factor: float) -> Callable:
                               wire.SITE_INFO: reply.content[wire.SITE_INFO]})
         return message(content, MessageType.TRAIN)
     return tamper
+
+
+def _as_reply_to(reply, content: RecordDict):
+    """A message with new content and the original reply's routing (who sent it, which message it answers)."""
+    forged = message(content, reply.metadata.message_type, src=reply.metadata.src_node_id, dst=0)
+    forged.metadata.__dict__["_reply_to_message_id"] = reply.metadata.reply_to_message_id
+    return forged

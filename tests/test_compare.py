@@ -2,12 +2,15 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from fl_medlego.cli import main
+from fl_medlego.cli.local_run import run_local_federation
 from fl_medlego.compare import Comparison
-from fl_medlego.compare.table import summarize, to_markdown
+from fl_medlego.compare.table import specialists_row, summarize, to_markdown
+from fl_medlego.kinds import get_kind
 from fl_medlego.kinds.adapter import AdapterKind
 from fl_medlego.scenario import load_scenario_config, parse_overrides
 
@@ -118,15 +121,26 @@ def test_the_site_recipe_table_pairs_each_variant_with_the_baseline_by_seed():
 
 def test_one_shot_and_federated_rounds_are_separate_rows_and_resume(tmp_path, monkeypatch):
     run_config = tiny_config()
-    comparison = Comparison(run_config, ["medlego"], [0], tmp_path / "out", tmp_path / "cache", rounds=(1, 2))
+    comparison = Comparison(run_config, ["medlego"], [0], tmp_path / "out", tmp_path / "cache", rounds=(1, 2),
+                            federate=run_local_federation)
     results = comparison.run()
     one_shot, federated = results["rows"]["medlego"]["0"], results["rows"]["medlego (2 rounds)"]["0"]
     assert set(federated["test"]) == {"breast", "pneumonia"} and federated["rounds"] == 2
     assert federated["options"] == one_shot["options"]  # chosen once, on validation, in the one-shot merge
+    # The row is a real federation (the ServerApp's strategy and the ClientApp), whose round 1 trained the
+    # same specialists as the comparison's cache.
+    summary = json.loads((Path(federated["run_dir"]) / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["site_status"]["breast"]["state"] == "merged"
+    specialists = results["rows"][specialists_row(get_kind("adapter"))]["0"]["test"]
+    for site in ("breast", "pneumonia"):
+        assert summary["sites"][site]["specialist"] == pytest.approx(specialists[site], abs=1e-6)
+        merged = {k: v for k, v in summary["sites"][site]["merged"].items() if k != "round"}
+        assert federated["test"][site] == pytest.approx(merged)
     assert federated["test"] != one_shot["test"]  # the sites trained another round from the merge
     assert "medlego (2 rounds)" in to_markdown(results)
     monkeypatch.setattr(AdapterKind, "train", lambda *a, **k: pytest.fail("a finished row was trained again"))
-    again = Comparison(run_config, ["medlego"], [0], tmp_path / "out", tmp_path / "cache", rounds=(1, 2)).run()
+    again = Comparison(run_config, ["medlego"], [0], tmp_path / "out", tmp_path / "cache", rounds=(1, 2),
+                       federate=run_local_federation).run()
     assert again["rows"]["medlego (2 rounds)"] == results["rows"]["medlego (2 rounds)"]
 
 

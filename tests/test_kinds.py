@@ -5,6 +5,7 @@ import torch
 
 from fl_medlego import wire
 from fl_medlego.config import parse_run_config
+from fl_medlego.errors import UnknownNameError
 from fl_medlego.kinds import all_strategies, get_kind, kind_for_strategy, list_kinds
 from fl_medlego.merging import list_merges
 from fl_medlego.site import load_site_data
@@ -22,7 +23,7 @@ def test_every_strategy_runs_exactly_one_kind():
     assert get_kind("cross-modal").strategies() == list_merges()  # ... except by a kind that is named explicitly
     assert set(list_merges()) <= set(all_strategies())
     assert kind_for_strategy("vit_avg").name == "full" and kind_for_strategy("ties").name == "adapter"
-    with pytest.raises(KeyError, match="unknown strategy 'fedprox'.*vit_avg"):
+    with pytest.raises(UnknownNameError, match="unknown strategy .fedprox.*vit_avg"):
         kind_for_strategy("fedprox")
     with pytest.raises(ValueError, match="unknown strategy 'fedprox'"):
         parse_run_config({"strategy": "fedprox"})

@@ -129,3 +129,26 @@ def test_the_runbooks_key_folders_are_never_committed(path):
 
     checked = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
     assert checked.returncode == 0, f"{path} is not git-ignored"
+
+
+def test_benchmarks_import_nothing_from_the_tests():
+    test_modules = {p.stem for p in (REPO / "tests").glob("*.py")}
+    offenders = []
+    for path in (REPO / "benchmarks").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                  and n.level == 0}
+        if names & test_modules or re.search(r"sys\.path.*tests", path.read_text()):
+            offenders.append(f"{path.relative_to(REPO)}: {sorted(names & test_modules)}")
+    assert not offenders, "benchmarks must not depend on the test suite:\n" + "\n".join(offenders)
+
+
+def test_the_round_is_combined_in_the_strategy_alone():
+    """One round loop: only the coordinator's strategy combines the sites' updates of a round (compare's
+    one-shot rows merge specialists, which is no round; its federated rows run the real apps)."""
+    allowed = {REPO / "server" / "strategy.py", REPO / "fl_medlego" / "compare" / "run.py"}
+    running = [p for p in CODE if p not in allowed and not {"kinds", "benchmarks"} & set(p.parts)]
+    offenders = [f"{p.relative_to(REPO)}:{i}" for p in running
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\bkind\.combine\(", line)]
+    assert not offenders, "a round combined outside the strategy:\n" + "\n".join(offenders)

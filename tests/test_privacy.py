@@ -1,11 +1,11 @@
 """Differentially private sites: per-example gradients, the accountant and its independent check, the budget
 enforced at the site and checked at the coordinator, and counting that survives a resume."""
 
+import json
 import logging
 import math
 import re
 
-import message_federation
 import numpy as np
 import pytest
 import torch
@@ -25,9 +25,20 @@ from fl_medlego.privacy import (
     private_steps,
     steps_per_epoch,
 )
+from fl_medlego.privacy.coordinator import (
+    DP_STEPS,
+    EPSILON_SPENT,
+    NOISE_MULTIPLIER,
+    PRIVACY_DELTA,
+    REPORTED,
+    SAMPLE_RATE,
+)
+from fl_medlego.privacy.site import PrivateTraining
+from fl_medlego.results import read_events
 from fl_medlego.site import load_site_data
 from fl_medlego.train import TrainConfig, fit, task_loss, to_model_input
 
+import message_federation
 from flower_mocks import message
 
 # Small private runs: two sites, 64 training images each, one epoch a round.
@@ -156,12 +167,15 @@ def test_bad_privacy_settings_are_refused_by_name(bad, match):
 def test_a_private_round_reports_epsilon_and_no_training_loss():
     cfg = parse_run_config(PRIVATE)
     data = load_site_data(cfg, "blood")
-    result = cfg.kind.train(cfg, data, None, None)
+    result, ledger = PrivateTraining(cfg.privacy, cfg.num_rounds).train(cfg.kind, cfg, data, None, None, None, 1)
     per_round = steps_per_epoch(64, 16)
-    assert result.privacy.rounds == [{"round": 1, "noise_multiplier": result.privacy.noise_multiplier,
-                                      "sample_rate": 1 / per_round, "steps": per_round}]
-    assert result.metrics[wire.EPSILON_SPENT] == pytest.approx(result.privacy.spent())
-    assert 0 < result.metrics[wire.EPSILON_SPENT] < 8.0 and result.metrics[wire.PRIVACY_DELTA] == pytest.approx(1e-5)
+    assert ledger.rounds == [{"round": 1, "noise_multiplier": ledger.noise_multiplier,
+                              "sample_rate": 1 / per_round, "steps": per_round}]
+    assert result.metrics[EPSILON_SPENT] == pytest.approx(ledger.spent())
+    assert 0 < result.metrics[EPSILON_SPENT] < 8.0 and result.metrics[PRIVACY_DELTA] == pytest.approx(1e-5)
+    # What anyone needs to recompute epsilon travels with it.
+    assert (result.metrics[NOISE_MULTIPLIER], result.metrics[SAMPLE_RATE], result.metrics[DP_STEPS]) == (
+        ledger.noise_multiplier, 1 / per_round, per_round)
     assert math.isnan(result.metrics[wire.TRAIN_LOSS])
     assert any(f.E.abs().sum() > 0 for f in result.update.factors.values())  # it did train
 
@@ -206,7 +220,7 @@ def test_a_site_refuses_to_train_past_its_budget_and_keeps_its_ledger(tmp_path):
     spent = []
     for server_round in (1, 2, 2):
         reply = client_app.train(_train_message("blood", server_round), context)
-        spent.append(reply.content[wire.METRICS][wire.EPSILON_SPENT])
+        spent.append(reply.content[wire.METRICS][EPSILON_SPENT])
     assert spent[0] < spent[1] < spent[2] <= 8.0 + 0.01
     folder = state_folder(context.node_config, "budget-test")
     before = load_ledger(folder, "blood")
@@ -229,7 +243,9 @@ def test_epsilon_survives_a_resume(tmp_path):
     never stopped (epsilon depends on the noise, the sampling rate and the steps, not on the random draws)."""
     straight = message_federation.run(PRIVATE, tmp_path / "straight")
     message_federation.run(PRIVATE, tmp_path / "stopped", stop_after=2)
-    stopped = load_ledger(state_folder({wire.NODE_STATE_DIR: str(tmp_path / "stopped" / "state")}, "run"), "blood")
+    (run_dir,) = (tmp_path / "stopped" / "runs").iterdir()  # the run key is its folder's name
+    stopped = load_ledger(state_folder({wire.NODE_STATE_DIR: str(tmp_path / "stopped" / "state")}, run_dir.name),
+                          "blood")
     assert [r["round"] for r in stopped.rounds] == [1, 2]
     client_app._parsed.cache_clear()  # a restarted site process
     resumed = message_federation.run(PRIVATE, tmp_path / "stopped", resume=True)
@@ -239,15 +255,23 @@ def test_epsilon_survives_a_resume(tmp_path):
         assert resumed.privacy[site]["epsilon"] == pytest.approx(straight.privacy[site]["epsilon"], rel=1e-9)
         assert resumed.privacy[site]["epsilon"] > stopped.spent()
         assert resumed.privacy[site]["epsilon"] <= 8.0 + 0.01
+    # metrics.jsonl holds, per site and round, what recomputes each claim (none of it is private).
+    events = [e for e in read_events(run_dir / "metrics.jsonl") if e["event"] == "privacy" and e["site"] == "blood"]
+    assert [e["round"] for e in events] == [1, 2, 3]
+    history = [(e["noise_multiplier"], e["sample_rate"], e["dp_steps"]) for e in events]
+    assert epsilon_of(history, events[-1]["delta"], events[-1]["accountant"]) == pytest.approx(events[-1]["epsilon"],
+                                                                                              rel=1e-9)
+    summary = json.loads((run_dir / "summary.json").read_text())["privacy"]["sites"]["blood"]
+    assert summary["noise_multiplier"] == events[-1]["noise_multiplier"] and summary["dp_steps"] == history[-1][2]
 
 
 def _without_privacy(reply):
-    metrics = {k: v for k, v in reply.content[wire.METRICS].items() if k not in wire.PRIVACY_METRICS}
+    metrics = {k: v for k, v in reply.content[wire.METRICS].items() if k not in REPORTED}
     return message(RecordDict({**reply.content, wire.METRICS: MetricRecord(metrics)}), MessageType.TRAIN)
 
 
 def _overspent(reply):
-    metrics = {**reply.content[wire.METRICS], wire.EPSILON_SPENT: 50.0}
+    metrics = {**reply.content[wire.METRICS], EPSILON_SPENT: 50.0}
     return message(RecordDict({**reply.content, wire.METRICS: MetricRecord(metrics)}), MessageType.TRAIN)
 
 
@@ -317,19 +341,24 @@ def test_privacy_mode_none_trains_exactly_as_before_privacy_existed():
                                             "num-examples": 96.0}, rel=1e-6)
     assert float(packed.sum()) == pytest.approx(5.564199946136796, rel=1e-6)
     assert float(packed.abs().sum()) == pytest.approx(846.1970453527028, rel=1e-6)
-    assert result.privacy is None
+    assert not set(REPORTED) & set(result.metrics)
 
 
 def test_the_summary_states_each_sites_privacy():
+    from fl_medlego.privacy.coordinator import PrivacyCheck, coordinator_layers, summary_without_layer
     from fl_medlego.report import privacy_lines
-    from fl_medlego.server.app import privacy_summary
 
     private = parse_run_config(PRIVATE)
-    summary = privacy_summary(private, {"blood": {"epsilon": 7.991, "delta": 1e-5, "round": 3}})
+    check = PrivacyCheck(private.privacy)
+    check.record(3, {"blood": {EPSILON_SPENT: 7.991, PRIVACY_DELTA: 1e-5, NOISE_MULTIPLIER: 1.1, SAMPLE_RATE: 0.25,
+                               DP_STEPS: 4.0}})
+    summary = check.summary()
     assert summary == {"mode": "dp-sgd", "epsilon_budget": 8.0, "accountant": "rdp", "max_grad_norm": 1.0,
-                       "sites": {"blood": {"epsilon": 7.991, "delta": 1e-5, "round": 3}}}
+                       "sites": {"blood": {"epsilon": 7.991, "delta": 1e-5, "round": 3, "accountant": "rdp",
+                                           "noise_multiplier": 1.1, "sample_rate": 0.25, "dp_steps": 4.0}}}
     assert "| blood | 7.991 | 1e-05 | 3 |" in privacy_lines(summary)
-    assert privacy_summary(parse_run_config({}), {}) == {"mode": "none"}
+    assert coordinator_layers(parse_run_config({}).privacy, {}) == []
+    assert summary_without_layer(parse_run_config({}).privacy) == {"mode": "none"}
     assert "no differential privacy" in privacy_lines({"mode": "none"})[1]
 
 

@@ -1,8 +1,9 @@
 """The default scenario, same seed, gives the numbers stored before the site-kind redesign.
 
 tests/data/default_scenario_summary.json is the summary of a real `flwr run scenarios/cross_domain`
-(defaults, bundled sample) on the code before the redesign. The default test runs the same work
-in-process with today's library (about two minutes on two cores); the slow one runs it through Flower.
+(defaults, bundled sample) on the code before the redesign. The default test runs the real ServerApp and
+ClientApp code in this process (fl_medlego.cli.local_run: discovery, the strategy's rounds with its guard and
+weighting, the summary; about two minutes on two cores); the slow one runs it through Flower.
 """
 
 import json
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from fl_medlego.cli.local_run import run_local_federation
 from fl_medlego.scenario import load_scenario_config
 
 from flower_run import flwr_run, local_flower
-from plain_federation import plain_federation
 
 STORED = json.loads((Path(__file__).parent / "data" / "default_scenario_summary.json").read_text())
 # float32 training on the CPU: the same seed gives the same numbers up to summation order, which differs between
@@ -30,10 +31,17 @@ def assert_matches_stored(sites: dict) -> None:
                 assert sites[site][part][metric] == pytest.approx(value, abs=TOLERANCE), (site, part, metric)
 
 
-def test_the_default_scenario_reproduces_the_stored_summary():
-    assert_matches_stored(plain_federation(load_scenario_config("scenarios/cross_domain")))
+@pytest.mark.training
+def test_the_default_scenario_reproduces_the_stored_summary(tmp_path):
+    config = {**load_scenario_config("scenarios/cross_domain"), "output-dir": str(tmp_path / "outputs")}
+    fed = run_local_federation(config, tmp_path / "state")
+    summary = json.loads((fed.run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert_matches_stored(summary["sites"])
+    assert summary["mean_normalized_acc"] == pytest.approx(STORED["mean_normalized_acc"], abs=TOLERANCE)
 
 
+@pytest.mark.flower
 @pytest.mark.slow
 def test_flwr_run_of_the_default_scenario_reproduces_the_stored_summary(tmp_path):
     out = tmp_path / "outputs"

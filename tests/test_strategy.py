@@ -68,6 +68,8 @@ def test_valid_replies_are_merged_exactly(strategy, tmp_path):
     assert (tmp_path / "round-001.tmp" / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "round-001").exists()
     strategy.aggregate_evaluate(1, [eval_reply("blood", 11), eval_reply("breast", 12)])
+    assert not (tmp_path / "round-001").exists()  # committed by Strategy.start's evaluate_fn, after evaluation
+    strategy.commit_round(1, arrays)
     assert (tmp_path / "round-001" / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "round-001" / "round.json").read_text())["status"]["blood"]["state"] == "merged"
     assert not (tmp_path / "round-001.tmp").exists()
@@ -234,6 +236,7 @@ def test_a_resumed_strategy_goes_on_counting_rounds(tmp_path):
     assert first.content[wire.CONFIG][wire.SERVER_ROUND] == 3
     strategy.aggregate_train(1, [train_reply("blood", 11, adapter(1))])
     strategy.aggregate_evaluate(1, [eval_reply("blood", 11)])
+    strategy.commit_round(1, ArrayRecord())  # Strategy.start's evaluate_fn, after the round's evaluation
     assert (tmp_path / "round-003" / "round.json").is_file() and strategy.specialist["blood"]["acc"] == 0.5
 
 
@@ -343,3 +346,17 @@ def test_an_undefined_auc_is_an_honest_answer_an_undefined_acc_is_not(strategy):
 
     strategy.aggregate_evaluate(1, [reply("blood", 11, 0.6, float("nan")), reply("breast", 12, float("nan"), 0.5)])
     assert "blood" in strategy.merged and "breast" not in strategy.merged  # a one-class test split has no AUC
+
+
+def test_settings_json_holds_every_setting_and_a_resume_may_change_only_where_and_how_long_it_waits(tmp_path):
+    from fl_medlego.config import settings_table
+    from fl_medlego.errors import ConfigError
+    from fl_medlego.server.app import RESUMABLE_CHANGES
+
+    table = settings_table(parse_run_config({}))
+    RunResults(tmp_path, table)
+    assert json.loads((tmp_path / "settings.json").read_text()) == json.loads(json.dumps(table, default=str))
+    assert set(RESUMABLE_CHANGES) <= set(table)  # none is dropped: the file says what the run used
+    RunResults(tmp_path, {**table, "round-timeout": 60, "min-sites": 2}, resume=True, may_change=RESUMABLE_CHANGES)
+    with pytest.raises(ConfigError, match=r"\(num-rounds differ\)"):
+        RunResults(tmp_path, {**table, "num-rounds": 9}, resume=True, may_change=RESUMABLE_CHANGES)

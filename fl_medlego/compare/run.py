@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -22,7 +24,7 @@ from ..config import RunConfig, parse_run_config, settings_table
 from ..data import SiteData, parse_sites
 from ..errors import ConfigError
 from ..files import write_json_atomic
-from ..kinds import REFERENCE_KIND, SiteKind, SiteState, all_strategies, get_kind, kind_for_strategy
+from ..kinds import REFERENCE_KIND, SiteKind, all_strategies, get_kind, kind_for_strategy
 from ..models import create_backbone
 from ..multitask import MultiTaskModel, train_multitask
 from ..site import load_site_data
@@ -53,6 +55,18 @@ def compared_strategies(run_config: dict | None = None) -> list[str]:
     return all_strategies() + [MULTITASK]
 
 
+def _options_as_run_config(run_config: dict, options: dict) -> dict:
+    """The run config keys that make a run's merge use `options` (as the one-shot tuning chose them)."""
+    shared = {"energy": "merge.energy", "max_rank": "merge.max-rank"}
+    config = {shared[k]: (0 if v is None else v) for k, v in options.items() if k in shared}
+    others = {k: v for k, v in options.items() if k not in shared}
+    config["merge.options"] = " ".join(f"{k}={json.dumps(v)}" for k, v in others.items())
+    chosen = parse_run_config({**run_config, **config}).merge.options if options else None
+    if options and dataclasses.asdict(chosen) != options:
+        raise ValueError(f"the options {options} do not survive the run config ({dataclasses.asdict(chosen)})")
+    return config
+
+
 def _test_metrics(cfg: RunConfig, sites: dict[str, SiteData], combined, heads: dict) -> dict[str, dict]:
     """Every site's test metrics of one combined update, each with that site's own head."""
     return {s: cfg.kind.evaluate(cfg, d, combined, heads[s]) for s, d in sites.items()}
@@ -61,7 +75,9 @@ def _test_metrics(cfg: RunConfig, sites: dict[str, SiteData], combined, heads: d
 class Comparison:
     def __init__(self, run_config: dict, strategies: list[str], seeds: list[int], out_dir: Path, cache_dir: Path,
                  progress: bool = False, rounds: tuple[int, ...] = (1,), energies: tuple[float, ...] = (),
-                 specialists_of: str | None = None) -> None:
+                 specialists_of: str | None = None, federate: Callable | None = None) -> None:
+        """federate(run_config, state_dir) -> a finished federation with its run_dir: how rows of several
+        rounds run (fl_medlego.cli.local_run.run_local_federation; compare's library code imports no Flower)."""
         cfg = parse_run_config(run_config)
         if not rounds or min(rounds) < 1:
             raise ConfigError(f"rounds must be positive numbers of rounds, e.g. --rounds 1,3; got {list(rounds)}")
@@ -85,6 +101,7 @@ class Comparison:
         # specialists: the cache is keyed by the full site list. Only for sites of distinct modalities,
         # whose data and training do not depend on the other sites.
         self.specialists_of = specialists_of
+        self.federate = federate
         if any(not 0 < v <= 1 for v in energies):
             raise ConfigError(f"--energy-sweep values are Med-LEGO thresholds v in (0, 1], got {list(energies)}")
         self.energies = sorted(set(energies))
@@ -203,11 +220,11 @@ class Comparison:
         self._record(row, seed, test, options=options, **kind.describe(combined))
 
     def _federated_row(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int, rounds: int) -> None:
-        """The one-shot merge, then rounds 2..R as the Flower scenarios run them: every site trains from the
-        merged update with its own head, the server combines the results with the options chosen one-shot.
-        Unlike a Flower run: uniform site weights (as every row of a comparison) and no update guard, since
-        the sites here are the comparison's own."""
-        kind, strategy = cfg.kind, cfg.strategy
+        """A real federation of `rounds` rounds, run as `flwr run` runs it (the ServerApp's strategy with its
+        guard, weighting and quorum; the ClientApp's training and evaluation), in this process through
+        `self.federate` (fl_medlego.cli.local_run), with the merge options chosen one-shot on validation.
+        Round 1 trains each site's specialist from the base, as the cached ones were (same seed)."""
+        strategy = cfg.strategy
         one_shot = self.results["rows"].get(strategy, {}).get(str(seed))
         if one_shot is None or one_shot.get("error"):
             self._combined_row(cfg, sites, seed)  # the options come from the one-shot tuning on validation
@@ -216,20 +233,21 @@ class Comparison:
         if one_shot.get("error"):
             self._record(row, seed, {}, error=one_shot["error"])
             return
-        merge = cfg.merge.with_options(**one_shot["options"]) if one_shot.get("options") else cfg.merge
-        specialists = self._specialists(cfg, kind, sites, seed)
-        states = {s: SiteState(head=head, specialist=update, specialist_head=head)
-                  for s, (update, head, _) in specialists.items()}
-        combined = kind.combine([specialists[s][0] for s in sites], None, merge)
-        for server_round in range(2, rounds + 1):
-            updates = []
-            for name, data in sites.items():
-                result = kind.train(cfg, data, combined, states[name], server_round=server_round)
-                states[name] = result.state
-                updates.append(result.update)
-            combined = kind.combine(updates, None, merge)
-        test = _test_metrics(cfg, sites, combined, {s: states[s].head for s in sites})
-        self._record(row, seed, test, options=one_shot.get("options", {}), rounds=rounds, **kind.describe(combined))
+        if self.federate is None:
+            raise ValueError("federated rows run a federation in this process: pass federate="
+                             "fl_medlego.cli.local_run.run_local_federation")
+        folder = self.out_dir / "federated" / f"{strategy}-{rounds}-rounds-seed-{seed}"
+        shutil.rmtree(folder, ignore_errors=True)  # an interrupted attempt: its row was never recorded
+        run_config = {**self.run_config, "seed": seed, "strategy": strategy, "num-rounds": rounds,
+                      "output-dir": str(folder / "runs")}
+        run_config |= _options_as_run_config(run_config, one_shot.get("options", {}))
+        federation = self.federate(run_config, folder / "state")
+        summary = json.loads((federation.run_dir / "summary.json").read_text())
+        test = {site: {k: v for k, v in entry["merged"].items() if k != "round"}
+                for site, entry in summary["sites"].items()}
+        combined = cfg.kind.load(federation.run_dir / f"round-{rounds:03d}", cfg, None)
+        self._record(row, seed, test, options=one_shot.get("options", {}), rounds=rounds,
+                     run_dir=str(federation.run_dir), **cfg.kind.describe(combined))
 
     def _multitask(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int) -> None:
         cache = SpecialistCache(self.cache_dir, cfg)

@@ -24,7 +24,6 @@ from .. import wire
 from ..augment import flips_keep_labels
 from ..errors import UnknownNameError
 from ..models import SiteModel, shared_base
-from ..privacy import PrivacyLedger, private_steps
 from ..seeds import training_seed
 from ..train import EpochReport, PlainSteps, TrainConfig, evaluate, fit
 
@@ -51,7 +50,7 @@ class TrainResult:
     state: SiteState
     metrics: dict[str, float]  # the kind's `train_metrics`, by their wire names
     base_fingerprint: str  # of the frozen base the site trained on: updates merge only over one base
-    privacy: PrivacyLedger | None = None  # DP-SGD: the site's budget, this round included
+    steps: int = 0  # optimiser steps taken (what a DP-SGD ledger counts)
 
 
 class SiteKind(ABC):
@@ -59,8 +58,10 @@ class SiteKind(ABC):
     summary: ClassVar[str]
     specialist_label: ClassVar[str]  # how comparison tables name this kind's specialists
     train_metrics: ClassVar[tuple[str, ...]] = (wire.VAL_ACC, wire.TRAIN_LOSS, wire.BEST_EPOCH, wire.NUM_EXAMPLES)
+    # What its evaluations report beside wire.EVAL_METRICS (each declared in wire.METRIC_SCHEMA).
+    evaluate_metrics: ClassVar[tuple[str, ...]] = ()
     needs_reference: ClassVar[bool] = False  # an update's size is a change from the weights the round started at
-    supports_privacy: ClassVar[bool] = False  # its sites can train with DP-SGD (privacy.mode)
+    supports_privacy: ClassVar[bool] = False  # its training step may be wrapped in DP-SGD (fl_medlego.privacy.site)
     # Runs only when the run config names it (`kind`): its strategies are another kind's names too.
     chosen_explicitly: ClassVar[bool] = False
     zero_shot: ClassVar[bool] = False  # its untrained model classifies already (prompts): compare reports it
@@ -141,7 +142,7 @@ class SiteKind(ABC):
     @abstractmethod
     def train_config(self, cfg: RunConfig) -> TrainConfig: ...
 
-    def _site_train_config(self, cfg: RunConfig, data: SiteData) -> TrainConfig:
+    def site_train_config(self, cfg: RunConfig, data: SiteData) -> TrainConfig:
         """The kind's training settings for this site's data (flips only where they keep the labels)."""
         return dataclasses.replace(self.train_config(cfg), flips=flips_keep_labels(data.site.flag))
 
@@ -150,25 +151,17 @@ class SiteKind(ABC):
         return {k: v.detach().clone() for k, v in model.head.state_dict().items()}
 
     def train(self, cfg: RunConfig, data: SiteData, start: Update | None, state: SiteState | None,
-              on_epoch: Callable[[EpochReport], None] | None = None, privacy: PrivacyLedger | None = None,
-              server_round: int = 1) -> TrainResult:
+              on_epoch: Callable[[EpochReport], None] | None = None, server_round: int = 1,
+              steps: type[PlainSteps] | object = PlainSteps, precision: str | None = None) -> TrainResult:
         """One round of local training from `start` (None in round 1: from the base), keeping the best epoch.
 
-        With privacy.mode 'dp-sgd' the round is DP-SGD under the site's ledger (`privacy`; None before
-        its first private round: a new one is planned for the whole run) and the result carries the
-        ledger with this round recorded. A round that would overspend the budget raises
-        PrivacyBudgetExhausted before any step.
+        steps: how each optimiser step is taken (plain by default; the privacy layer passes DP-SGD's,
+        fl_medlego.privacy.site); precision: overrides the kind's (DP-SGD checks float32 only).
         """
         model = self.build_model(cfg, data, start, state.head if state is not None else None)
-        train_cfg = self._site_train_config(cfg, data)
-        steps, ledger = PlainSteps, None
-        if cfg.privacy.private:
-            ledger = privacy or PrivacyLedger.plan(cfg.privacy, len(data.train), train_cfg.batch_size,
-                                                   train_cfg.epochs, cfg.num_rounds)
-            ledger.check_room(data.site.name, train_cfg.epochs * ledger.epoch_steps)
-            steps = private_steps(cfg.privacy, ledger, len(data.train))
-            # Opacus's per-example gradients are checked in float32 only: no bf16 autocast under DP-SGD.
-            train_cfg = dataclasses.replace(train_cfg, precision="float32")
+        train_cfg = self.site_train_config(cfg, data)
+        if precision is not None:
+            train_cfg = dataclasses.replace(train_cfg, precision=precision)
         result = fit(model, data.train, data.val, data.task, model.image_size, train_cfg, on_epoch=on_epoch,
                      steps=steps, draws_seed=training_seed(cfg.seed, data.site.name, server_round))
         update = self.extract(model)
@@ -178,15 +171,9 @@ class SiteKind(ABC):
         else:
             state = SiteState(head=head, specialist=state.specialist, specialist_head=state.specialist_head)
         best = result.history[result.best_epoch - 1]
-        # A private site does not send its training loss: it is computed on the private images, outside
-        # the guarantee. The update is (it is what DP-SGD released) and so is the validation ACC (other images).
-        train_loss = float("nan") if ledger is not None else best["train_loss"]
-        values = (result.best_val_acc, train_loss, float(result.best_epoch), float(result.num_examples))
-        metrics = dict(zip(self.train_metrics, values))
-        if ledger is not None:
-            ledger.record(server_round, result.steps)
-            metrics |= {wire.EPSILON_SPENT: ledger.spent(), wire.PRIVACY_DELTA: ledger.delta}
-        return TrainResult(update, state, metrics, model.base_fingerprint, ledger)
+        values = (result.best_val_acc, best["train_loss"], float(result.best_epoch), float(result.num_examples))
+        return TrainResult(update, state, dict(zip(self.train_metrics, values)), model.base_fingerprint,
+                           result.steps)
 
     def evaluate(self, cfg: RunConfig, data: SiteData, update: Update, head: dict[str, torch.Tensor],
                  split: str = "test") -> dict[str, float]:
@@ -200,7 +187,7 @@ class SiteKind(ABC):
         """Learn a new task from `start` (e.g. a merged update) or the bare base (None) with a fresh head,
         recording validation and test ACC after every epoch (Med-LEGO Fig. 2). Keeps no state."""
         model = self.build_model(cfg, data, start, None)
-        train_cfg = dataclasses.replace(self._site_train_config(cfg, data), epochs=epochs)
+        train_cfg = dataclasses.replace(self.site_train_config(cfg, data), epochs=epochs)
         result = fit(model, data.train, data.val, data.task, model.image_size, train_cfg, watch=data.test,
                      on_epoch=on_epoch)
         return {wire.VAL_ACC: [h["val_acc"] for h in result.history],

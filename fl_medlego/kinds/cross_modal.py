@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .. import wire
 from ..crossmodal.model import PROJECTION, CrossModalModel, FixedProjection
 from ..crossmodal.prompts import is_multi_label, site_prompts, vocabulary
 from ..crossmodal.scoring import evaluate_cross_modal
@@ -72,6 +73,7 @@ class CrossModalKind(AdapterKind):
     specialist_label = "cross-modal SVD-LoRA"
     supports_privacy = False  # the text tower's gradients are over prompts, not over a site's examples
     zero_shot = True
+    evaluate_metrics = wire.GENERALIST_METRICS  # the union and unseen-prompt tests (crossmodal/scoring.py)
     settings_type = CrossModalSettings
     chosen_explicitly = True  # the merge names are the adapter kind's: `kind = "cross-modal"` selects this one
 

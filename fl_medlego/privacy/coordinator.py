@@ -1,0 +1,79 @@
+"""The coordinator's side of DP-SGD: a layer over the round, installed only in private runs.
+
+The coordinator cannot verify a site's noise; it can refuse an update that does not claim to be
+private, or claims more than the run's budget, so that a site running without DP-SGD never looks
+private in the summary. It records what each site reports (epsilon and delta spent so far, and the
+numbers anyone needs to recompute them: noise multiplier, sampling rate, steps, accountant) in the
+run's events and its summary. None of these numbers is private.
+"""
+
+from __future__ import annotations
+
+from .. import wire
+from .settings import MAX_DELTA, PrivacySettings
+
+EPSILON_SPENT = "epsilon-spent"  # the epsilon a site's training has spent so far in this run
+PRIVACY_DELTA = "privacy-delta"  # ... and the delta it holds at
+NOISE_MULTIPLIER = "noise-multiplier"  # this round's DP-SGD noise multiplier
+SAMPLE_RATE = "sample-rate"  # this round's Poisson sampling rate
+DP_STEPS = "dp-steps"  # this round's DP-SGD steps
+REPORTED = (EPSILON_SPENT, PRIVACY_DELTA, NOISE_MULTIPLIER, SAMPLE_RATE, DP_STEPS)
+
+wire.declare_metrics({EPSILON_SPENT: (0.0, 1e6, False), PRIVACY_DELTA: (0.0, 1.0, False),
+                      NOISE_MULTIPLIER: (0.0, 1e6, False), SAMPLE_RATE: (0.0, 1.0, False),
+                      DP_STEPS: (0, 10**9, True)})
+
+
+class PrivacyCheck:
+    """Refuses updates without a private claim within budget; keeps each site's last claim (its own word)."""
+
+    name = "privacy"
+    reply_metrics = REPORTED  # what a private site's train reply may carry beyond its kind's metrics
+
+    def __init__(self, settings: PrivacySettings, resumed: dict | None = None) -> None:
+        self.settings = settings
+        self.sites: dict[str, dict] = dict(resumed or {})  # site -> its last claim and the round it made it
+
+    def check(self, site: str, metrics: dict[str, float]) -> None:
+        """Raise wire.InvalidUpdate if the reply does not claim DP-SGD within the run's budget."""
+        spent, delta = metrics.get(EPSILON_SPENT), metrics.get(PRIVACY_DELTA)
+        mode, budget, max_delta = self.settings.mode, self.settings.epsilon, self.settings.delta or MAX_DELTA
+        if spent is None or delta is None:
+            raise wire.InvalidUpdate(f"site {site}: this run requires DP-SGD (privacy.mode={mode!r}) and the reply "
+                                     "reports no privacy spent", site=site)
+        if spent > budget + 0.01 or delta > max_delta:
+            raise wire.InvalidUpdate(f"site {site}: reports (epsilon {spent:.3g}, delta {delta:.2g}), over the run's "
+                                     f"budget (epsilon {budget:g}, delta at most {max_delta:.2g})", site=site)
+
+    def record(self, server_round: int, trained: dict[str, dict[str, float]]) -> list[dict]:
+        """Keep every trained site's claim (a rejected update was still trained: its spending counts);
+        return the round's privacy events for metrics.jsonl."""
+        events = []
+        for site, metrics in trained.items():
+            if EPSILON_SPENT not in metrics:
+                continue
+            claim = {"epsilon": metrics[EPSILON_SPENT], "delta": metrics[PRIVACY_DELTA], "round": server_round,
+                     "accountant": self.settings.accountant,
+                     **{k.replace("-", "_"): metrics[k] for k in (NOISE_MULTIPLIER, SAMPLE_RATE, DP_STEPS)
+                        if k in metrics}}
+            self.sites[site] = claim
+            events.append({"event": "privacy", "site": site, **claim})
+        return events
+
+    def state(self) -> dict:
+        return self.sites
+
+    def summary(self) -> dict:
+        s = self.settings
+        return {"mode": s.mode, "epsilon_budget": s.epsilon, "accountant": s.accountant,
+                "max_grad_norm": s.max_grad_norm, "sites": self.sites}
+
+
+def coordinator_layers(settings: PrivacySettings, resumed: dict) -> list[PrivacyCheck]:
+    """The layers a run's coordinator installs for privacy: the check in a private run, none otherwise."""
+    return [PrivacyCheck(settings, resumed.get(PrivacyCheck.name))] if settings.private else []
+
+
+def summary_without_layer(settings: PrivacySettings) -> dict:
+    """What the summary says of privacy in a run that has none."""
+    return {"mode": settings.mode}

@@ -1,0 +1,51 @@
+"""A site's side of DP-SGD: a wrapper around its kind's training step, installed only in private runs.
+
+The kind trains as always; this wrapper plans the site's budget (once per run), refuses a round that
+would overspend it before any step, hands the kind DP-SGD's steps, counts the round in the ledger and
+adds to the reply what anyone needs to recompute the site's epsilon. A private site does not send its
+training loss: it is computed on the private images, outside the guarantee. The update is what DP-SGD
+released, and the validation ACC is measured on other images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING
+
+from .. import wire
+from .accountant import PrivacyLedger
+from .coordinator import DP_STEPS, EPSILON_SPENT, NOISE_MULTIPLIER, PRIVACY_DELTA, SAMPLE_RATE
+from .dpsgd import private_steps
+from .settings import PrivacySettings
+
+if TYPE_CHECKING:
+    from ..kinds import SiteKind, TrainResult
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivateTraining:
+    """DP-SGD around `kind.train` under a site's ledger for a run of `num_rounds` rounds."""
+
+    settings: PrivacySettings
+    num_rounds: int
+
+    def train(self, kind: SiteKind, cfg, data, start, state, ledger: PrivacyLedger | None, server_round: int,
+              on_epoch=None) -> tuple[TrainResult, PrivacyLedger]:
+        """The round's result (its metrics with the privacy spent) and the ledger with the round recorded.
+
+        ledger: the site's ledger of this run, None before its first private round (a new one is planned
+        for the whole run). Raises PrivacyBudgetExhausted, before any step, when the round would overspend.
+        """
+        train_cfg = kind.site_train_config(cfg, data)
+        ledger = ledger or PrivacyLedger.plan(self.settings, len(data.train), train_cfg.batch_size, train_cfg.epochs,
+                                              self.num_rounds)
+        ledger.check_room(data.site.name, train_cfg.epochs * ledger.epoch_steps)
+        # Opacus's per-example gradients are checked in float32 only: no bf16 autocast under DP-SGD.
+        result = kind.train(cfg, data, start, state, on_epoch=on_epoch, server_round=server_round,
+                            steps=private_steps(self.settings, ledger, len(data.train)), precision="float32")
+        ledger.record(server_round, result.steps)
+        metrics = {**result.metrics, wire.TRAIN_LOSS: math.nan, EPSILON_SPENT: ledger.spent(),
+                   PRIVACY_DELTA: ledger.delta, NOISE_MULTIPLIER: ledger.noise_multiplier,
+                   SAMPLE_RATE: ledger.sample_rate, DP_STEPS: float(result.steps)}
+        return dataclasses.replace(result, metrics=metrics), ledger
