@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from fl_medlego.files import atomic_path
 from fl_medlego.memory import current_rss_mb, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def write_csv(name: str, rows: list[dict]) -> Path:
 
     path = ROOT / "benchmarks" / "results" / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -68,6 +68,32 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write a binary file so that a crash leaves the old file or the new one, never half of it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def create_private_file(path: str | Path, data: bytes) -> Path:
+    """A new file readable by its owner only (0600 from its first byte), complete or absent; an existing file
+    is never replaced (FileExistsError): a private key is moved away by hand to rotate it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # a link, not a rename: it fails instead of replacing a file that exists
+        _sync_folder(path.parent)
+    finally:
+        _remove(tmp)
+    return path
+
+
 def write_json_atomic(path: str | Path, data: object, *, indent: int | None = 2,
                       default: Callable[[object], object] | None = None, sort_keys: bool = False) -> Path:
     """`data` as JSON (json.dumps's indent / default / sort_keys), written with `write_text_atomic`."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -16,14 +15,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .files import create_private_file, write_bytes_atomic
+
 
 def _write_private(path: Path, data: bytes) -> None:
     if path.exists():
         raise FileExistsError(f"{path} exists: refusing to overwrite a private key (move it away to rotate it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    create_private_file(path, data)
 
 
 def _pem_key(key) -> bytes:
@@ -62,8 +61,8 @@ def make_tls(directory: str | Path, hosts: list[str], days: int = 365) -> dict[s
     paths = {name: directory / name for name in ("ca.crt", "ca.key", "server.pem", "server.key")}
     _write_private(paths["ca.key"], _pem_key(ca_key))
     _write_private(paths["server.key"], _pem_key(server_key))
-    paths["ca.crt"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths["server.pem"].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    write_bytes_atomic(paths["ca.crt"], ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_bytes_atomic(paths["server.pem"], server_cert.public_bytes(serialization.Encoding.PEM))
     return paths
 
 
@@ -74,6 +73,6 @@ def make_site_keys(directory: str | Path, site: str) -> tuple[Path, Path]:
     public = private.with_suffix(".pub")
     _write_private(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                               serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                     serialization.PublicFormat.OpenSSH) + f" {site}\n".encode())
+    openssh = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    write_bytes_atomic(public, openssh + f" {site}\n".encode())
     return private, public

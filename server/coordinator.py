@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fl_medlego.files import write_text_atomic
 from fl_medlego.security import make_tls
 
 BIN = Path(sys.executable).parent
@@ -43,7 +44,7 @@ def write_connection(flwr_home: str | Path, name: str, address: str, ca_cert: st
     flwr_home = Path(flwr_home)
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
-    path.write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n'
+    write_text_atomic(path, f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n'
                     f'root-certificates = "{Path(ca_cert).resolve()}"\n')
     return path
 

@@ -188,3 +188,31 @@ def test_a_failing_cache_write_leaves_the_old_entry(tmp_path, swap_mode):
     assert SpecialistCache.metrics(entry) == {"test": {"acc": 0.5}}
     assert sorted(os.listdir(entry)) == ["head.safetensors", "metrics.json"]
     assert os.listdir(entry.parent) == ["adapter"]
+
+
+def test_a_private_file_is_owner_only_complete_and_never_replaced(tmp_path):
+    import stat
+
+    from fl_medlego.files import create_private_file
+
+    key = create_private_file(tmp_path / "site_key", b"secret")
+    assert key.read_bytes() == b"secret" and stat.S_IMODE(key.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        create_private_file(key, b"other")
+    assert key.read_bytes() == b"secret" and sorted(p.name for p in tmp_path.iterdir()) == ["site_key"]
+
+
+def test_keys_and_certificates_are_written_whole(tmp_path):
+    import stat
+
+    from fl_medlego.security import make_site_keys, make_tls
+
+    paths = make_tls(tmp_path / "tls", ["127.0.0.1"])
+    private, public = make_site_keys(tmp_path / "keys", "blood")
+    assert stat.S_IMODE(paths["ca.key"].stat().st_mode) == 0o600 and stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert paths["ca.crt"].read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+    assert public.read_text().endswith(" blood\n")
+    leftovers = [p.name for p in (tmp_path / "tls").iterdir()] + [p.name for p in (tmp_path / "keys").iterdir()]
+    assert not [name for name in leftovers if name.endswith(".tmp")]
+    with pytest.raises(FileExistsError):
+        make_site_keys(tmp_path / "keys", "blood")

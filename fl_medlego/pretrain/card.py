@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+from ..files import write_text_atomic
 from .evaluate import file_sha256
 from .natural import SOURCES
 from .table import render_markdown, table_rows
@@ -123,5 +124,5 @@ def ship_base(run_dir: str | Path, eval_dir: str | Path, name: str, destination:
     if next_steps:
         card += ["", "## Limits and what to try next", "", next_steps.strip()]
     card_path = destination.with_suffix(".md")
-    card_path.write_text("\n".join(card) + "\n")
+    write_text_atomic(card_path, "\n".join(card) + "\n")
     return weights, card_path

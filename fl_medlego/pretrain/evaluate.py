@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import parse_run_config
+from ..files import write_json_atomic
 from ..kinds import get_kind
 from ..site import load_site_data
 
@@ -108,6 +109,6 @@ def run_protocol(bases: dict[str, str], settings: ProtocolSettings, out_dir: str
         row = {**evaluate_one(bases[name], task, mode, settings), "base_sha256": hashes[name]}
         results["rows"][key] = row
         log.info("%s: test ACC %.4f AUC %.4f (%.0f s)", key, row["acc"], row["auc"], row["wall_s"])
-        path.write_text(json.dumps(results, indent=2))
-    path.write_text(json.dumps(results, indent=2))
+        write_json_atomic(path, results)
+    write_json_atomic(path, results)
     return results

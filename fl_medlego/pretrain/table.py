@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from ..files import atomic_path, write_text_atomic
 from .evaluate import RESNET18_28_ACC
 
 
@@ -66,10 +67,10 @@ def render_markdown(results: dict) -> str:
 def write_tables(results: dict, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     md = out / "table.md"
-    md.write_text(render_markdown(results))
+    write_text_atomic(md, render_markdown(results))
     rows = table_rows(results)
     columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "model", k))
-    with (out / "table.csv").open("w", newline="") as f:
+    with atomic_path(out / "table.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
