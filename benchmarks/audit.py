@@ -29,6 +29,7 @@ from benchmarks._isolate import ROOT, write_csv
 from fl_medlego import wire
 from fl_medlego.config import parse_run_config
 from fl_medlego.data.sites import Split
+from fl_medlego.files import atomic_path
 from fl_medlego.privacy.audit import (
     attack_quality,
     audit_splits,
@@ -119,7 +120,8 @@ def plot(curves: dict, path: Path) -> None:
                    xlabel="false positive rate", ylabel="true positive rate")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from fl_medlego.files import write_json_atomic
 from fl_medlego.pretrain import PretrainSettings, pretrain
 from fl_medlego.pretrain.recipes import get_recipe
 
@@ -73,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep_checkpoints:  # what a GPU session copies back: the weights and the reports, nothing else
         shutil.rmtree(out / "probe")
         (out / "run" / "checkpoint.pt").unlink(missing_ok=True)
-    tmp = out / "pretrain_gpu.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "pretrain_gpu.json")
+    write_json_atomic(out / "pretrain_gpu.json", summary)
     print(json.dumps(summary, indent=2))
     loss = summary["final_loss"]
     return 0 if loss is not None and math.isfinite(loss) else 1

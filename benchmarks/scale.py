@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks._isolate import ROOT, write_csv
 from fl_medlego.cli.flower_run import flwr_run, local_flower
+from fl_medlego.files import atomic_path
 from fl_medlego.results import read_events
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -150,7 +151,8 @@ def plot(summary: list[dict], name: str) -> None:
         ax.set_ylabel(label)
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+    with atomic_path(RESULTS / f"{name}.png") as tmp:
+        fig.savefig(tmp, dpi=120)
 
 
 if __name__ == "__main__":

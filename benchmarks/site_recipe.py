@@ -23,6 +23,7 @@ import numpy as np
 
 from fl_medlego.compare.table import format_paired, paired_test
 from fl_medlego.config import parse_run_config
+from fl_medlego.files import write_json_atomic, write_text_atomic
 from fl_medlego.pretrain.evaluate import TASKS
 from fl_medlego.site import load_site_data
 
@@ -109,11 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 saved["rows"][key] = run_one(variant, task, seed, args.data_root, args.max_train)
                 print(key, saved["rows"][key], flush=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(saved, indent=2))
-                tmp.replace(path)
+                write_json_atomic(path, saved)
     text = table(saved["rows"], variants, tasks, seeds)
-    (out / "site_recipe.md").write_text(text + "\n")
+    write_text_atomic(out / "site_recipe.md", text + "\n")
     print(text)
     return 0
 

@@ -24,6 +24,7 @@ import torch
 from fl_medlego.config import parse_run_config
 from fl_medlego.data import SiteData, SiteSpec, Split
 from fl_medlego.device import placed
+from fl_medlego.files import atomic_path
 from fl_medlego.train import PlainSteps, StepPlan, train_epoch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -107,12 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(out)
     print(table(rows))
     return 0
 

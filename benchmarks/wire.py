@@ -25,6 +25,7 @@ from benchmarks._isolate import ROOT
 from fl_medlego import wire
 from fl_medlego.clients.app import train
 from fl_medlego.config import parse_run_config
+from fl_medlego.files import atomic_path
 from fl_medlego.lora import Adapter, Factors
 from fl_medlego.models import create_backbone
 
@@ -98,7 +99,7 @@ def measure_pair(name, msg, lora_reply, adapter_raw, full_model, site) -> dict:
 
 def write(rows: list[dict]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "wire.csv", "w", newline="") as f:
+    with atomic_path(RESULTS / "wire.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -116,7 +117,8 @@ def write(rows: list[dict]) -> None:
     ax.set_ylabel("bytes per site per round (measured)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "wire.png", dpi=120)
+    with atomic_path(RESULTS / "wire.png") as tmp:
+        fig.savefig(tmp, dpi=120)
 
 
 if __name__ == "__main__":
