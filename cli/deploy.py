@@ -59,7 +59,7 @@ def cmd_site_start(args) -> int:
 
     with as_user_error(ValueError):  # the site's own file: missing, unknown keys, no data, no certificate or key
         config = SiteNodeConfig.from_file(args.config)
-        source = check_site(config)  # refuses to start without readable data, certificate and key
+        source = check_site(config, dry_run=args.dry_run)  # refuses without readable data, certificate, key
     console.print(f"site {config.site}: data {source}")
     command = supernode_command(config)
     if args.dry_run:

@@ -4,7 +4,8 @@ A site configuration (TOML) names the site, where its data lives and how to reac
 nothing in it leaves the site. Example:
 
     site = "blood"                      # as declared in the scenario's `sites`
-    data-root = "/data/medmnist"        # folder with bloodmnist.npz (or "bundled" for a dry run)
+    data-root = "/data/medmnist"        # the folder with bloodmnist.npz, and only it ("bundled": the
+                                        # package's sample; "": $MEDMNIST_ROOT or ~/.medmnist, downloading)
     superlink = "coordinator.example.org:8000"
     root-certificates = "ca.crt"        # the federation's CA certificate, from the coordinator
     private-key = "blood_key"           # made by `fl-medlego site keys`
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fl_medlego import wire
-from fl_medlego.data import canonical_flag, load_medmnist
+from fl_medlego.data import canonical_flag, load_medmnist, locate_medmnist
+from fl_medlego.errors import UserError
 from fl_medlego.security import make_site_keys
 from fl_medlego.site import data_root_for_node
 
@@ -68,19 +70,26 @@ def modality_of(site: str) -> str:
     return canonical_flag(re.sub(r"-\d+$", "", site))
 
 
-def check_site(config: SiteNodeConfig) -> str:
-    """Refuse to start a site whose data, certificate or key is missing or unreadable; returns the data source."""
+def check_site(config: SiteNodeConfig, dry_run: bool = False) -> str:
+    """Refuse to start a site whose data, certificate or key is missing or unreadable; returns the data source.
+
+    The data is the node's `data-root` alone (a folder is never searched past, and never created). A dry run
+    creates and downloads nothing: a set the download root ('') lacks is reported, not fetched.
+    """
     for label, path in (("CA certificate (root-certificates)", config.root_certificates),
                         ("private key (private-key)", config.private_key)):
         if not Path(path).is_file():
             raise FileNotFoundError(f"site {config.site}: {label} {path} not found")
+    flag = modality_of(config.site)
     # The same resolution as the ClientApp's: the node's data-root, which a site config always sets.
     root = data_root_for_node(config.node_config(), scenario_root="")
     try:
-        loaded = load_medmnist(modality_of(config.site), root)
-    except (FileNotFoundError, OSError, ValueError) as err:
-        raise FileNotFoundError(f"site {config.site} cannot read its data: {err}") from err
-    return loaded.source
+        where = locate_medmnist(flag, root)
+        if dry_run and not where.present:
+            return f"{flag} is not in {where.file.parent} yet: the site downloads it there when it starts"
+        return load_medmnist(flag, root).source
+    except UserError as err:
+        raise UserError(f"site {config.site} cannot read its data: {err}") from err
 
 
 def create_site_keys(directory: str | Path, site: str) -> tuple[Path, Path]:

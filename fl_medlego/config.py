@@ -131,8 +131,9 @@ class RunSettings:
 class DataSettings:
     PREFIX: ClassVar[str] = "data."
 
-    root: str = setting("bundled", "`bundled` sample in the package, a folder of MedMNIST `.npz` files, or \"\" "
-                        "for $MEDMNIST_ROOT / ~/.medmnist / download")
+    root: str = setting("bundled", "`bundled` sample in the package; a folder of MedMNIST `.npz` files, that "
+                        "folder only (a missing file is an error, never a download); or \"\" for $MEDMNIST_ROOT "
+                        "if set, else ~/.medmnist, downloading there the sets missing")
     image_size: int = setting(28, "the MedMNIST file size (images are resized to the model's input)",
                               choices=MEDMNIST_SIZES)
     partition: str = setting("iid", "how a modality split across sites is divided (`dirichlet`: label skew)",

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 def data_root_for_node(node_config: Mapping, scenario_root: str) -> str:
     """The data root a node's sites read: the node's `data-root` whenever it sets one, even '' (which means
-    $MEDMNIST_ROOT, then ~/.medmnist, then download), else the scenario's data.root.
+    $MEDMNIST_ROOT, else ~/.medmnist, downloading what is missing there), else the scenario's data.root.
+    A folder means that folder alone (`fl_medlego.data.medmnist_source`).
 
     The one place this is decided: the start-up check of a real site and its training both use it.
     """

@@ -23,16 +23,18 @@ def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
         load_medmnist("derma", "bundled")
 
 
-def test_root_lookup_prefers_config_root_then_environment(tmp_path, monkeypatch):
+def test_a_folder_root_reads_that_folder_and_the_empty_root_the_environments(tmp_path, monkeypatch):
     src = load_medmnist("breast", "bundled")
-    arrays = {f"{s}_{k}": getattr(src.splits[s], v) for s in src.splits for k, v in (("images", "images"),
-                                                                                     ("labels", "labels"))}
-    env_root = tmp_path / "env"
-    env_root.mkdir()
-    np.savez(env_root / "breastmnist.npz", **arrays)
+    arrays = {f"{s}_{k}": getattr(src.splits[s], k) for s in src.splits for k in ("images", "labels")}
+    named, env_root = tmp_path / "named", tmp_path / "env"
+    for folder, n in ((named, 30), (env_root, 40)):
+        folder.mkdir()
+        np.savez(folder / "breastmnist.npz", **{k: v[:n] for k, v in arrays.items()})
     monkeypatch.setenv("MEDMNIST_ROOT", str(env_root))
-    assert str(env_root) in load_medmnist("breast", str(tmp_path / "empty")).source
-    assert str(env_root) in load_medmnist("breast", "").source
+    from_folder, from_env = load_medmnist("breast", str(named)), load_medmnist("breast", "")
+    assert from_folder.source == f"breastmnist from {named}" and len(from_folder.splits["train"].images) == 30
+    assert from_env.source == f"breastmnist from {env_root}" and len(from_env.splits["test"].labels) == 40
+    np.testing.assert_array_equal(from_folder.splits["val"].images, src.splits["val"].images[:30])
 
 
 def test_unknown_set_lists_known_ones():
@@ -96,3 +98,30 @@ def test_sites_of_a_modality_share_one_partition_per_process(monkeypatch):
     shards = [load_site(spec, "bundled", max_train=8, max_eval=4, seed=7) for spec in specs]
     assert drawn == [3, 3, 3]  # one partition of each split, for all three sites
     assert len({s.train.images.numpy().tobytes() for s in shards}) == 3  # and each site still has its own
+
+
+def test_many_sites_readme_states_the_per_site_counts_of_its_scenario():
+    """The README's image counts are the ones the scenario's own settings give each site of the bundled sample."""
+    from pathlib import Path
+
+    from fl_medlego.config import parse_run_config
+    from fl_medlego.scenario import load_scenario_config
+    from fl_medlego.site import load_site_data
+
+    folder = Path(__file__).parent.parent / "scenarios" / "many_sites"
+    cfg = parse_run_config(load_scenario_config(folder))
+    counts: dict[str, dict[str, set[int]]] = {}
+    for name in cfg.site_names:
+        data = load_site_data(cfg, name)
+        for split in ("train", "val", "test"):
+            counts.setdefault(data.site.flag, {}).setdefault(split, set()).add(len(getattr(data, split)))
+
+    def span(sizes: set[int]) -> str:
+        return f"{min(sizes)}-{max(sizes)}" if len(sizes) > 1 else str(min(sizes))
+
+    readme = " ".join((folder / "README.md").read_text().split())
+    assert counts["bloodmnist"] == counts["organamnist"] == counts["pneumoniamnist"]  # stated once for the three
+    blood, breast = counts["bloodmnist"], counts["breastmnist"]
+    assert (f"a blood, organA or pneumonia site has {span(blood['train'])} training, {span(blood['val'])} "
+            f"validation and {span(blood['test'])} test images, a breast site {span(breast['train'])}, "
+            f"{span(breast['val'])} and {span(breast['test'])}") in readme

@@ -4,6 +4,7 @@ import pytest
 
 from fl_medlego.cli import main
 from fl_medlego.clients.site_node import SiteNodeConfig, check_site, create_site_keys, supernode_command
+from fl_medlego.errors import UserError
 
 
 def write_config(tmp_path, data_root="bundled", site="blood"):
@@ -22,14 +23,13 @@ def test_a_good_site_config_builds_the_supernode_command(tmp_path):
     assert "--auth-supernode-private-key" in command and "site='blood'" in command and "--root-certificates" in command
 
 
-def test_missing_data_refuses_to_start(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MEDMNIST_ROOT", str(tmp_path / "nowhere"))
-    monkeypatch.setattr("medmnist.dataset.DEFAULT_ROOT", str(tmp_path / "nowhere-either"))
+def test_missing_data_refuses_to_start(tmp_path, capsys):
     config = SiteNodeConfig.from_file(write_config(tmp_path, data_root=str(tmp_path / "empty")))
-    with pytest.raises(FileNotFoundError, match="site blood cannot read its data"):
+    with pytest.raises(UserError, match=f"site blood cannot read its data: data folder {tmp_path / 'empty'} does not"):
         check_site(config)
     assert main(["site", "start", str(tmp_path / "site.toml")]) == 2
     assert "cannot read its data" in capsys.readouterr().out
+    assert not (tmp_path / "empty").exists()  # a start that fails creates nothing either
 
 
 def test_missing_key_or_unknown_keys_are_named(tmp_path):

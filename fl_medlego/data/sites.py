@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ConfigError
 from ..seeds import data_seed
-from .medmnist_source import SPLITS, LoadedSet, canonical_flag, load_medmnist
+from .medmnist_source import DOWNLOAD, SPLITS, LoadedSet, canonical_flag, download_folder, load_medmnist
 from .partition import partition, subsample
 
 
@@ -69,14 +69,19 @@ class SiteData:
     test: Split
 
 
+def _root_key(root: str) -> tuple[str, str]:
+    """A data root as a cache key: the download root ("") reads the folder the environment names now."""
+    return root, str(download_folder()) if root == DOWNLOAD else ""
+
+
 @functools.lru_cache(maxsize=8)
-def _load_cached(flag: str, root: str, size: int) -> LoadedSet:
+def _load_cached(flag: str, root: tuple[str, str], size: int) -> LoadedSet:
     # Simulated nodes serve many messages in one process: read each data set once.
-    return load_medmnist(flag, root, size)
+    return load_medmnist(flag, root[0], size)
 
 
 @functools.lru_cache(maxsize=16)
-def _parts_cached(flag: str, root: str, size: int, split: str, count: int, scheme: str, alpha: float,
+def _parts_cached(flag: str, root: tuple[str, str], size: int, split: str, count: int, scheme: str, alpha: float,
                   seed: int) -> list[np.ndarray]:
     # Every site of a modality needs the same partition of a split: drawing it per message grew with
     # the number of sites (about 5 ms a message with 1000 organA sites, 0.05 ms cached).
@@ -86,12 +91,13 @@ def _parts_cached(flag: str, root: str, size: int, split: str, count: int, schem
 def load_site(site: SiteSpec, root: str, size: int = 28, scheme: str = "iid", alpha: float = 0.5,
               max_train: int = 0, max_eval: int = 0, seed: int = 0) -> SiteData:
     """The site's shard of each split, capped (0 = no cap), identical on every machine for the same seed."""
-    loaded = _load_cached(site.flag, root, size)
+    key = _root_key(root)
+    loaded = _load_cached(site.flag, key, size)
     base_seed = data_seed(seed, site.flag)
     shards = {}
     for s, split in enumerate(SPLITS):
         arrays = loaded.splits[split]
-        parts = _parts_cached(site.flag, root, size, split, site.count, scheme, alpha, base_seed + s)
+        parts = _parts_cached(site.flag, key, size, split, site.count, scheme, alpha, base_seed + s)
         cap = max_train if split == "train" else max_eval
         idx = subsample(parts[site.index], cap, base_seed + 10 + s)
         images = arrays.images[idx]
