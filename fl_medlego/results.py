@@ -11,22 +11,26 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import re
 import shutil
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .files import replace_dir, write_text_atomic
 from .metrics import normalized_accuracy
 from .report import run_figure, summary_markdown
 
 ROUND_STATE = "round.json"
 INTERNAL_ERRORS = "errors.log"  # tracebacks of the coordinator's own faults (never a site's text alone)
+LOCK = ".lock"  # held (flock) by the live run that writes the folder; says its pid and run id
 
 
 @dataclass
@@ -50,27 +54,39 @@ _ROUND = re.compile(r"round-(\d{3,})$")
 
 
 class RunResults:
-    def __init__(self, run_dir: Path, settings: dict, resume: bool = False, may_change: tuple[str, ...] = ()) -> None:
+    def __init__(self, run_dir: Path, settings: dict, resume: bool = False, may_change: tuple[str, ...] = (),
+                 run_id: int | None = None) -> None:
         """A new run folder, or (resume=True) an existing one, whose settings must be the same but for the keys
         in `may_change` (where and how long a resumed run waits, say). settings.json holds every setting the
-        run uses, as given."""
+        run uses, as given.
+
+        The folder is this run's alone until `release()` (or until this object or its process is gone): a
+        second RunResults on it, resume or not, is refused while the first is alive (run_id: named in that
+        refusal, for `flwr stop`)."""
         self.run_dir = Path(run_dir)
         settings_path = self.run_dir / "settings.json"
         text = json.dumps(settings, indent=2, default=str)
+        if resume and not settings_path.is_file():
+            raise FileNotFoundError(f"cannot resume {self.run_dir}: it holds no settings.json (not a run folder)")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_run_dir(self.run_dir, run_id)  # before anything in the folder is read or changed
+        self._unlock = weakref.finalize(self, os.close, self._lock)
         if resume:
-            if not settings_path.is_file():
-                raise FileNotFoundError(f"cannot resume {self.run_dir}: it holds no settings.json (not a run folder)")
             before, now = json.loads(settings_path.read_text()), json.loads(text)
             changed = sorted(k for k in set(before) | set(now) if k not in may_change and before.get(k) != now.get(k))
             if changed:
+                self.release()
                 raise ConfigError(f"cannot resume {self.run_dir} with other settings than it was started with "
                                   f"({', '.join(changed)} differ): pass the same --run-config (plus resume)")
             for stale in self.run_dir.glob("round-*.tmp"):  # a round that was being written when the run died
                 shutil.rmtree(stale)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         self.started = time.time()
         write_text_atomic(settings_path, text)
+
+    def release(self) -> None:
+        """The run is over: another run (a resume) may take the folder. Writing on is still possible."""
+        self._unlock()
 
     def log(self, event: str, **fields) -> None:
         record = {"event": event, "time": round(time.time() - self.started, 3), **fields}
@@ -131,6 +147,36 @@ class RunResults:
         write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_safe))
         render_run(self.run_dir, summary)
         return summary
+
+
+def _lock_run_dir(run_dir: Path, run_id: int | None) -> int:
+    """An exclusive flock on RUN_DIR/.lock, or a UserError naming the live run that holds it. The kernel drops
+    the lock when its process ends, however it ends, so a killed run never leaves its folder locked."""
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        pid = f" (pid {holder['pid']})" if holder.get("pid") else ""
+        run = holder.get("run_id") or "RUN_ID"
+        raise UserError(f"{run_dir} is in use by a live run{pid}: wait for it to end, or stop it with "
+                        f"`flwr stop {run}` (see `flwr list`), then resume it") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "run_id": run_id}).encode(), 0)
+    return fd
+
+
+def _lock_holder(fd: int) -> dict:
+    """What the holder wrote into the lock file ({} if it has not yet, or wrote something else)."""
+    try:
+        holder = json.loads(os.pread(fd, 200, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
 
 
 def render_run(run_dir: Path, summary: dict | None = None) -> list[Path]:

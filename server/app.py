@@ -19,7 +19,7 @@ from fl_medlego.privacy.coordinator import coordinator_layers, summary_without_l
 from fl_medlego.report import summary_table
 from fl_medlego.results import RunResults
 
-from .discovery import discover_sites
+from .discovery import discover_sites, require_quorum
 from .strategy import RoundFailed, SiteMergeStrategy
 from .window import WindowedGrid
 
@@ -46,7 +46,17 @@ def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = (),
         run_dir = Path(cfg.resume).expanduser().resolve()
     else:
         run_dir = cfg.output_path(f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}-{context.run_id}")
-    results = RunResults(run_dir, settings_table(cfg), resume=bool(cfg.resume), may_change=RESUMABLE_CHANGES)
+    results = RunResults(run_dir, settings_table(cfg), resume=bool(cfg.resume), may_change=RESUMABLE_CHANGES,
+                         run_id=context.run_id)
+    try:  # the folder's lock must not outlive the run, however it ends
+        return _federate(grid, cfg, results, held_out, on_strategy)
+    finally:
+        results.release()
+
+
+def _federate(grid: Grid, cfg: RunConfig, results: RunResults, held_out: tuple[str, ...],
+              on_strategy: Callable[[SiteMergeStrategy], None] | None) -> Federation:
+    run_dir = results.run_dir
     print(f"fl-medlego: results of this run go to {run_dir}", flush=True)
 
     declared = cfg.site_names
@@ -56,14 +66,17 @@ def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = (),
     if done:  # a resumed run: go on from the last complete round's combined update
         if state.get("base_fingerprint") != base_fingerprint:
             raise RuntimeError(f"{run_dir} was run on base {state.get('base_fingerprint')}, not {base_fingerprint}")
-        update = cfg.kind.load(results.round_dir(done), cfg, base_fingerprint)
-        arrays = ArrayRecord(cfg.kind.encode(update))
+        update = cfg.kind_server().load(results.round_dir(done), base_fingerprint)
+        arrays = ArrayRecord(cfg.kind_server().encode(update))
         reference = update if reference is not None else None
         print(f"fl-medlego: resuming after round {done} of {cfg.num_rounds}", flush=True)
     site_nodes = discover_sites(grid, declared, cfg.node_wait_timeout, pinned=cfg.site_nodes)
     merging = {s: n for s, n in site_nodes.items() if s not in held_out}
+    merging_declared = [s for s in declared if s not in held_out]
+    if cfg.num_rounds > done:  # no round can count: fail before any site trains
+        require_quorum(merging, merging_declared, cfg.required_sites(done + 1, len(merging_declared)), done + 1)
     layers = coordinator_layers(cfg.privacy, state)
-    strategy = SiteMergeStrategy(merging, cfg.kind.template(cfg), cfg, results, base_fingerprint, reference,
+    strategy = SiteMergeStrategy(merging, cfg.kind_server().template(), cfg, results, base_fingerprint, reference,
                                  declared=[s for s in declared if s not in held_out], resumed=(done, state),
                                  layers=layers)
     if on_strategy is not None:
@@ -98,20 +111,11 @@ RESUMABLE_CHANGES = ("resume", "round-timeout", "node-wait-timeout", "site-nodes
 
 
 def federation_base(cfg: RunConfig) -> tuple[str, object | None]:
-    """The base fingerprint every site must share, and the weights the first round starts from for kinds
-    that measure an update against them. Built here from model.name / model.pretrained / seed, as the sites
-    build it, unless model.fingerprint declares it (a coordinator without the base's weights)."""
-    if cfg.base_fingerprint and not cfg.kind.needs_reference:
-        return cfg.base_fingerprint, None
-    try:
-        base, fingerprint = cfg.kind.shared_base(cfg)
-    except (FileNotFoundError, ValueError) as err:
-        raise RuntimeError(f"the coordinator cannot build the base model to fingerprint it ({err}); "
-                           "set model.fingerprint to the fingerprint the sites report") from err
-    if cfg.base_fingerprint and cfg.base_fingerprint != fingerprint:
-        raise RuntimeError(f"model.fingerprint {cfg.base_fingerprint} is not the fingerprint of the configured base "
-                           f"({fingerprint})")
-    return fingerprint, (base.state_dict() if cfg.kind.needs_reference else None)
+    """The base fingerprint every site must share, and what the first round's updates are measured from (None
+    for kinds whose update is its own size): the kind's server half decides, from model.name /
+    model.pretrained / seed as the sites build the base, or from model.fingerprint (a coordinator without the
+    base's weights)."""
+    return cfg.kind_server().federation_base(cfg.base_fingerprint)
 
 
 @app.main()
