@@ -11,9 +11,11 @@ import logging
 import time
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common import log as flower_log
 from flwr.serverapp import Grid
 
 from fl_medlego import wire
+from fl_medlego.errors import UserError
 
 from .replies import bounded
 
@@ -36,12 +38,15 @@ def _claimed_sites(reply: Message) -> list[str]:
 
 
 def discover_sites(grid: Grid, declared: list[str], wait_s: float, poll_s: float = 2.0,
-                   answer_s: float = 120.0, pinned: dict[str, int] | None = None) -> dict[str, int]:
+                   answer_s: float = 120.0, pinned: dict[str, int] | None = None,
+                   report_s: float = 10.0) -> dict[str, int]:
     """Site name -> node id for the declared sites, waiting up to `wait_s` for all of them.
 
     Goes on with the sites found when the wait ends (min-sites decides whether that is enough);
     raises when none is found, or when two nodes claim one site without a declared binding. A
     connected node gets at least `answer_s` to answer: a cold ClientApp process can take many seconds.
+    Every `report_s` the sites still awaited are named, with the time left, in Flower's log (the one
+    `flwr run --stream` shows), so a wait is never silent.
     """
     pinned = dict(pinned or {})
     undeclared = sorted(set(pinned) - set(declared))
@@ -50,6 +55,7 @@ def discover_sites(grid: Grid, declared: list[str], wait_s: float, poll_s: float
     deadline = time.monotonic() + wait_s
     site_nodes: dict[str, int] = {}
     asked: set[int] = set()
+    next_report = time.monotonic()
     while True:
         new_nodes = [n for n in grid.get_node_ids() if n not in asked]
         if new_nodes:
@@ -63,7 +69,10 @@ def discover_sites(grid: Grid, declared: list[str], wait_s: float, poll_s: float
         missing = [s for s in declared if s not in site_nodes]
         if not missing or time.monotonic() >= deadline:
             break
-        log.info("waiting for sites %s (%.0f s left)", missing, deadline - time.monotonic())
+        if time.monotonic() >= next_report:
+            next_report = time.monotonic() + report_s
+            flower_log(logging.INFO, "fl-medlego: waiting for the nodes of sites %s (node-wait-timeout: %.0f s left; "
+                       "connected: %s)", missing, deadline - time.monotonic(), sorted(site_nodes) or "none")
         time.sleep(poll_s)
     if missing:
         log.warning("going on without sites %s: no connected node hosts them", missing)
@@ -71,6 +80,22 @@ def discover_sites(grid: Grid, declared: list[str], wait_s: float, poll_s: float
         raise RuntimeError(f"no connected node hosts any of the sites {declared} after {wait_s:.0f} s: "
                            "start SuperNodes with --node-config \"site='NAME'\" (deployment) or check the federation")
     return {s: site_nodes[s] for s in declared if s in site_nodes}
+
+
+def require_quorum(site_nodes: dict[str, int], declared: list[str], required: int, server_round: int = 1) -> None:
+    """Refuse, before any training, a run whose hosted sites cannot reach what `server_round` requires.
+
+    A round with fewer sites than min-sites fails after its sites trained; when the nodes found cannot
+    reach that number, no round can count, so nothing is sent to them."""
+    if len(site_nodes) >= required:
+        return
+    missing = [s for s in declared if s not in site_nodes]
+    hosted = [s for s in declared if s in site_nodes]
+    raise UserError(
+        f"round {server_round} needs {required} of the {len(declared)} declared sites (min-sites), but only "
+        f"{len(hosted)} have a connected node ({', '.join(hosted) or 'none'}); no node hosts {', '.join(missing)}. "
+        f"Start their SuperNodes, or run without them: --run-config \"sites='{','.join(hosted)}'\" "
+        f"(or min-sites={len(hosted)})")
 
 
 def _assign(site: str, node: int, declared: list[str], pinned: dict[str, int], site_nodes: dict[str, int]) -> None:
