@@ -106,10 +106,22 @@ class Comparison:
             raise ConfigError(f"--energy-sweep values are Med-LEGO thresholds v in (0, 1], got {list(energies)}")
         self.energies = sorted(set(energies))
         self.out_dir, self.cache_dir, self.progress = Path(out_dir), Path(cache_dir), progress
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "results.json"
-        self.results = json.loads(self.path.read_text()) if self.path.is_file() else {
-            "settings": settings_table(cfg), "sites": cfg.site_names, "rows": {}}
+        settings = json.loads(json.dumps(settings_table(cfg), default=str))  # as results.json holds them
+        if self.path.is_file():
+            self.results = json.loads(self.path.read_text())
+            # Finished rows are reused by name: rows of other settings would come back as this run's. The seed
+            # is each row's own (--seeds adds seeds to a comparison).
+            stored = self.results.get("settings", {})
+            differing = sorted(k for k in stored.keys() | settings.keys()
+                               if k != "seed" and stored.get(k) != settings.get(k))
+            if differing:
+                raise ConfigError(f"{self.out_dir} holds a comparison with other settings (differing: "
+                                  f"{', '.join(differing)}): use another -o folder, or the same settings to resume "
+                                  "it or add seeds")
+        else:
+            self.results = {"settings": settings, "sites": cfg.site_names, "rows": {}}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.results["seeds"] = sorted(set(self.results.get("seeds", [])) | set(seeds))
 
     def _done(self, row: str, seed: int) -> bool:

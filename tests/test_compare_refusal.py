@@ -1,0 +1,50 @@
+"""`compare -o DIR` with other settings than DIR's comparison is refused (its finished rows would come back
+as the new run's); the same settings resume it, and other seeds are added to it."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fl_medlego.cli import main
+from fl_medlego.compare.run import Comparison
+from fl_medlego.errors import ConfigError
+from fl_medlego.scenario import load_scenario_config
+
+SCENARIO = Path(__file__).parent.parent / "scenarios" / "cross_domain"
+
+
+def started(tmp_path: Path, overrides: str = "data.max-train=20 data.max-eval=10") -> Path:
+    """A comparison folder as an interrupted `compare` leaves it: its settings and one finished row."""
+    comparison = Comparison(load_scenario_config(SCENARIO, overrides), ["medlego"], [0], tmp_path / "out",
+                            tmp_path / "cache")
+    comparison._record("medlego", 0, {"blood": {"acc": 0.5}})
+    return comparison.path
+
+
+def test_other_settings_are_refused_naming_the_keys_and_the_fix(tmp_path):
+    path = started(tmp_path)
+    before = path.read_bytes()
+    other = load_scenario_config(SCENARIO, "data.max-train=30 data.max-eval=10 merge.energy=0.8")
+    with pytest.raises(ConfigError, match=r"holds a comparison with other settings \(differing: data.max-train, "
+                                          r"merge.energy\): use another -o folder, or the same settings"):
+        Comparison(other, ["medlego"], [0], tmp_path / "out", tmp_path / "cache")
+    assert path.read_bytes() == before and not (tmp_path / "cache").exists()
+
+
+def test_the_same_settings_resume_and_add_seeds(tmp_path):
+    path = started(tmp_path)
+    again = Comparison(load_scenario_config(SCENARIO, "data.max-train=20 data.max-eval=10 seed=3"), ["medlego"],
+                       [1], tmp_path / "out", tmp_path / "cache")
+    assert again.results["rows"] == json.loads(path.read_text())["rows"]  # the finished row is kept
+    assert again.results["seeds"] == [0, 1]
+
+
+def test_the_command_line_refuses_in_one_line(tmp_path, capsys):
+    path = started(tmp_path)
+    before = path.read_bytes()
+    code = main(["compare", str(SCENARIO), "-o", str(tmp_path / "out"), "--seed-list", "0", "--strategies", "medlego",
+                 "--cache", str(tmp_path / "cache"), "--run-config", "data.max-train=40 data.max-eval=10"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 2 and "error:" in out and "(differing: data.max-train)" in out
+    assert path.read_bytes() == before
