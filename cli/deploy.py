@@ -17,6 +17,13 @@ console = Console(soft_wrap=True)
 
 
 def cmd_coordinator_tls(args) -> int:
+    if args.ca:  # rotating the SuperLink's certificate: the sites keep their ca.crt
+        from fl_medlego.security import issue_server_certificate
+
+        paths = issue_server_certificate(args.ca, args.dir, args.host)
+        console.print(f"wrote {', '.join(str(p) for p in paths.values())}, signed by the CA in {args.ca}; restart "
+                      f"the SuperLink with --tls-dir {args.dir} (the sites' ca.crt stays valid)")
+        return 0
     from fl_medlego.server.coordinator import create_tls
 
     with as_user_error():
@@ -100,6 +107,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tls = coordinator.add_parser("tls", help="create the CA and the SuperLink certificate")
     tls.add_argument("--dir", required=True, help="folder for the CA and the SuperLink's certificate and key")
     tls.add_argument("--host", action="append", required=True, help="a name or IP sites dial (repeatable)")
+    tls.add_argument("--ca", help="issue only a new SuperLink certificate, from the CA in this folder (its ca.crt "
+                                  "and ca.key), to rotate the certificate without a new ca.crt at the sites")
     tls.set_defaults(func=cmd_coordinator_tls)
     start = coordinator.add_parser("start", help="start flower-superlink with TLS, site auth and a database")
     start.add_argument("--tls-dir", required=True, help="the folder `coordinator tls` wrote")

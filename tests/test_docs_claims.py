@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from fl_medlego.config import DEFAULTS
@@ -144,3 +145,43 @@ def test_results_doc_states_the_tolerance_the_reproduction_test_allows():
     stated = re.search(r"reproduces its stored summary within (\S+) on every metric", results)[1]
     assert float(stated) == float(tolerance)
     assert "to the last digit" not in results
+
+
+def test_the_server_certificate_rotates_from_the_same_ca_as_deployment_md_says(tmp_path):
+    from cryptography import x509
+
+    from fl_medlego.cli import main
+    from fl_medlego.errors import UserError
+    from fl_medlego.security import issue_server_certificate
+
+    deployment = (ROOT / "docs" / "deployment.md").read_text()
+    assert "fl-medlego coordinator tls --ca tls/ --dir tls-2/" in deployment
+    old, new = tmp_path / "tls", tmp_path / "tls-2"
+    assert main(["coordinator", "tls", "--dir", str(old), "--host", "127.0.0.1"]) == 0
+    assert main(["coordinator", "tls", "--ca", str(old), "--dir", str(new), "--host", "10.0.0.5",
+                 "--host", "coordinator.example.org"]) == 0
+
+    assert sorted(p.name for p in new.iterdir()) == ["ca.crt", "server.key", "server.pem"]  # no copy of ca.key
+    assert (new / "ca.crt").read_bytes() == (old / "ca.crt").read_bytes()  # what the sites hold stays valid
+    ca = x509.load_pem_x509_certificate((old / "ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((new / "server.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)  # raises if the CA did not sign it
+    assert cert.not_valid_after_utc <= ca.not_valid_after_utc
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    assert sans.get_values_for_type(x509.DNSName) == ["coordinator.example.org"]
+    assert (new / "server.pem").read_bytes() != (old / "server.pem").read_bytes()
+
+    key_before = (new / "server.key").read_bytes()
+    with pytest.raises(UserError, match="server.key exists"):
+        issue_server_certificate(old, new, ["127.0.0.1"])
+    assert (new / "server.key").read_bytes() == key_before
+    assert main(["coordinator", "tls", "--ca", str(tmp_path / "nothing"), "--dir", str(tmp_path / "x"),
+                 "--host", "127.0.0.1"]) == 2
+    (tmp_path / "other").mkdir()
+    other = main(["coordinator", "tls", "--dir", str(tmp_path / "other" / "tls"), "--host", "127.0.0.1"])
+    assert other == 0
+    (old / "ca.key").unlink()
+    (old / "ca.key").write_bytes((tmp_path / "other" / "tls" / "ca.key").read_bytes())  # another CA's key
+    with pytest.raises(UserError, match="not the key of ca.crt"):
+        issue_server_certificate(old, tmp_path / "tls-3", ["127.0.0.1"])
