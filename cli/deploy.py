@@ -94,10 +94,13 @@ def cmd_federation_up(args) -> int:
 
 
 def cmd_federation_down(args) -> int:
-    from .loopback import down
+    from .loopback import STATE_FILE, down
 
     stopped = down(args.workdir)
     console.print(f"stopped {len(stopped)} processes: {stopped}" if stopped else "no federation was running there")
+    left = Path(args.workdir) / STATE_FILE
+    if left.is_file():  # down keeps only what it could not stop
+        raise UserError(f"some processes could not be stopped: they are listed in {left}; stop them by pid")
     return 0
 
 

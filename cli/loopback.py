@@ -6,19 +6,24 @@ authentication, persistent database) and one authenticated SuperNode per site, a
     fl-medlego federation down --workdir dryrun/
 
 Every process's pid and log file is recorded in WORKDIR/federation.json as soon as it starts, so
-`down` stops exactly what `up` started (by pid, process group first), even after a failed `up`.
+`down` stops exactly what `up` started (by pid, each SuperNode given time to deactivate itself at the
+SuperLink), even after a failed `up`. `up` returns only once every site's SuperNode is active at the
+SuperLink, and fails naming the site otherwise. After `down`, federation.json lists only what could
+not be stopped (nothing, normally: it becomes federation.stopped.json).
 It uses both `clients/` and `server/`, so it lives with the command line, above them and the library.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
 from fl_medlego.clients.site_node import SiteNodeConfig, check_site, create_site_keys, supernode_command
 from fl_medlego.errors import UserError
-from fl_medlego.processes import free_port, start_process, stop_process
+from fl_medlego.files import write_text_atomic
+from fl_medlego.processes import exit_code, free_port, is_alive, start_process, stop_process
 from fl_medlego.server.coordinator import (
     create_tls,
     register_site,
@@ -31,10 +36,19 @@ __all__ = ["down", "start_site", "start_superlink", "up"]
 
 STATE_FILE = "federation.json"
 CONNECTION = "loopback"
+# Flower marks a node online for 2 heartbeats (2 x 30 s) after its last sign of life: a node whose
+# SuperNode died without deactivating itself cannot be activated again before that has passed.
+STALE_ONLINE_S = 75.0
+NODE_ACTIVE_S = 90.0  # a SuperNode's start (imports, TLS, activation) on a busy machine
+_NODE_ID = re.compile(rb"SuperNode ID: (\d+)")
 
 
 def _save(workdir: Path, state: dict) -> None:
-    (workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    write_text_atomic(workdir / STATE_FILE, json.dumps(state, indent=2))
+
+
+def _online_nodes(flwr_home: Path) -> set[str]:
+    return {n["node-id"] for n in registered_nodes(flwr_home, CONNECTION) if n["status"] == "online"}
 
 
 def wait_for_superlink(flwr_home: Path, timeout_s: float = 60.0) -> None:
@@ -76,9 +90,11 @@ def start_site(workdir: Path, state: dict, site: str, data_root: str, key: Path 
     if not with_ca:  # only for testing that a node without the federation's CA cannot connect
         i = command.index("--root-certificates")
         del command[i:i + 2]
-    entry = {"log": str(workdir / "logs" / f"{site}.log"), "data_source": source, "port": config.port}
+    log = workdir / "logs" / f"{site}.log"
+    entry = {"log": str(log), "log_offset": log.stat().st_size if log.exists() else 0, "data_source": source,
+             "port": config.port}
     state["sites"][site] = entry
-    entry["pid"] = start_process(command, Path(entry["log"]))
+    entry["pid"] = start_process(command, log)
     _save(workdir, state)
     return entry
 
@@ -97,26 +113,88 @@ def up(workdir: str | Path, sites: list[str], data_root: str = "bundled") -> dic
         write_connection(workdir / "flwr-home", CONNECTION, f"127.0.0.1:{state['superlink']['port']}",
                          workdir / "tls" / "ca.crt")
         start_superlink(workdir, state)
+        wait_for_stale_nodes(Path(state["flwr_home"]))
         for site in sites:
             start_site(workdir, state, site, data_root)
+        wait_for_active_nodes(workdir, state, sites)
     except BaseException:
         down(workdir)
         raise
     return state
 
 
+def wait_for_stale_nodes(flwr_home: Path, timeout_s: float = STALE_ONLINE_S) -> None:
+    """No SuperNode of ours runs yet: a node the SuperLink still holds online is one an earlier federation
+    left behind (its SuperNode killed before it deactivated itself). Wait until Flower marks it offline."""
+    deadline = time.monotonic() + timeout_s
+    while (stale := _online_nodes(flwr_home)) and time.monotonic() < deadline:
+        time.sleep(2.0)
+    if stale:
+        raise UserError(f"the SuperLink still holds nodes {sorted(stale)} online after {timeout_s:.0f} s: "
+                        "run `fl-medlego federation down` and `up` again")
+
+
+def wait_for_active_nodes(workdir: Path, state: dict, sites: list[str], timeout_s: float = NODE_ACTIVE_S) -> None:
+    """Return once every site's SuperNode runs and its node is online at the SuperLink (its id in
+    entry["node_id"]); raise, naming the site, its log and Flower's reason, when one ends or is not
+    active within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    waiting = list(sites)
+    while waiting:
+        online = _online_nodes(Path(state["flwr_home"]))
+        for site in list(waiting):
+            entry = state["sites"][site]
+            node = _logged_node_id(entry)
+            if node is not None and node in online and is_alive(entry["pid"]):
+                entry["node_id"] = node
+                waiting.remove(site)
+            elif exit_code(entry["pid"], 0) is not None:
+                raise UserError(f"the SuperNode of site {site} ended before it was active ({_flower_reason(entry)}; "
+                                f"log: {entry['log']}): fix what it says and run `fl-medlego federation up` again")
+        if waiting and time.monotonic() >= deadline:
+            raise UserError(f"the SuperNodes of sites {waiting} were not active within {timeout_s:.0f} s (logs in "
+                            f"{workdir / 'logs'}): check them and run `fl-medlego federation up` again")
+        if waiting:
+            time.sleep(1.0)
+    _save(workdir, state)
+
+
+def _new_log(entry: dict) -> bytes:
+    """What the site's SuperNode wrote to its log since this `up` started it (an earlier `up` wrote before)."""
+    with open(entry["log"], "rb") as f:
+        f.seek(entry.get("log_offset", 0))
+        return f.read()
+
+
+def _logged_node_id(entry: dict) -> str | None:
+    found = _NODE_ID.search(_new_log(entry))
+    return found.group(1).decode() if found else None
+
+
+def _flower_reason(entry: dict) -> str:
+    """Flower's own words for why a SuperNode stopped: its `Exit Code` line and the message after it."""
+    lines = _new_log(entry).decode(errors="replace").splitlines()
+    start = next((i for i, line in enumerate(lines) if "Exit Code:" in line), None)
+    if start is None:
+        return "no reason in its log"
+    return " ".join(line.split(":", 1)[-1].strip() for line in lines[start:start + 3] if line.strip())
+
+
 def down(workdir: str | Path) -> list[int]:
-    """Stop every process recorded for this federation (sites first); returns the pids that were stopped."""
+    """Stop every process recorded for this federation (sites first, each SuperNode given time to deactivate
+    itself at the SuperLink, which still runs); returns the pids that were stopped. federation.json then
+    keeps only what could not be stopped."""
     workdir = Path(workdir).resolve()
     path = workdir / STATE_FILE
     if not path.is_file():
         return []
     state = json.loads(path.read_text())
-    entries = [*state["sites"].values(), state["superlink"]]
     stopped = []
-    for entry in entries:
-        if entry.get("pid"):
-            stop_process(entry["pid"])
-            stopped.append(entry["pid"])
-    path.rename(workdir / "federation.stopped.json")
+    for entry in [*state["sites"].values(), state["superlink"]]:
+        if entry.get("pid") and stop_process(entry["pid"]):
+            stopped.append(entry.pop("pid"))
+    if any(entry.get("pid") for entry in [*state["sites"].values(), state["superlink"]]):
+        _save(workdir, state)  # a process that outlived SIGKILL (another user's, say): still listed
+    else:
+        path.replace(workdir / "federation.stopped.json")
     return stopped

@@ -29,7 +29,9 @@ def start_process(command: list[str], log_file: Path) -> int:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         # Flower's processes start helpers (flower-superexec, ...) by name: they must come from this environment.
-        env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        # Telemetry off unless the user set it: on SIGTERM Flower waits up to 4 s for its telemetry call and
+        # force-exits at 5 s, which leaves a SuperNode about 1 s to deactivate itself at the SuperLink.
+        env = {"FLWR_TELEMETRY_ENABLED": "0", **os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                "PATH": f"{Path(command[0]).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)
@@ -74,18 +76,38 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def stop_process(pid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM pid, its process group and all its descendants; SIGKILL whatever is left after grace_s."""
-    targets = [pid, *descendants(pid)]
+def stop_process(pid: int, grace_s: float = 10.0) -> bool:
+    """Stop pid and everything it started; True when none of them is left.
+
+    The process alone gets SIGTERM first and `grace_s` to end on its own: Flower's exit handler resets
+    its signal handlers, so a second SIGTERM (to its group, say) arriving during a SuperNode's graceful
+    exit kills it before it deactivates itself at the SuperLink, and that node cannot be activated
+    again until its heartbeat expires. Then its process group and descendants get SIGTERM, and
+    whatever is left SIGKILL."""
+    targets = [pid, *descendants(pid)]  # now: once pid has ended, its children are no longer its
+    _signal([pid], signal.SIGTERM, group=False)
+    if _wait_gone([pid], grace_s) and _wait_gone(targets, 0.0):
+        return True
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for target in targets:
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(target, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(is_alive(t) for t in targets):
-            time.sleep(0.2)
-        if not any(is_alive(t) for t in targets):
-            return
+        _signal(targets, sig, group=True)
+        if _wait_gone(targets, grace_s):
+            return True
+    return False
+
+
+def _signal(pids: list[int], sig: int, group: bool) -> None:
+    for target in pids:
+        for kill in ((os.killpg, os.kill) if group else (os.kill,)):
+            try:
+                kill(target, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _wait_gone(pids: list[int], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while any(is_alive(p) for p in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
