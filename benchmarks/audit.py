@@ -56,11 +56,11 @@ class Auditor:
             "sites": args.sites, "data.root": args.data_root, "data.max-eval": args.max_eval, "num-rounds": 1,
             "seed": args.seed, "privacy.mode": mode, "privacy.epsilon": args.epsilon,
             "train.local-epochs": args.epochs})
-        self.kind = self.cfg.kind
+        self.kind, self.server = self.cfg.kind_site(), self.cfg.kind_server()  # the run kind's two halves
         self.others: dict[str, object] = {}  # site -> specialist adapter (the merge's other members)
 
     def train(self, data, train: Split):
-        result = self.kind.train(self.cfg, dataclasses.replace(data, train=train), None, None)
+        result = self.kind.train(dataclasses.replace(data, train=train), None, None)
         return result.update, result.state.head, result.metrics.get(wire.EPSILON_SPENT, float("nan"))
 
     def other_specialists(self) -> None:
@@ -71,10 +71,10 @@ class Auditor:
 
     def merged(self, site: str, adapter):
         rest = [self.others[s] for s in self.cfg.site_names if s != site]
-        return self.kind.combine([adapter, *rest], None, self.cfg.merge)
+        return self.server.combine([adapter, *rest], None, self.cfg.merge)
 
     def outputs(self, data, adapter, head, candidates: Split):
-        model = self.kind.build_model(self.cfg, data, adapter, head)
+        model = self.kind.build_model(data, adapter, head)
         return per_example_outputs(model, candidates, data.task, model.image_size)
 
     def site(self, site: str) -> tuple[list[dict], dict]:

@@ -40,7 +40,7 @@ def one_case(name: str, seed: int, template: dict, folder: Path) -> dict:
     hostile = hostile_message(name, template, seed)
     start = time.perf_counter()
     try:
-        read_train_reply(hostile, SITES, cfg.kind, template)
+        read_train_reply(hostile, SITES, cfg.kind_server(), template)
     except wire.InvalidUpdate:
         pass
     except Exception as err:  # noqa: BLE001
@@ -72,7 +72,7 @@ def main() -> None:
     logging.getLogger("fl_medlego").setLevel(logging.ERROR)  # rejections are counted, not printed
     set_task_identity()
     cfg = parse_run_config({})
-    template = cfg.kind.template(cfg)
+    template = cfg.kind_server().template()
     names = sorted(INVALID) + sorted(VALID)
     rng = random.Random(args.seed)
     totals, families, slowest, slowest_read = Counter(), Counter(), 0.0, 0.0

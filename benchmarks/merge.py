@@ -89,7 +89,7 @@ def vit_b_sites(n: int):
     from fl_medlego.config import parse_run_config
     from fl_medlego.lora import Adapter, Factors
     cfg = parse_run_config({"model.name": "vit_base_patch16_224"})
-    template = cfg.kind.template(cfg)
+    template = cfg.kind_server().template()
     g = torch.Generator().manual_seed(0)
     return [Adapter({name: Factors(torch.randn(o, 4, generator=g) / 28, torch.rand(4, generator=g),
                                    torch.randn(4, i, generator=g) / 28) for name, (o, i) in template.items()},

@@ -47,17 +47,17 @@ def state_round_trip_s(repeats: int = 3) -> float:
     from fl_medlego.lora import Adapter, Factors
 
     cfg = parse_run_config({})
-    template = cfg.kind.template(cfg)
+    template = cfg.kind_server().template()
     width = next(iter(template.values()))[1]
     head = {"weight": torch.randn(11, width), "bias": torch.randn(11)}  # organA: 11 classes
     specialist = Adapter({name: Factors(torch.randn(o, 4), torch.rand(4), torch.randn(4, i))
                           for name, (o, i) in template.items()})
     with tempfile.TemporaryDirectory() as tmp:
-        save_state(Path(tmp), "organa", 1, cfg.kind, SiteState(head, specialist, head))
+        save_state(Path(tmp), "organa", 1, cfg.kind_server(), SiteState(head, specialist, head))
         start = time.perf_counter()
         for r in range(repeats):
-            state = load_state(Path(tmp), "organa", r + 1, cfg.kind, template)
-            save_state(Path(tmp), "organa", r + 2, cfg.kind, state)
+            state = load_state(Path(tmp), "organa", r + 1, cfg.kind_server(), template)
+            save_state(Path(tmp), "organa", r + 2, cfg.kind_server(), state)
         return (time.perf_counter() - start) / repeats
 
 

@@ -45,8 +45,8 @@ def run_one(variant: str, task: str, seed: int, data_root: str, max_train: int) 
                             **VARIANTS[variant]})
     data = load_site_data(cfg, task)
     started = time.perf_counter()
-    trained = cfg.kind.train(cfg, data, None, None)
-    metrics = cfg.kind.evaluate(cfg, data, trained.update, trained.state.head)
+    trained = cfg.kind_site().train(data, None, None)
+    metrics = cfg.kind_site().evaluate(data, trained.update, trained.state.head)
     return {**metrics, "wall_s": round(time.perf_counter() - started, 1), "train_images": len(data.train)}
 
 

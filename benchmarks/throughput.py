@@ -48,7 +48,7 @@ def _site(n: int, size: int) -> SiteData:
 
 def _epoch_seconds(cfg, data: SiteData, plan: StepPlan) -> float:
     """One timed local epoch of a fresh site model (the adapter kind's), already on the device."""
-    model = cfg.kind.build_model(cfg, data, None, None)
+    model = cfg.kind_site().build_model(data, None, None)
     params = [p for p in model.parameters() if p.requires_grad]
     with placed(model, plan.device):
         stepper = PlainSteps(model, params, cfg.train)

@@ -75,7 +75,7 @@ def main() -> None:
     rows.append(measure_pair("vit_medmnist_28", msg, lora_reply, adapter_raw, full_small, "blood"))
     # ViT-B/16: an adapter of its shapes through the same wire encoding, and its full weights.
     cfg = parse_run_config({"model.name": "vit_base_patch16_224"})
-    template = cfg.kind.template(cfg)
+    template = cfg.kind_server().template()
     adapter = Adapter({n: Factors(torch.randn(o, 4), torch.randn(4), torch.randn(4, i)) for n, (o, i) in
                        template.items()}, scale=2.0)
     tensors = wire.encode_adapter(adapter)

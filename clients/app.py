@@ -15,6 +15,7 @@ from flwr.common import log
 
 from fl_medlego import wire
 from fl_medlego.config import RunConfig, parse_run_config
+from fl_medlego.kinds import KindServer, KindSite
 from fl_medlego.privacy.site import PrivateTraining
 from fl_medlego.site import load_site_data, sites_for_node
 from fl_medlego.train import progress_line
@@ -27,7 +28,12 @@ app = ClientApp()
 @functools.lru_cache(maxsize=4)
 def _parsed(run_config: tuple) -> tuple[RunConfig, dict]:
     cfg = parse_run_config(dict(run_config))
-    return cfg, cfg.kind.template(cfg)
+    return cfg, cfg.kind_server().template()
+
+
+def halves(cfg: RunConfig) -> tuple[KindSite, KindServer]:
+    """The run's kind's site half (training, evaluation) and its codec (the server half: the update's encoding)."""
+    return cfg.kind_site(), cfg.kind_server()
 
 
 def run_setup(context: Context) -> tuple[RunConfig, dict]:
@@ -60,10 +66,10 @@ def progress(site: str):
     return lambda report: log(INFO, progress_line(site, report))
 
 
-def start_update(msg: Message, kind, template: dict):
+def start_update(msg: Message, codec: KindServer, template: dict):
     """The federation's update a message carries (None: start from the base)."""
     tensors = msg.content[wire.ARRAYS].to_torch_state_dict()
-    return kind.decode(tensors, template) if tensors else None
+    return codec.decode(tensors, template) if tensors else None
 
 
 def reply(msg: Message, metrics: dict, info: dict, arrays: ArrayRecord | None = None) -> Message:
@@ -84,37 +90,37 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """One round of local training from the federation's update (round 1: from the base)."""
     cfg, template = run_setup(context)
-    site, kind = site_of(msg, context, cfg), cfg.kind
+    site, (trainer, codec) = site_of(msg, context, cfg), halves(cfg)
     data = load_site_data(cfg, site, context.node_config)
-    start = start_update(msg, kind, template)
+    start = start_update(msg, codec, template)
     server_round, folder = _round_and_folder(msg, context)
-    state = load_state(folder, site, server_round - 1, kind, template)
+    state = load_state(folder, site, server_round - 1, codec, template)
     if cfg.privacy.private:  # the privacy layer wraps the kind's training step
         private = PrivateTraining(cfg.privacy, cfg.num_rounds)
-        result, ledger = private.train(kind, cfg, data, start, state, load_ledger(folder, site), server_round,
+        result, ledger = private.train(trainer, data, start, state, load_ledger(folder, site), server_round,
                                        on_epoch=progress(site))
         save_ledger(folder, site, ledger)  # before the update leaves: what is sent has been counted
     else:
-        result = kind.train(cfg, data, start, state, on_epoch=progress(site), server_round=server_round)
-    save_state(folder, site, server_round, kind, result.state)
+        result = trainer.train(data, start, state, on_epoch=progress(site), server_round=server_round)
+    save_state(folder, site, server_round, codec, result.state)
     info = {wire.SITE: site, wire.BASE_FINGERPRINT: result.base_fingerprint, wire.DATA_SOURCE: data.origin}
-    return reply(msg, result.metrics, info, ArrayRecord(kind.encode(result.update)))
+    return reply(msg, result.metrics, info, ArrayRecord(codec.encode(result.update)))
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Test metrics of the federation's update with this site's head, and of its own specialist."""
     cfg, template = run_setup(context)
-    site, kind = site_of(msg, context, cfg), cfg.kind
+    site, (trainer, codec) = site_of(msg, context, cfg), halves(cfg)
     server_round, folder = _round_and_folder(msg, context)
-    state = load_state(folder, site, server_round, kind, template)
+    state = load_state(folder, site, server_round, codec, template)
     if state is None:
         raise ValueError(f"site {site!r} has not trained yet: it has no head to evaluate with")
     data = load_site_data(cfg, site, context.node_config)
-    update = kind.decode(msg.content[wire.ARRAYS].to_torch_state_dict(), template)
-    metrics = kind.evaluate(cfg, data, update, state.head)
+    update = codec.decode(msg.content[wire.ARRAYS].to_torch_state_dict(), template)
+    metrics = trainer.evaluate(data, update, state.head)
     if msg.content[wire.CONFIG].get(wire.WITH_SPECIALIST, False):
-        own = kind.evaluate(cfg, data, state.specialist, state.specialist_head)
+        own = trainer.evaluate(data, state.specialist, state.specialist_head)
         metrics |= {wire.SPECIALIST_PREFIX + k: v for k, v in own.items()}
     metrics[wire.NUM_EXAMPLES] = float(len(data.test))
     return reply(msg, metrics, {wire.SITE: site})

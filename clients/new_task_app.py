@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 from fl_medlego import wire
 from fl_medlego.site import load_site_data
 
-from .app import evaluate, progress, query, reply, run_setup, site_of, start_update, train
+from .app import evaluate, halves, progress, query, reply, run_setup, site_of, start_update, train
 
 app = ClientApp()
 app.query()(query)
@@ -25,8 +25,8 @@ app.evaluate()(evaluate)
 def learning_curve(msg: Message, context: Context) -> Message:
     """Validation and test ACC per epoch of learning this site's task from the message's start."""
     cfg, template = run_setup(context)
-    site, kind = site_of(msg, context, cfg), cfg.kind
+    site, (trainer, codec) = site_of(msg, context, cfg), halves(cfg)
     data = load_site_data(cfg, site, context.node_config)
     epochs = int(msg.content[wire.CONFIG][wire.CURVE_EPOCHS])
-    curve = kind.learning_curve(cfg, data, start_update(msg, kind, template), epochs, on_epoch=progress(site))
+    curve = trainer.learning_curve(data, start_update(msg, codec, template), epochs, on_epoch=progress(site))
     return reply(msg, {wire.NUM_EXAMPLES: float(len(data.train)), **curve}, {wire.SITE: site})

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from fl_medlego import wire
 from fl_medlego.files import read_tensors, replace_dir, write_text_atomic
-from fl_medlego.kinds import SiteKind, SiteState
+from fl_medlego.kinds import KindServer, SiteState
 from fl_medlego.privacy import PrivacyLedger
 
 DEFAULT_ROOT = Path.home() / ".cache" / "fl-medlego" / "site-state"
@@ -50,23 +50,24 @@ def _write(final: Path, tensors: dict[str, dict]) -> None:
     replace_dir(tmp, final)
 
 
-def load_state(folder: Path, site: str, upto_round: int, kind: SiteKind, template: dict) -> SiteState | None:
-    """The site's state after its newest round <= `upto_round` (None before its first training)."""
+def load_state(folder: Path, site: str, upto_round: int, codec: KindServer, template: dict) -> SiteState | None:
+    """The site's state after its newest round <= `upto_round` (None before its first training); the specialist
+    is kept as the kind's codec encodes it (`codec`: the kind's server half)."""
     rounds = [r for r in _rounds(folder, site) if r <= upto_round]
     specialist = folder / site / "specialist"
     if not rounds or not specialist.is_dir():
         return None
     head = read_tensors(folder / site / f"round-{rounds[-1]:03d}" / "head.safetensors")
     return SiteState(head=head,
-                     specialist=kind.decode(read_tensors(specialist / "specialist.safetensors"), template),
+                     specialist=codec.decode(read_tensors(specialist / "specialist.safetensors"), template),
                      specialist_head=read_tensors(specialist / "specialist-head.safetensors"))
 
 
-def save_state(folder: Path, site: str, server_round: int, kind: SiteKind, site_state: SiteState) -> None:
+def save_state(folder: Path, site: str, server_round: int, codec: KindServer, site_state: SiteState) -> None:
     """Keep the head after `server_round` (and, the first time, the specialist); drop older heads."""
     specialist = folder / site / "specialist"
     if not specialist.is_dir():
-        _write(specialist, {"specialist": kind.encode(site_state.specialist),
+        _write(specialist, {"specialist": codec.encode(site_state.specialist),
                             "specialist-head": site_state.specialist_head})
     _write(folder / site / f"round-{server_round:03d}", {"head": site_state.head})
     for old in _rounds(folder, site)[:-KEEP_ROUNDS]:

@@ -23,11 +23,12 @@ import timm
 
 from .data import SiteSpec, parse_sites
 from .errors import ConfigError
-from .kinds import SiteKind, get_kind, kind_for_strategy, list_kinds
+from .kinds import KindContext, KindServer, KindSite, SiteKind, get_kind, kind_for_strategy, list_kinds
 from .lora import SVDLoRAConfig
 from .merging.medlego import MedLegoOptions
 from .models import list_presets, preset_image_size
 from .privacy import PrivacySettings
+from .privacy.site import check_private_kind
 from .scenario import parse_overrides
 from .settings import check_group, default_table, group_table, parse_group, setting, settings_of
 from .train import TrainConfig
@@ -235,10 +236,6 @@ class RunConfig(RunSettings):
         """The settings of the run's own site kind (None when it declares none)."""
         return self.kind_groups.get(self.kind_name)
 
-    def settings_of(self, kind_name: str) -> object:
-        """The settings of a kind other than the run's (the multi-task reference trains as kind `full`)."""
-        return self.kind_groups[kind_name]
-
     @property
     def kind(self) -> SiteKind:
         return get_kind(self.kind_name)
@@ -257,6 +254,24 @@ class RunConfig(RunSettings):
     def image_size(self) -> int:
         """The input size of the backbone (images of any file size are resized to it)."""
         return preset_image_size(self.model_name)
+
+    def kind_context(self, kind_name: str | None = None) -> KindContext:
+        """The narrow settings a site kind is built with (the run's kind, or another one by name: compare's
+        reference specialists and the multi-task model use the adapter and full kinds' settings)."""
+        name = kind_name or self.kind_name
+        return KindContext(model_name=self.model_name, pretrained=self.pretrained, seed=self.seed,
+                           image_size=self.image_size, lora=self.lora, train=self.train,
+                           settings=self.kind_groups.get(name),
+                           site_ranks={s: self.rank_of(s) for s in self.site_names},
+                           site_flags=tuple(s.flag for s in self.sites))
+
+    def kind_site(self, kind_name: str | None = None) -> KindSite:
+        """The site half of the run's kind (or of another kind by name)."""
+        return get_kind(kind_name or self.kind_name).site(self.kind_context(kind_name))
+
+    def kind_server(self, kind_name: str | None = None) -> KindServer:
+        """The server half of the run's kind (or of another kind by name)."""
+        return get_kind(kind_name or self.kind_name).server(self.kind_context(kind_name))
 
     def rank_of(self, site: str) -> int:
         """Adapter rank of a site: lora.rank unless lora.site-ranks is set (then by the site's position)."""
@@ -309,11 +324,7 @@ def _merge_settings(flat: dict, kind: SiteKind, strategy: str) -> MergeSettings:
     return dataclasses.replace(merge, options=options)
 
 
-def _check_privacy(run: RunSettings, privacy: PrivacySettings, kind: SiteKind, new_task: NewTaskSettings) -> None:
-    if privacy.private and not kind.supports_privacy:
-        private_kinds = [k for k in list_kinds() if get_kind(k).supports_privacy]
-        raise ConfigError(f"privacy.mode={privacy.mode!r} is not available for strategy {run.strategy!r} (site kind "
-                          f"{kind.name!r}); it is for the strategies of site kind(s) {private_kinds}")
+def _check_new_task_privacy(privacy: PrivacySettings, new_task: NewTaskSettings) -> None:
     if privacy.private and new_task.site:
         raise ConfigError("privacy.mode='dp-sgd' does not cover the new_task scenario's learning curves: "
                           "leave new-task.site empty or privacy.mode='none'")
@@ -336,7 +347,8 @@ def parse_run_config(run_config: dict) -> RunConfig:
     lora = parse_group(SVDLoRAConfig, run_config)
     new_task = parse_group(NewTaskSettings, run_config)
     privacy = parse_group(PrivacySettings, run_config)
-    _check_privacy(run, privacy, kind, new_task)
+    check_private_kind(privacy, kind, run.strategy)  # the privacy layer says which kinds it can wrap
+    _check_new_task_privacy(privacy, new_task)
     kind_groups = {name: parse_group(group, run_config) for name in list_kinds()
                    if (group := type(get_kind(name)).settings_type) is not None}
     own = {f.name: getattr(run, f.name) for f in dataclasses.fields(RunSettings)}

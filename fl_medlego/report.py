@@ -6,7 +6,8 @@ import math
 
 from rich.table import Table
 
-from .wire import CENTRED_PREFIX, GENERALIST_METRICS, MODALITY_SHARE, TEST_ACC, UNION_ACC, UNSEEN_METRICS, VAL_ACC
+from .kinds import ReportColumns, get_kind, list_kinds
+from .wire import TEST_ACC, VAL_ACC
 
 
 def _fmt(value) -> str:
@@ -25,20 +26,29 @@ def summary_rows(summary: dict) -> list[list[str]]:
 
 HEADER = ["site", "specialist ACC", "specialist AUC", "specialist F1", "merged ACC", "merged AUC", "merged F1",
           "normalized ACC"]
-GENERALIST_HEADER = ["site", "model", "unseen-prompt ACC", "unseen-prompt AUC", "unseen-prompt F1",
-                     "union-of-labels ACC", "right modality", "centred ACC", "centred F1"]
-GENERALIST_KEYS = (*UNSEEN_METRICS, UNION_ACC, MODALITY_SHARE, CENTRED_PREFIX + "acc", CENTRED_PREFIX + "f1")
+def kind_sections() -> list[ReportColumns]:
+    """The report sections the registered kinds declare (each shown where its metrics were reported)."""
+    return [kind.report for kind in map(get_kind, list_kinds()) if kind.report is not None]
 
 
-def generalist_rows(summary: dict) -> list[list[str]]:
-    """Cross-modal runs: the unseen-prompt and union-of-labels tests of the specialist and the merged model."""
+def section_rows(summary: dict, section: ReportColumns) -> list[list[str]]:
+    """A kind's own metrics of the specialist and the merged model, per site (where the site reported them)."""
     rows = []
     for site, s in summary["sites"].items():
         for model in ("specialist", "merged"):
             metrics = s[model]
-            if any(k in metrics for k in GENERALIST_METRICS):
-                rows.append([site, model, *(_fmt(metrics.get(k)) for k in GENERALIST_KEYS)])
+            if any(k in metrics for k in section.columns):
+                rows.append([site, model, *(_fmt(metrics.get(k)) for k in section.columns)])
     return rows
+
+
+def section_lines(summary: dict, section: ReportColumns) -> list[str]:
+    rows = section_rows(summary, section)
+    if not rows:
+        return []
+    header = ["site", "model", *section.columns.values()]
+    return ["", *section.summary_text, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def summary_markdown(summary: dict) -> str:
@@ -52,13 +62,8 @@ def summary_markdown(summary: dict) -> str:
         "|" + "---|" * len(HEADER),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(summary)]
-    generalist = generalist_rows(summary)
-    if generalist:
-        lines += ["", "Cross-modal generalist tests: held-out paraphrase prompts, and every site's class prompts at",
-                  "once (union of labels; right modality = top prompt from the image's own modality). Centred: each",
-                  "class's score minus its mean over the site's validation images (no labels used).", "",
-                  "| " + " | ".join(GENERALIST_HEADER) + " |", "|" + "---|" * len(GENERALIST_HEADER)]
-        lines += ["| " + " | ".join(row) + " |" for row in generalist]
+    for section in kind_sections():
+        lines += section_lines(summary, section)
     lines += privacy_lines(summary.get("privacy") or {})
     lines += ["", f"Wall time: {summary.get('wall_time_s')} s"]
     return "\n".join(lines) + "\n"

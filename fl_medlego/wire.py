@@ -6,6 +6,9 @@ folded into E so that D = B diag(E) A exactly) and a few metrics; a full-weight 
 backbone. Images, labels and heads stay at the site. The server decodes every reply against the
 template of the shared model (`decode_adapter`, `decode_backbone`) before anything else touches it.
 No other module spells these names: `tests/test_layout.py` fails on a literal copy elsewhere.
+
+Only what every kind shares is here; a kind declares its own metrics (names, ranges, which may be
+undefined) in its module, and registering the kind declares them on the wire (`declare_metrics`).
 """
 
 from __future__ import annotations
@@ -40,14 +43,6 @@ TRAIN_LOSS = "train-loss"  # mean task loss of that epoch
 BEST_EPOCH = "best-epoch"
 TEST_ACC = "test-acc"  # learning curves only (new_task), one value per epoch
 EVAL_METRICS = ("acc", "auc", "f1", "loss")
-# Cross-modal sites also send the two generalist tests (fl_medlego.crossmodal.scoring says what they measure).
-UNION_ACC = "union-acc"
-MODALITY_SHARE = "modality-share"
-UNSEEN_PREFIX = "unseen-"
-UNSEEN_METRICS = tuple(UNSEEN_PREFIX + m for m in ("acc", "auc", "f1"))
-CENTRED_PREFIX = "centred-"  # own prompts, each class's logit centred on its mean over the site's validation images
-CENTRED_METRICS = tuple(CENTRED_PREFIX + m for m in ("acc", "auc", "f1"))
-GENERALIST_METRICS = (UNION_ACC, MODALITY_SHARE, *UNSEEN_METRICS, *CENTRED_METRICS)
 SPECIALIST_PREFIX = "specialist-"
 ROUND_MEAN_METRICS = (VAL_ACC, TRAIN_LOSS)  # averaged over the sites in the round's aggregate
 # MetricRecord entries: the server's aggregate of a round
@@ -155,26 +150,27 @@ METRIC_SCHEMA: dict[str, tuple[float, float, bool]] = {
     BEST_EPOCH: (1, 10**6, True),
     **{name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
     **{SPECIALIST_PREFIX + name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
-    **{prefix + name: (0.0, 1.0, False) for name in GENERALIST_METRICS for prefix in ("", SPECIALIST_PREFIX)},
 }
 
 
-def declare_metrics(schema: dict[str, tuple[float, float, bool]]) -> None:
-    """Declare the metrics a layer or a kind adds to replies (name -> (low, high, integral)); a name is
-    declared once, with one range."""
+# AUC is undefined (NaN, as fl_medlego.metrics reports it) on a split that holds one class only: an honest
+# small site sends it. Every other metric must be a finite number, unless it is declared as possibly undefined.
+# A DP-SGD site sends no training loss (NaN): it would be computed on its private images outside the guarantee
+# (fl_medlego.privacy.site).
+MAY_BE_UNDEFINED: set[str] = {"auc", SPECIALIST_PREFIX + "auc", TRAIN_LOSS}
+
+
+def declare_metrics(schema: dict[str, tuple[float, float, bool]], may_be_undefined=()) -> None:
+    """Declare the metrics a layer or a site kind adds to replies (name -> (low, high, integral)); a name is
+    declared once, with one range. may_be_undefined: those of them a reply may send as NaN."""
     for name, bounds in schema.items():
         if METRIC_SCHEMA.get(name, bounds) != bounds:
             raise ValueError(f"metric {name!r} is declared twice with different ranges")
-        METRIC_SCHEMA[name] = bounds
-
-
-# AUC is undefined (NaN, as fl_medlego.metrics reports it) on a split that holds one class only: an honest
-# small site sends it. Every other metric must be a finite number.
-# A DP-SGD site sends no training loss (NaN): it would be computed on its private images outside the guarantee
-# (fl_medlego.privacy.site).
-MAY_BE_UNDEFINED = frozenset({"auc", SPECIALIST_PREFIX + "auc", TRAIN_LOSS,
-                              *(prefix + kind + "auc" for prefix in ("", SPECIALIST_PREFIX)
-                                for kind in (UNSEEN_PREFIX, CENTRED_PREFIX))})
+    unknown = set(may_be_undefined) - set(schema) - set(METRIC_SCHEMA)
+    if unknown:
+        raise ValueError(f"metrics {sorted(unknown)} may be undefined but have no declared range")
+    METRIC_SCHEMA.update(schema)
+    MAY_BE_UNDEFINED.update(may_be_undefined)
 
 
 def read_metrics(record: dict, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, float]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from fl_medlego.config import GuardSettings
-from fl_medlego.kinds import SiteKind
+from fl_medlego.kinds import KindServer
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def norm_bound(norms: dict[str, float], settings: GuardSettings) -> float:
     return min(bounds) if bounds else float("inf")
 
 
-def guard_updates(updates: dict[str, object], kind: SiteKind, reference: object | None,
+def guard_updates(updates: dict[str, object], kind: KindServer, reference: object | None,
                   settings: GuardSettings) -> tuple[dict[str, object], list[GuardDecision]]:
     """The updates to combine (over-bound ones clipped, or left out when the action is reject) and why."""
     norms = {site: kind.norm(update, reference) for site, update in updates.items()}

@@ -21,7 +21,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fl_medlego import wire
-from fl_medlego.kinds import SiteKind
+from fl_medlego.kinds import KindServer
 
 MAX_TEXT = 120  # characters of a site's own text (an error reason, a data description) that may be logged
 _DTYPES = {"<f4", "<f8", "<i4", "<i8"}  # little-endian float32/64, int32/64: what the kinds send
@@ -147,14 +147,16 @@ def read_arrays(record: ArrayRecord, max_elements: int, max_arrays: int) -> dict
     return tensors
 
 
-def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, template: dict,
+def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: KindServer, template: dict,
                      sent: dict[str, str] | None = None, optional: tuple[str, ...] = ()) -> TrainReply:
     """A train reply as checked values; raises only wire.InvalidUpdate (prefixed with the site once known).
 
+    kind: the run's kind's server half (its codec, and its kind's declared metrics);
     optional: metrics a reply may carry beyond its kind's (those of the run's installed layers)."""
     site = site_of(msg, site_nodes, sent)
     with _rejections(site):
-        metrics = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), kind.train_metrics, optional=optional)
+        metrics = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), kind.kind.train_metrics,
+                                   optional=optional)
         # A kind's update has at most one array per template entry, plus its bookkeeping (ranks, ...).
         tensors = read_arrays(_record(msg, wire.ARRAYS, ArrayRecord), kind.size_bound(template), len(template) + 2)
         update = _decoded(kind, tensors, template, site)
@@ -166,7 +168,7 @@ def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind, t
         return TrainReply(site, update, metrics, base, bounded(origin if isinstance(origin, str) else "", 80))
 
 
-def _decoded(kind: SiteKind, tensors: dict, template: dict, site: str) -> object:
+def _decoded(kind: KindServer, tensors: dict, template: dict, site: str) -> object:
     """The kind's decoding of checked arrays. Its InvalidUpdate is the site's fault; anything else it raises
     is a fault of the coordinator's own code: the reply is still not used, but the reason says whose fault
     it is and carries the traceback for the run's error log."""
@@ -180,13 +182,14 @@ def _decoded(kind: SiteKind, tensors: dict, template: dict, site: str) -> object
                                  "it with the run's errors.log", site=site, internal=traceback.format_exc()) from None
 
 
-def read_evaluate_reply(msg: Message, site_nodes: dict[str, int], kind: SiteKind,
+def read_evaluate_reply(msg: Message, site_nodes: dict[str, int], kind: KindServer,
                         sent: dict[str, str] | None = None) -> EvaluateReply:
     """An evaluate reply as checked values: the kind's evaluation metrics of the merged update, and of the
-    site's specialist when asked for; raises only wire.InvalidUpdate."""
+    site's specialist when asked for (the shared ones and those its kind declares); raises only
+    wire.InvalidUpdate."""
     site = site_of(msg, site_nodes, sent)
     with _rejections(site):
-        extra = kind.evaluate_metrics
+        extra = kind.kind.evaluate_metrics
         optional = (*extra, *(wire.SPECIALIST_PREFIX + m for m in (*wire.EVAL_METRICS, *extra)))
         declared = wire.read_metrics(_record(msg, wire.METRICS, MetricRecord), wire.EVAL_METRICS, optional=optional)
     merged = {k: v for k, v in declared.items() if not k.startswith(wire.SPECIALIST_PREFIX)}

@@ -52,7 +52,7 @@ class SiteMergeStrategy(Strategy):
                  base_fingerprint: str, reference: object | None = None, declared: list[str] | None = None,
                  resumed: tuple[int, dict] = (0, {}), layers: Sequence = ()) -> None:
         self.site_nodes, self.template, self.cfg = dict(site_nodes), template, cfg
-        self.kind, self.merge = cfg.kind, cfg.merge
+        self.kind, self.merge = cfg.kind_server(), cfg.merge  # the kind's server half
         self.results = results
         self.base_fingerprint, self.reference = base_fingerprint, reference
         self.declared = list(declared or site_nodes)
@@ -72,7 +72,7 @@ class SiteMergeStrategy(Strategy):
 
     def summary(self) -> None:
         log.info("\t├──> sites: %s", self.site_nodes)
-        log.info("\t└──> %s sites, combined with %s %s, weighting %s, guard %s, layers %s", self.kind.name,
+        log.info("\t└──> %s sites, combined with %s %s, weighting %s, guard %s, layers %s", self.kind.kind.name,
                  self.merge.method, self.merge.options, self.merge.weighting, self.cfg.guard,
                  [layer.name for layer in self.layers])
 
@@ -211,7 +211,7 @@ class SiteMergeStrategy(Strategy):
     def _record(self, ledger: RoundLedger, combined: object) -> tuple[ArrayRecord, MetricRecord]:
         """Save the combined update (staged until the round commits), mark the sites merged, log the round."""
         sites = sorted(ledger.kept)
-        path = self.kind.save(combined, self.results.staging_dir(ledger.round), self.cfg, self.base_fingerprint)
+        path = self.kind.save(combined, self.results.staging_dir(ledger.round), self.base_fingerprint)
         about = self.kind.describe(combined)
         log.info("round %d: combined %d sites with %s %s, saved %s", ledger.round, len(sites), self.merge.method,
                  about, path)

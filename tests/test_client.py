@@ -45,8 +45,8 @@ def specialist_val_acc(root, cfg, site):
     from fl_medlego.train import evaluate as evaluate_model
 
     data = load_site_data(cfg, site)
-    specialist = cfg.kind.decode(saved(root, site, 1, "specialist"), cfg.kind.template(cfg))
-    model = cfg.kind.build_model(cfg, data, specialist, saved(root, site, 1, "specialist-head"))
+    specialist = cfg.kind_server().decode(saved(root, site, 1, "specialist"), cfg.kind_server().template())
+    model = cfg.kind_site().build_model(data, specialist, saved(root, site, 1, "specialist-head"))
     return evaluate_model(model, data.val, data.task, cfg.image_size)["acc"]
 
 
@@ -55,7 +55,7 @@ def test_train_then_evaluate_keeps_head_and_data_at_the_site(site_state_in_tmp):
     reply = train(request(MessageType.TRAIN, "breast"), ctx)
     tensors = reply.content[wire.ARRAYS].to_torch_state_dict()
     cfg = parse_run_config(RUN_CONFIG)
-    adapter = wire.decode_adapter(tensors, cfg.kind.template(cfg))  # only factors
+    adapter = wire.decode_adapter(tensors, cfg.kind_server().template())  # only factors
     assert all(f.rank == 2 for f in adapter.factors.values())
     metrics = reply.content[wire.METRICS]
     assert metrics[wire.NUM_EXAMPLES] == 32
@@ -116,7 +116,7 @@ def test_full_weight_mode_sends_the_backbone_and_keeps_its_specialist(site_state
     backbone = reply.content[wire.ARRAYS].to_torch_state_dict()
     cfg = parse_run_config({**RUN_CONFIG, "strategy": "vit_avg"})
     assert cfg.kind.name == "full"
-    assert {k: tuple(v.shape) for k, v in backbone.items()} == cfg.kind.template(cfg)
+    assert {k: tuple(v.shape) for k, v in backbone.items()} == cfg.kind_server().template()
     assert set(saved(site_state_in_tmp, "breast", 1, "specialist")) == set(backbone)
     ev = evaluate(request(MessageType.EVALUATE, "breast", reply.content[wire.ARRAYS], **{wire.WITH_SPECIALIST: True}),
                   ctx)
@@ -166,11 +166,11 @@ def test_a_node_without_data_root_reads_the_scenarios():
 def test_a_node_process_parses_the_run_and_builds_the_template_once(site_state_in_tmp, monkeypatch):
     """Per message they cost more than the message with many sites: a simulated node's process keeps them."""
     from fl_medlego.clients import app as client_app
-    from fl_medlego.kinds.adapter import AdapterKind
+    from fl_medlego.kinds.adapter import AdapterServer
 
     built = []
-    original = AdapterKind.template
-    monkeypatch.setattr(AdapterKind, "template", lambda self, cfg: built.append(cfg) or original(self, cfg))
+    original = AdapterServer.template
+    monkeypatch.setattr(AdapterServer, "template", lambda self: built.append(self.context) or original(self))
     client_app._parsed.cache_clear()
     ctx = context(0)
     for site in ("breast", "blood"):

@@ -9,6 +9,7 @@ import torch
 
 from fl_medlego import wire
 from fl_medlego.config import parse_run_config
+from fl_medlego.crossmodal import metrics as metrics_of
 from fl_medlego.crossmodal import prompts, text_tower
 from fl_medlego.data import SiteData, SiteSpec, Split
 from fl_medlego.data.medmnist_source import _medmnist_info
@@ -97,9 +98,9 @@ def test_kind_and_strategy_are_checked_together():
 
 
 def test_the_adapter_spans_both_towers_and_is_exactly_zero_at_init(cfg, blood):
-    model = cfg.kind.build_model(cfg, blood, None, None)
+    model = cfg.kind_site().build_model(blood, None, None)
     updates = adapter_updates(model)
-    assert set(updates) == set(cfg.kind.template(cfg))
+    assert set(updates) == set(cfg.kind_server().template())
     towers = {name.split(".")[0] for name in updates}
     assert towers == {"image", "projection", "text"}
     assert sum(n.startswith("text.") for n in updates) == 12  # query and value of 6 layers
@@ -113,19 +114,20 @@ def test_the_adapter_spans_both_towers_and_is_exactly_zero_at_init(cfg, blood):
 def test_a_site_trains_without_a_head_and_its_state_holds_none(cfg, blood, tmp_path):
     from fl_medlego.clients.state import load_state, save_state
 
-    kind, template = cfg.kind, cfg.kind.template(cfg)
-    result = kind.train(cfg, blood, None, None)
+    trainer, codec = cfg.kind_site(), cfg.kind_server()
+    template = codec.template()
+    result = trainer.train(blood, None, None)
     assert result.state.head == {} and result.state.specialist_head == {}
     assert any(torch.count_nonzero(f.E) for name, f in result.update.factors.items() if name.startswith("text."))
-    save_state(tmp_path, "blood", 1, kind, result.state)
-    again = load_state(tmp_path, "blood", 1, kind, template)
+    save_state(tmp_path, "blood", 1, codec, result.state)
+    again = load_state(tmp_path, "blood", 1, codec, template)
     assert again.head == {} and again.specialist_head == {}
-    metrics = kind.evaluate(cfg, blood, result.update, again.head)
-    assert set(metrics) >= {"acc", "auc", "f1", "loss", wire.UNION_ACC, wire.MODALITY_SHARE,
-                            *(wire.UNSEEN_PREFIX + m for m in ("acc", "auc", "f1"))}
-    assert 0 <= metrics[wire.UNION_ACC] <= metrics[wire.MODALITY_SHARE] <= 1
+    metrics = trainer.evaluate(blood, result.update, again.head)
+    assert set(metrics) >= {"acc", "auc", "f1", "loss", metrics_of.UNION_ACC, metrics_of.MODALITY_SHARE,
+                            *(metrics_of.UNSEEN_PREFIX + m for m in ("acc", "auc", "f1"))}
+    assert 0 <= metrics[metrics_of.UNION_ACC] <= metrics[metrics_of.MODALITY_SHARE] <= 1
     with pytest.raises(ValueError, match="no head"):
-        kind.build_model(cfg, blood, result.update, {"weight": torch.zeros(1)})
+        trainer.build_model(blood, result.update, {"weight": torch.zeros(1)})
 
 
 def test_centred_scores_shift_each_class_and_keep_a_two_class_ranking(cfg):
@@ -133,18 +135,18 @@ def test_centred_scores_shift_each_class_and_keep_a_two_class_ranking(cfg):
     the decision threshold moves; a validation pass (choosing options) computes none of it."""
     pneumonia = load_site_data(cfg, "pneumonia")
     update = _random_update(cfg, 5)
-    metrics = cfg.kind.evaluate(cfg, pneumonia, update, {})
-    assert set(wire.CENTRED_METRICS) <= set(metrics)
-    assert metrics[wire.CENTRED_PREFIX + "auc"] == pytest.approx(metrics["auc"], abs=1e-9)
-    assert all(0 <= metrics[k] <= 1 for k in wire.CENTRED_METRICS)
-    assert not set(wire.CENTRED_METRICS) & set(cfg.kind.evaluate(cfg, pneumonia, update, {}, "val"))
+    metrics = cfg.kind_site().evaluate(pneumonia, update, {})
+    assert set(metrics_of.CENTRED_METRICS) <= set(metrics)
+    assert metrics[metrics_of.CENTRED_PREFIX + "auc"] == pytest.approx(metrics["auc"], abs=1e-9)
+    assert all(0 <= metrics[k] <= 1 for k in metrics_of.CENTRED_METRICS)
+    assert not set(metrics_of.CENTRED_METRICS) & set(cfg.kind_site().evaluate(pneumonia, update, {}, "val"))
 
 
 def test_scores_stay_float32_under_bf16_autocast(cfg, blood):
     """On a GPU the towers run under bf16 autocast; the similarities, metrics and argmax must not."""
     from fl_medlego.crossmodal.scoring import _logits, image_embeddings
 
-    model = cfg.kind.build_model(cfg, blood, _random_update(cfg, 6), None)
+    model = cfg.kind_site().build_model(blood, _random_update(cfg, 6), None)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         images = image_embeddings(model, blood.test)
         logits = _logits(model, images, prompts.site_prompts("bloodmnist"))
@@ -155,14 +157,15 @@ def _random_update(cfg, seed: int):
     from fl_medlego.lora import Adapter, Factors
 
     g = torch.Generator().manual_seed(seed)
+    template = cfg.kind_server().template()
     return Adapter({name: Factors(torch.randn(o, 2, generator=g), torch.rand(2, generator=g),
-                                  torch.randn(2, i, generator=g)) for name, (o, i) in cfg.kind.template(cfg).items()})
+                                  torch.randn(2, i, generator=g)) for name, (o, i) in template.items()})
 
 
 @pytest.mark.parametrize("tower", ["image.", "projection.", "text."])
 def test_invalid_values_in_any_tower_are_rejected(cfg, tower):
-    template = cfg.kind.template(cfg)
-    encoded = cfg.kind.encode(_random_update(cfg, 0))
+    template = cfg.kind_server().template()
+    encoded = cfg.kind_server().encode(_random_update(cfg, 0))
     names, ranks = sorted(template), encoded[wire.RANKS].tolist()
     offset = 0
     for name, r in zip(names, ranks):
@@ -172,19 +175,19 @@ def test_invalid_values_in_any_tower_are_rejected(cfg, tower):
     poisoned = encoded[wire.PACKED].clone()
     poisoned[offset] = float("nan")
     with pytest.raises(wire.InvalidUpdate, match="NaN"):
-        cfg.kind.decode({**encoded, wire.PACKED: poisoned}, template)
+        cfg.kind_server().decode({**encoded, wire.PACKED: poisoned}, template)
     too_high = encoded[wire.RANKS].clone()
     too_high[names.index(name)] = 10_000
     with pytest.raises(wire.InvalidUpdate, match="rank 10000"):
-        cfg.kind.decode({**encoded, wire.RANKS: too_high}, template)
+        cfg.kind_server().decode({**encoded, wire.RANKS: too_high}, template)
 
 
 @pytest.mark.parametrize("method", list_merges())
 def test_every_merge_applies_to_both_towers(cfg, method):
     merge = parse_run_config({**TINY, "strategy": method}).merge
-    combined = cfg.kind.combine([_random_update(cfg, 1), _random_update(cfg, 2)], None, merge)
-    assert set(combined.factors) == set(cfg.kind.template(cfg))
-    decoded = cfg.kind.decode(cfg.kind.encode(combined), cfg.kind.template(cfg))
+    combined = cfg.kind_server().combine([_random_update(cfg, 1), _random_update(cfg, 2)], None, merge)
+    assert set(combined.factors) == set(cfg.kind_server().template())
+    decoded = cfg.kind_server().decode(cfg.kind_server().encode(combined), cfg.kind_server().template())
     assert set(decoded.factors) == set(combined.factors)
 
 
@@ -198,7 +201,7 @@ def test_multi_label_sites_use_the_ct_clip_pair_prompts(cfg):
 
     chest = SiteData(SiteSpec("chest", "chestmnist", 0, 1), prompts._medmnist_info().INFO["chestmnist"]["task"],
                      14, "synthetic", "synthetic", split(24), split(16), split(16))
-    model = cfg.kind.build_model(cfg, chest, _random_update(cfg, 3), None)
+    model = cfg.kind_site().build_model(chest, _random_update(cfg, 3), None)
     model.eval()
     x = torch.randn(4, 3, 28, 28)
     logits = model(x)
@@ -209,16 +212,16 @@ def test_multi_label_sites_use_the_ct_clip_pair_prompts(cfg):
         sims = model.logit_scale * images @ pair.T  # per finding: (finding, negation)
         two_way = torch.softmax(torch.stack([sims[:, 0::2], sims[:, 1::2]], dim=-1), dim=-1)[..., 0]
     assert torch.allclose(torch.sigmoid(logits), two_way, atol=1e-5)  # the pair softmax's first probability
-    result = cfg.kind.train(cfg, chest, None, None)
-    metrics = cfg.kind.evaluate(cfg, chest, result.update, {})
-    assert 0 <= metrics["acc"] <= 1 and wire.UNION_ACC not in metrics  # the union test is single-label only
+    result = cfg.kind_site().train(chest, None, None)
+    metrics = cfg.kind_site().evaluate(chest, result.update, {})
+    assert 0 <= metrics["acc"] <= 1 and metrics_of.UNION_ACC not in metrics  # the union test is single-label only
 
 
 def test_the_merge_command_works_on_saved_cross_modal_adapters(cfg, tmp_path):
     from fl_medlego.offline_merge import merge_saved_adapters
 
-    fingerprint = cfg.kind.shared_base(cfg)[1]
+    fingerprint = cfg.kind_server().shared_base()[1]
     folders = [cfg.kind.save(_random_update(cfg, s), tmp_path / f"site{s}", cfg, fingerprint) for s in (4, 5)]
     merged = merge_saved_adapters(folders, tmp_path / "merged" / "adapter", "medlego")
-    loaded = cfg.kind.load(tmp_path / "merged", cfg, fingerprint)  # the merged folder fits the cross-modal base
-    assert set(loaded.factors) == set(merged.factors) == set(cfg.kind.template(cfg))
+    loaded = cfg.kind_server().load(tmp_path / "merged", fingerprint)  # the merged folder fits the cross-modal base
+    assert set(loaded.factors) == set(merged.factors) == set(cfg.kind_server().template())

@@ -68,7 +68,7 @@ def test_explicit_cpu_float32_trains_as_auto_does_here(tmp_path):
     for device, precision in (("auto", "auto"), ("cpu", "float32")):
         cfg = parse_run_config({**tiny, "train.device": device, "train.precision": precision})
         data = load_site_data(cfg, "blood")
-        result = cfg.kind.train(cfg, data, None, None)
+        result = cfg.kind_site().train(data, None, None)
         results.append({k: v.detach().clone() for k, v in result.update.to_tensors().items()})
     assert results[0].keys() == results[1].keys()
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])

@@ -123,7 +123,7 @@ def stopped_run(run_dir, run_config: dict, base_fingerprint: str, update=None):
     cfg = parse_run_config({**run_config, "resume": str(run_dir)})
     results = RunResults(run_dir, {k: v for k, v in settings_table(cfg).items() if k not in RESUMABLE_CHANGES})
     if update is not None:
-        cfg.kind.save(update, results.staging_dir(1), cfg, base_fingerprint)
+        cfg.kind_server().save(update, results.staging_dir(1), base_fingerprint)
     results.finish_round(1, {"round": 1, "status": {}, "specialist": {}, "merged": {},
                              "base_fingerprint": base_fingerprint})
     return Context(run_id=3, node_id=0, node_config={}, state=RecordDict(),

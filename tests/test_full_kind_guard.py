@@ -92,7 +92,7 @@ def test_reject_leaves_the_oversized_backbone_out(tmp_path):
 
 
 def test_the_guard_clips_a_full_update_to_exactly_the_bound_from_its_reference():
-    kind = get_kind("full")
+    kind = get_kind("full").server(parse_run_config({"strategy": "vit_avg"}).kind_context())
     updates = {s: stepped(BASE, step) for s, step in STEPS.items()}
     kept, decisions = guard_updates(updates, kind, BASE, GuardSettings())
     bound = decisions[0].bound

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fl_medlego import wire
-from fl_medlego.config import GuardSettings
+from fl_medlego.config import GuardSettings, parse_run_config
 from fl_medlego.kinds import get_kind
 from fl_medlego.lora import Adapter, Factors
 from fl_medlego.server.guard import guard_updates
@@ -23,11 +23,16 @@ def _adapter(ratio: float, where: str) -> Adapter:
     factors = {n: Factors(torch.randn(o, 4, generator=gen, dtype=torch.float64), torch.rand(4, generator=gen,
                           dtype=torch.float64) + 0.5, torch.randn(4, i, generator=gen, dtype=torch.float64))
                for n, (o, i) in TEMPLATE.items()}
-    unit = get_kind("adapter").norm(Adapter(factors))
+    unit = _server("adapter").norm(Adapter(factors))
     e_scale = {"E": ratio / unit, "B and A": 1.0, "B and A, tiny E": 1e-30}[where]
     ba_scale = (ratio / unit / e_scale) ** 0.5
     return Adapter({n: Factors((f.B * ba_scale).float(), (f.E * e_scale).float(), (f.A * ba_scale).float())
                     for n, f in factors.items()}, scale=1.0)
+
+
+def _server(name):
+    """A kind's server half (its norm and scaling are what the guard uses)."""
+    return get_kind(name).server(parse_run_config({}).kind_context(name))
 
 
 def _guarded(kind, update, reference=None):
@@ -38,7 +43,7 @@ def _guarded(kind, update, reference=None):
 @pytest.mark.parametrize("where", ["E", "B and A", "B and A, tiny E"])
 @pytest.mark.parametrize("ratio", RATIOS)
 def test_a_clipped_adapter_has_the_bound_as_its_norm(ratio, where):
-    kind = get_kind("adapter")
+    kind = _server("adapter")
     update = _adapter(ratio, where)
     assert kind.norm(update) == pytest.approx(ratio * BOUND, rel=FLOAT32)
     clipped, decision = _guarded(kind, update)
@@ -53,7 +58,7 @@ def test_a_clipped_adapter_has_the_bound_as_its_norm(ratio, where):
 
 @pytest.mark.parametrize("ratio", RATIOS)
 def test_a_clipped_backbone_change_has_the_bound_as_its_norm(ratio):
-    kind = get_kind("full")
+    kind = _server("full")
     gen = torch.Generator().manual_seed(3)
     reference = {"w": torch.randn(32, 32, generator=gen) * 0.02, "b": torch.randn(32, generator=gen) * 0.02}
     change = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in reference.items()}
@@ -68,7 +73,7 @@ def test_a_clipped_backbone_change_has_the_bound_as_its_norm(ratio):
 
 def test_a_zero_bound_clips_to_zero_not_to_nan():
     """A site that sends an all-zero adapter (E starts at zero) makes the lower median, and so the bound, 0."""
-    kind = get_kind("adapter")
+    kind = _server("adapter")
     zero = Adapter({n: Factors(f.B, torch.zeros_like(f.E), f.A) for n, f in _adapter(1.0, "E").factors.items()})
     kept, decisions = guard_updates({"idle": zero, "trained": _adapter(1e20, "B and A, tiny E"), "other": zero},
                                     kind, None, GuardSettings())

@@ -54,7 +54,7 @@ def test_the_bound_is_the_tighter_of_norm_factor_times_the_lower_median_and_max_
 
 def test_max_norm_is_absolute_whatever_the_sites_send():
     """Every site over max-norm is clipped to exactly it, even when all are (no median can lift it)."""
-    kind = get_kind("adapter")
+    kind = get_kind("adapter").server(parse_run_config({}).kind_context())
     updates = {site: honest_adapter(seed=i, scale=20.0) for i, site in enumerate(NORMS)}
     smallest = min(kind.norm(u, None) for u in updates.values())
     kept, decisions = guard_updates(updates, kind, None, GuardSettings(norm_factor=0, max_norm=smallest / 2))
@@ -124,5 +124,5 @@ def test_a_real_run_clips_every_site_to_max_norm(tmp_path):
     assert {s["state"] for s in strategy.status.values()} == {"merged"}
     assert set(strategy.merged) == {"breast", "pneumonia"}
     cfg = parse_run_config(config)
-    combined = cfg.kind.load(strategy.results.round_dir(1), cfg, strategy.base_fingerprint)
-    assert cfg.kind.norm(combined, None) <= 0.01 * (1 + 1e-4)  # a merge of two updates of norm 0.01
+    combined = cfg.kind_server().load(strategy.results.round_dir(1), strategy.base_fingerprint)
+    assert cfg.kind_server().norm(combined, None) <= 0.01 * (1 + 1e-4)  # a merge of two updates of norm 0.01

@@ -46,36 +46,37 @@ def test_a_kind_trains_encodes_combines_and_evaluates(kind_name, tmp_path):
     cfg = parse_run_config({**TINY, **CONFIG_OF[kind_name]})
     kind = get_kind(kind_name)
     assert cfg.kind is kind
-    template = kind.template(cfg)
-    results = [kind.train(cfg, load_site_data(cfg, site), None, None) for site in cfg.site_names]
+    trainer, server = cfg.kind_site(), cfg.kind_server()
+    template = server.template()
+    results = [trainer.train(load_site_data(cfg, site), None, None) for site in cfg.site_names]
     for result in results:
         assert set(result.metrics) == set(kind.train_metrics) and result.base_fingerprint
         assert result.state.specialist is result.update  # round 1 trains the specialist
-    updates = [kind.decode(kind.encode(r.update), template) for r in results]
-    combined = kind.combine(updates, None, cfg.merge)
-    path = kind.save(combined, tmp_path, cfg, results[0].base_fingerprint)
+    updates = [server.decode(server.encode(r.update), template) for r in results]
+    combined = server.combine(updates, None, cfg.merge)
+    path = server.save(combined, tmp_path, results[0].base_fingerprint)
     assert path.exists()
-    loaded = kind.load(tmp_path, cfg, results[0].base_fingerprint)
-    again = kind.decode(kind.encode(loaded), template)
+    loaded = server.load(tmp_path, results[0].base_fingerprint)
+    again = server.decode(server.encode(loaded), template)
     data = load_site_data(cfg, "breast")
-    metrics = kind.evaluate(cfg, data, again, results[0].state.head)
-    assert metrics == kind.evaluate(cfg, data, combined, results[0].state.head)
+    metrics = trainer.evaluate(data, again, results[0].state.head)
+    assert metrics == trainer.evaluate(data, combined, results[0].state.head)
     assert 0 <= metrics["acc"] <= 1
     # Round 2 from the combined update keeps the specialist of round 1.
-    round2 = kind.train(cfg, data, combined, results[0].state)
+    round2 = trainer.train(data, combined, results[0].state)
     assert round2.state.specialist is results[0].state.specialist
 
 
 @pytest.mark.parametrize("kind_name", sorted(CONFIG_OF))
 def test_a_kind_refuses_updates_that_do_not_fit(kind_name):
     cfg = parse_run_config({**TINY, **CONFIG_OF[kind_name]})
-    kind = get_kind(kind_name)
-    template = kind.template(cfg)
+    trainer, server = get_kind(kind_name).site(cfg.kind_context()), get_kind(kind_name).server(cfg.kind_context())
+    template = server.template()
     with pytest.raises(wire.InvalidUpdate):
-        kind.decode({"weights": torch.zeros(3)}, template)
-    good = kind.encode(kind.train(cfg, load_site_data(cfg, "breast"), None, None).update)
+        server.decode({"weights": torch.zeros(3)}, template)
+    good = server.encode(trainer.train(load_site_data(cfg, "breast"), None, None).update)
     key = sorted(good)[0]
     poisoned = {**good, key: good[key].clone().float()}
     poisoned[key].view(-1)[0] = float("nan")
     with pytest.raises(wire.InvalidUpdate, match="NaN or Inf"):
-        kind.decode(poisoned, template)
+        server.decode(poisoned, template)

@@ -115,12 +115,45 @@ def test_the_library_does_not_import_flower():
     assert not offenders
 
 
-@pytest.mark.parametrize("pattern", [r"['\"]vit_avg['\"]", r"kind(_name)?\s*==", r"\.name\s*==\s*['\"](full|adapter)"])
+# A kind's flags are read inside the kinds alone; whether DP-SGD can wrap a kind's training, by the privacy layer.
+KIND_FLAGS = [r"\bneeds_reference\b", r"\bkeeps_reference\b", r"\bchosen_explicitly\b", r"\bzero_shot\b",
+              r"\bREFERENCE_KIND\b", r"\bspecialist_label\b", r"\bsupports_privacy\b"]
+
+
+@pytest.mark.parametrize("pattern", [r"['\"]vit_avg['\"]", r"kind(_name)?\s*==", r"\.name\s*==\s*['\"](full|adapter)",
+                                     *KIND_FLAGS])
 def test_site_kinds_are_decided_only_inside_the_kinds(pattern):
     kinds = REPO / "fl_medlego" / "kinds"
-    offenders = [f"{p.relative_to(REPO)}:{i}" for p in CODE if kinds not in p.parents
+    allowed = {REPO / "fl_medlego" / "privacy" / "site.py"} if "supports_privacy" in pattern else set()
+    offenders = [f"{p.relative_to(REPO)}:{i}" for p in CODE if kinds not in p.parents and p not in allowed
                  for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(pattern, line)]
     assert not offenders, f"kind-specific checks outside fl_medlego/kinds ({pattern}):\n" + "\n".join(offenders)
+
+
+def test_the_kinds_import_nothing_from_the_run_config():
+    """Kinds take a narrow KindContext (built in config.py), never the RunConfig: no cycle at the type level."""
+    offenders = [f"{p.relative_to(REPO)}: {sorted(bad)}" for p in (REPO / "fl_medlego" / "kinds").rglob("*.py")
+                 if (bad := {m for m in imports_of(p) if re.match(r"fl_medlego\.config(\.|$)", m)})]
+    assert not offenders, "fl_medlego/kinds must not import fl_medlego.config:\n" + "\n".join(offenders)
+
+
+def test_the_shared_modules_name_no_kinds_metric():
+    """wire, replies, the run report and the comparison table iterate over what the kinds declare."""
+    from fl_medlego.crossmodal import metrics
+
+    own = set(metrics.GENERALIST_METRICS) | {metrics.UNSEEN_PREFIX, metrics.CENTRED_PREFIX}
+    shared = [REPO / "fl_medlego" / "wire.py", REPO / "server" / "replies.py", REPO / "fl_medlego" / "report.py",
+              REPO / "fl_medlego" / "compare" / "table.py"]
+    found = [hit for path in shared for hit in literal_uses(path, own, plain_words=False)]
+    found += [f"{p.relative_to(REPO)}: imports {m}" for p in shared for m in imports_of_any(p) if "crossmodal" in m]
+    assert not found, "a kind's metric named in a shared module:\n" + "\n".join(found)
+
+
+def imports_of_any(path: Path) -> set[str]:
+    """Module names a file imports, wherever it lies (the apps' relative imports are left as written)."""
+    tree = ast.parse(path.read_text())
+    return {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
 
 
 @pytest.mark.parametrize("path", ["dryrun/tls/ca.crt", "tls/server.key", "keys/blood_key", "keys/blood_key.pub"])

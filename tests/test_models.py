@@ -48,7 +48,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_vit_base_preset_adapts_q_and_v_of_every_block():
     cfg = parse_run_config({"model.name": "vit_base_patch16_224"})
-    template = cfg.kind.template(cfg)
+    template = cfg.kind_server().template()
     assert len(template) == 24 and set(template.values()) == {(768, 768)}
 
 

@@ -94,7 +94,7 @@ def test_site_model_per_example_gradients_equal_the_loop():
     """The whole site model (adapter on the ViT's fused qkv, head): every trainable tensor, per image."""
     cfg = parse_run_config({"sites": "blood", "data.max-train": 8, "data.max-eval": 8})
     data = load_site_data(cfg, "blood")
-    model = cfg.kind.build_model(cfg, data, None, None)
+    model = cfg.kind_site().build_model(data, None, None)
     gen = torch.Generator().manual_seed(1)
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.no_grad():
@@ -167,7 +167,7 @@ def test_bad_privacy_settings_are_refused_by_name(bad, match):
 def test_a_private_round_reports_epsilon_and_no_training_loss():
     cfg = parse_run_config(PRIVATE)
     data = load_site_data(cfg, "blood")
-    result, ledger = PrivateTraining(cfg.privacy, cfg.num_rounds).train(cfg.kind, cfg, data, None, None, None, 1)
+    result, ledger = PrivateTraining(cfg.privacy, cfg.num_rounds).train(cfg.kind_site(), data, None, None, None, 1)
     per_round = steps_per_epoch(64, 16)
     assert ledger.rounds == [{"round": 1, "noise_multiplier": ledger.noise_multiplier,
                               "sample_rate": 1 / per_round, "steps": per_round}]
@@ -183,7 +183,7 @@ def test_a_private_round_reports_epsilon_and_no_training_loss():
 def test_an_empty_poisson_batch_is_a_noise_only_step():
     cfg = parse_run_config(PRIVATE)
     data = load_site_data(cfg, "blood")
-    model = cfg.kind.build_model(cfg, data, None, None)
+    model = cfg.kind_site().build_model(data, None, None)
     ledger = PrivacyLedger.plan(cfg.privacy, 64, 16, 1, 1)
     params = [p for p in model.parameters() if p.requires_grad]
     stepper = private_steps(cfg.privacy, ledger, 64)(model, params, TrainConfig(orth_weight=0.0))
@@ -196,7 +196,7 @@ def test_an_empty_poisson_batch_is_a_noise_only_step():
 def test_private_fit_counts_its_steps():
     cfg = parse_run_config(PRIVATE)
     data = load_site_data(cfg, "pneumonia")
-    model = cfg.kind.build_model(cfg, data, None, None)
+    model = cfg.kind_site().build_model(data, None, None)
     ledger = PrivacyLedger.plan(cfg.privacy, len(data.train), 16, 2, 1)
     result = fit(model, data.train, data.val, data.task, 28, TrainConfig(epochs=2, batch_size=16),
                  steps=private_steps(cfg.privacy, ledger, len(data.train)))
@@ -335,8 +335,8 @@ def test_privacy_mode_none_trains_exactly_as_before_privacy_existed():
     another CPU's summation order, far below what any change to the training would move)."""
     cfg = parse_run_config({"sites": "blood", "data.max-train": 96, "data.max-eval": 48, "train.local-epochs": 2,
                             "privacy.mode": "none"})
-    result = cfg.kind.train(cfg, load_site_data(cfg, "blood"), None, None)
-    packed = cfg.kind.encode(result.update)[wire.PACKED].double()
+    result = cfg.kind_site().train(load_site_data(cfg, "blood"), None, None)
+    packed = cfg.kind_server().encode(result.update)[wire.PACKED].double()
     assert result.metrics == pytest.approx({"val-acc": 0.3125, "train-loss": 2.0898288091023765, "best-epoch": 2.0,
                                             "num-examples": 96.0}, rel=1e-6)
     assert float(packed.sum()) == pytest.approx(5.564199946136796, rel=1e-6)

@@ -62,16 +62,16 @@ def _assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 @pytest.mark.parametrize("kind_name", list_kinds())
 def test_a_sites_training_is_the_same_whatever_the_global_generators_hold(kind_name):
     cfg = _config(kind_name)
-    kind, data = cfg.kind, load_site_data(cfg, "blood")
+    site, server, data = cfg.kind_site(), cfg.kind_server(), load_site_data(cfg, "blood")
     results, evaluations, states = [], [], []
     for global_seed in (1, 987654):
         _scramble_global_generators(global_seed)
         before = _global_states()
-        results.append(kind.train(cfg, data, None, None))
-        evaluations.append(kind.evaluate(cfg, data, results[-1].update, results[-1].state.head, "val"))
+        results.append(site.train(data, None, None))
+        evaluations.append(site.evaluate(data, results[-1].update, results[-1].state.head, "val"))
         states.append((before, _global_states()))
     first, second = results
-    _assert_same_tensors(kind.encode(first.update), kind.encode(second.update))
+    _assert_same_tensors(server.encode(first.update), server.encode(second.update))
     _assert_same_tensors(first.state.head, second.state.head)
     _assert_same_numbers(first.metrics, second.metrics)
     _assert_same_numbers(*evaluations)
@@ -82,12 +82,12 @@ def test_a_sites_training_is_the_same_whatever_the_global_generators_hold(kind_n
 def test_round_two_does_not_replay_the_draws_of_round_one():
     """The text tower's dropout draws differently in each round (and at each site), reproducibly."""
     cfg = _config("cross-modal")
-    kind, data = cfg.kind, load_site_data(cfg, "blood")
-    start = kind.train(cfg, data, None, None)
+    site, server, data = cfg.kind_site(), cfg.kind_server(), load_site_data(cfg, "blood")
+    start = site.train(data, None, None)
 
     def round_update(server_round: int) -> dict[str, torch.Tensor]:
         _scramble_global_generators(server_round)
-        return kind.encode(kind.train(cfg, data, start.update, start.state, server_round=server_round).update)
+        return server.encode(site.train(data, start.update, start.state, server_round=server_round).update)
 
     round1, round2 = round_update(1), round_update(2)
     assert any(not torch.equal(round1[k], round2[k]) for k in round1)
@@ -101,11 +101,11 @@ def test_dp_sgd_noise_and_sampling_stay_out_of_the_seeded_draws():
     settings = PrivacySettings(mode="dp-sgd", epsilon=8.0)
     trained = []
     for _ in range(2):
-        model = cfg.kind.build_model(cfg, data, None, None)
+        model = cfg.kind_site().build_model(data, None, None)
         ledger = PrivacyLedger.plan(settings, len(data.train), 8, 1, 1)
-        fit(model, data.train, data.val, data.task, model.image_size, cfg.kind.train_config(cfg),
+        fit(model, data.train, data.val, data.task, model.image_size, cfg.kind_site().train_config(),
             steps=private_steps(settings, ledger, len(data.train)), draws_seed=training_seed(cfg.seed, "blood", 1))
-        trained.append(cfg.kind.encode(cfg.kind.extract(model)))
+        trained.append(cfg.kind_server().encode(cfg.kind_site().extract(model)))
     assert any(not torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
 
 

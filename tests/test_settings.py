@@ -153,10 +153,11 @@ def test_a_kind_owns_its_settings():
     assert isinstance(cross.kind_settings, CrossModalSettings) and cross.kind_settings.logit_scale == 20.0
     full = parse_run_config({"strategy": "vit_avg", "full.lr": 0.002})
     assert isinstance(full.kind_settings, FullSettings)
-    assert full.kind.train_config(full).lr == 0.002
+    assert full.kind_site().train_config().lr == 0.002
     adapter = parse_run_config({"full.lr": 0.002})
     assert adapter.kind_settings is None
-    assert get_kind("full").train_config(adapter).lr == 0.002  # the multi-task reference of an adapter comparison
+    # the multi-task reference of an adapter comparison
+    assert adapter.kind_site(get_kind("full").name).train_config().lr == 0.002
     assert "full.lr" in _refusal("train.full-lr", 0.002)
     assert not hasattr(full, "full_lr") and not hasattr(cross, "cross_modal")
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from fl_medlego import wire
+from fl_medlego.crossmodal import metrics as cm
 
 from flower_run import flwr_run, local_flower
 
@@ -64,7 +65,7 @@ def test_a_cross_modal_flower_simulation_is_head_free_and_reports_the_generalist
     run_dir, summary = _tiny_run(tmp_path, "", scenario="cross_modal", timeout_s=480)
     assert set(summary["sites"]) == {"breast", "pneumonia"}
     assert_summary_reports_what_the_sites_evaluated(run_dir, summary,
-                                                    ("acc", wire.MODALITY_SHARE, wire.UNSEEN_PREFIX + "acc"))
+                                                    ("acc", cm.MODALITY_SHARE, cm.UNSEEN_PREFIX + "acc"))
     config_file = json.loads((run_dir / "round-002" / "adapter" / "adapter_config.json").read_text())
     assert config_file["base_model_name_or_path"] == "vit_medmnist_28+all-MiniLM-L6-v2"
     assert {name.split(".")[0] for name in config_file["ranks"]} == {"image", "projection", "text"}

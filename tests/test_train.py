@@ -16,7 +16,7 @@ from fl_medlego.train import TrainConfig, evaluate, fit
 def test_fit_keeps_the_best_validation_epoch():
     cfg = parse_run_config({"sites": "breast", "data.max-train": 64, "data.max-eval": 48})
     data = load_site_data(cfg, "breast")
-    model = cfg.kind.build_model(cfg, data, None, None)
+    model = cfg.kind_site().build_model(data, None, None)
     result = fit(model, data.train, data.val, data.task, 28, TrainConfig(epochs=3, batch_size=32, lr=5e-3))
     assert len(result.history) == 3
     best = max(h["val_acc"] for h in result.history)
@@ -111,7 +111,7 @@ def test_recipe_options_change_training_and_organa_is_not_flipped(monkeypatch):
                                                "train.class-balance": "loss"}}.items():
         cfg = parse_run_config({**base, **extra})
         data = load_site_data(cfg, "organa")
-        updates[name] = cfg.kind.train(cfg, data, None, None).update.to_tensors()
+        updates[name] = cfg.kind_site().train(data, None, None).update.to_tensors()
     assert seen and all(not c.flip and not c.rotate for c in seen)  # organA: left/right classes, never mirrored
     assert any(not torch.equal(updates["plain"][k], updates["recipe"][k]) for k in updates["plain"])
 

@@ -24,13 +24,14 @@ from ..config import RunConfig, parse_run_config, settings_table
 from ..data import SiteData, parse_sites
 from ..errors import ConfigError
 from ..files import write_json_atomic
-from ..kinds import REFERENCE_KIND, SiteKind, all_strategies, get_kind, kind_for_strategy
+from ..kinds import SiteKind, all_strategies, ceiling_kind, kind_for_strategy
 from ..models import create_backbone
 from ..multitask import MultiTaskModel, train_multitask
+from ..privacy.site import trains_privately
 from ..site import load_site_data
 from ..train import evaluate
 from .cache import SpecialistCache
-from .table import MULTITASK, UNTRAINED, render_comparison, specialists_row
+from .table import MULTITASK, render_comparison
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,8 @@ def sweep_row(energy: float) -> str:
 def compared_strategies(run_config: dict | None = None) -> list[str]:
     """What `compare` runs by default: every strategy and the multi-task reference, or, when the scenario
     names a kind that must be chosen explicitly (cross-modal), that kind's strategies."""
-    kind = parse_run_config(run_config).kind if run_config is not None else None
-    if kind is not None and kind.chosen_explicitly:
-        return kind.strategies()
-    return all_strategies() + [MULTITASK]
+    own = parse_run_config(run_config).kind.comparison_strategies() if run_config is not None else None
+    return own if own is not None else all_strategies() + [MULTITASK]
 
 
 def _options_as_run_config(run_config: dict, options: dict) -> dict:
@@ -69,7 +68,8 @@ def _options_as_run_config(run_config: dict, options: dict) -> dict:
 
 def _test_metrics(cfg: RunConfig, sites: dict[str, SiteData], combined, heads: dict) -> dict[str, dict]:
     """Every site's test metrics of one combined update, each with that site's own head."""
-    return {s: cfg.kind.evaluate(cfg, d, combined, heads[s]) for s, d in sites.items()}
+    site = cfg.kind_site()
+    return {s: site.evaluate(d, combined, heads[s]) for s, d in sites.items()}
 
 
 class Comparison:
@@ -91,7 +91,7 @@ class Comparison:
                              f"known: {', '.join(known)}")
         if cfg.privacy.private:
             # A comparison is only private if every row is: the rest would train without DP-SGD, or fail midway.
-            public = [s for s in strategies if s == MULTITASK or not kind_for_strategy(s).supports_privacy]
+            public = [s for s in strategies if s == MULTITASK or not trains_privately(kind_for_strategy(s))]
             if public:
                 raise ConfigError(f"privacy.mode={cfg.privacy.mode!r}: {public} cannot train with DP-SGD; "
                                  "leave them out of --strategies")
@@ -151,9 +151,10 @@ class Comparison:
             cfg = self._config(seed)
             sites = {name: load_site_data(cfg, name) for name in cfg.site_names}
             # The reference of the normalized ACC: trained whatever the strategies compared.
-            self._specialists(cfg, get_kind(REFERENCE_KIND), sites, seed)
-            if cfg.kind.zero_shot and not self._done(UNTRAINED, seed):  # where a kind without training starts
-                self._record(UNTRAINED, seed, {s: cfg.kind.evaluate(cfg, d, None, {}) for s, d in sites.items()})
+            self._specialists(cfg, ceiling_kind(), sites, seed)
+            for row in cfg.kind.untrained_rows:  # where a kind whose untrained model classifies starts
+                if not self._done(row, seed):
+                    self._record(row, seed, {s: cfg.kind_site().evaluate(d, None, {}) for s, d in sites.items()})
             for strategy, rounds in rows:
                 row = federated_row(strategy, rounds)
                 if self._done(row, seed):
@@ -186,31 +187,33 @@ class Comparison:
         key = cfg if self.specialists_of is None else dataclasses.replace(cfg, sites=tuple(parse_sites(
             self.specialists_of)))
         cache = SpecialistCache(self.cache_dir, key)
-        base = kind.shared_base(cfg)[1]  # a replaced base refuses old entries
+        site, server = cfg.kind_site(kind.name), cfg.kind_server(kind.name)
+        base = server.shared_base()[1]  # a replaced base refuses old entries
         found = {}
         for name, data in sites.items():
             entry = cache.entry(name, kind.name)
             if not cache.complete(entry):
-                result = kind.train(cfg, data, None, None)
-                test = kind.evaluate(cfg, data, result.update, result.state.head)
+                result = site.train(data, None, None)
+                test = site.evaluate(data, result.update, result.state.head)
                 cache.write(entry, {"head": result.state.head}, {"test": test, "base": result.base_fingerprint},
-                            extra=lambda tmp, r=result: kind.save(r.update, tmp, cfg, r.base_fingerprint))
+                            extra=lambda tmp, r=result: server.save(r.update, tmp, r.base_fingerprint))
             metrics = cache.metrics(entry)
-            found[name] = (kind.load(entry, cfg, base), cache.read(entry, "head"), metrics["test"])
-        if not self._done(specialists_row(kind), seed):
-            self._record(specialists_row(kind), seed, {s: test for s, (_, _, test) in found.items()})
+            found[name] = (server.load(entry, base), cache.read(entry, "head"), metrics["test"])
+        if not self._done(kind.specialists_row(), seed):
+            self._record(kind.specialists_row(), seed, {s: test for s, (_, _, test) in found.items()})
         return found
 
     def _combined_row(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int) -> None:
         kind, strategy = cfg.kind, cfg.strategy
+        site, server = cfg.kind_site(), cfg.kind_server()
         specialists = self._specialists(cfg, kind, sites, seed)
         updates = [specialists[s][0] for s in sites]
         best = None
         try:
             for values in kind.option_grid(strategy):
                 merge = cfg.merge.with_options(**values)
-                combined = kind.combine(updates, None, merge)
-                val = [kind.evaluate(cfg, d, combined, specialists[s][1], "val")["acc"] for s, d in sites.items()]
+                combined = server.combine(updates, None, merge)
+                val = [site.evaluate(d, combined, specialists[s][1], "val")["acc"] for s, d in sites.items()]
                 score = sum(val) / len(val)
                 if best is None or score > best[0]:
                     best = (score, merge, combined)
@@ -221,15 +224,15 @@ class Comparison:
         score, merge, combined = best
         test = _test_metrics(cfg, sites, combined, {s: specialists[s][1] for s in sites})
         options = dataclasses.asdict(merge.options) if merge.options is not None else {}
-        self._record(strategy, seed, test, options=options, val_mean_acc=score, **kind.describe(combined))
+        self._record(strategy, seed, test, options=options, val_mean_acc=score, **server.describe(combined))
 
     def _fixed_row(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int, row: str, options: dict) -> None:
         """One combination with the given options (no tuning): test metrics and the merged rank."""
-        kind = cfg.kind
-        specialists = self._specialists(cfg, kind, sites, seed)
-        combined = kind.combine([specialists[s][0] for s in sites], None, cfg.merge.with_options(**options))
+        server = cfg.kind_server()
+        specialists = self._specialists(cfg, cfg.kind, sites, seed)
+        combined = server.combine([specialists[s][0] for s in sites], None, cfg.merge.with_options(**options))
         test = _test_metrics(cfg, sites, combined, {s: specialists[s][1] for s in sites})
-        self._record(row, seed, test, options=options, **kind.describe(combined))
+        self._record(row, seed, test, options=options, **server.describe(combined))
 
     def _federated_row(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int, rounds: int) -> None:
         """A real federation of `rounds` rounds, run as `flwr run` runs it (the ServerApp's strategy with its
@@ -257,9 +260,10 @@ class Comparison:
         summary = json.loads((federation.run_dir / "summary.json").read_text())
         test = {site: {k: v for k, v in entry["merged"].items() if k != "round"}
                 for site, entry in summary["sites"].items()}
-        combined = cfg.kind.load(federation.run_dir / f"round-{rounds:03d}", cfg, None)
+        server = cfg.kind_server()
+        combined = server.load(federation.run_dir / f"round-{rounds:03d}", None)
         self._record(row, seed, test, options=one_shot.get("options", {}), rounds=rounds,
-                     run_dir=str(federation.run_dir), **cfg.kind.describe(combined))
+                     run_dir=str(federation.run_dir), **server.describe(combined))
 
     def _multitask(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int) -> None:
         cache = SpecialistCache(self.cache_dir, cfg)

@@ -14,22 +14,32 @@ from pathlib import Path
 
 import numpy as np
 
-from ..kinds import REFERENCE_KIND, SiteKind, get_kind, list_kinds
+from ..kinds import ReportColumns, SiteKind, ceiling_kind, get_kind, list_kinds
 from ..metrics import normalized_accuracy
-from ..wire import CENTRED_PREFIX, MERGED_MAX_RANK, MODALITY_SHARE, UNION_ACC, UNSEEN_METRICS
+from ..wire import MERGED_MAX_RANK
 
 MULTITASK = "multitask"
-UNTRAINED = "untrained pair (zero-shot)"  # a cross-modal model before any training: classes from prompts alone
+
+NORMALIZED_BY = ceiling_kind().specialists_row()  # normalized ACC: merged / SVD-LoRA specialist ACC
+
+
+def _kinds() -> list[SiteKind]:
+    return [get_kind(name) for name in list_kinds()]  # every registered kind, a late-registered one too
 
 
 def specialists_row(kind: SiteKind) -> str:
     """The row of a kind's specialists (the site's own model, not an assembled one)."""
-    return f"specialists ({kind.specialist_label})"
+    return kind.specialists_row()
 
 
-SPECIALIST_ROWS = tuple(specialists_row(get_kind(name)) for name in list_kinds())
-NORMALIZED_BY = specialists_row(get_kind(REFERENCE_KIND))  # normalized ACC: merged / SVD-LoRA specialist ACC
-REFERENCE_ROWS = (*SPECIALIST_ROWS, MULTITASK, UNTRAINED)
+def reference_rows() -> tuple[str, ...]:
+    """Rows that are references, not ranked: each kind's specialists, the multi-task model and the rows the kinds
+    add (a model before any training)."""
+    kinds = _kinds()
+    return (*(k.specialists_row() for k in kinds), MULTITASK, *(row for k in kinds for row in k.untrained_rows))
+
+
+REFERENCE_ROWS = reference_rows()  # those of the kinds registered when this module is imported
 NORMALIZED = "mean norm. ACC"
 
 
@@ -113,7 +123,7 @@ def format_paired(d: dict, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def _paired_cell(results: dict, row: str) -> str:
-    if row == PAIRED_BASELINE or row in REFERENCE_ROWS or PAIRED_BASELINE not in results["rows"]:
+    if row == PAIRED_BASELINE or row in reference_rows() or PAIRED_BASELINE not in results["rows"]:
         return ""
     d = paired_difference(results, row)
     return "n/a" if d is None else format_paired(d)
@@ -125,10 +135,11 @@ def columns(results: dict) -> list[str]:
 
 def _ranks(table: dict, column: str) -> dict[str, int]:
     """1 for the best, 2 for the second among the ranked rows (ties share a place)."""
-    scores = sorted({round(c[column][0], 6) for r, c in table.items() if r not in REFERENCE_ROWS
+    references = reference_rows()
+    scores = sorted({round(c[column][0], 6) for r, c in table.items() if r not in references
                      and not math.isnan(c[column][0])}, reverse=True)
     return {r: scores.index(round(c[column][0], 6)) + 1 for r, c in table.items()
-            if r not in REFERENCE_ROWS and not math.isnan(c[column][0]) and scores.index(round(c[column][0], 6)) < 2}
+            if r not in references and not math.isnan(c[column][0]) and scores.index(round(c[column][0], 6)) < 2}
 
 
 def _cell(mean: float, std: float, seeds: int) -> str:
@@ -171,40 +182,36 @@ def to_markdown(results: dict) -> str:
     if left_out:
         text += ["", f"Left out of `{NORMALIZED}` (the specialist's test ACC is 0, so no ratio exists): "
                  + ", ".join(f"{site} (seed {seed})" for seed, site in left_out)]
-    text += generalist_markdown(results)
+    for section in kind_sections():
+        text += section_markdown(results, section)
     text += ["", f"Wall time: {results.get('wall_time_s', 'n/a')} s"]
     return "\n".join(text) + "\n"
 
 
-GENERALIST_COLUMNS = {"f1": "macro-F1", **dict(zip(UNSEEN_METRICS, ("unseen-prompt ACC", "unseen-prompt AUC",
-                                                                    "unseen-prompt F1"))),
-                      UNION_ACC: "union-of-labels ACC", MODALITY_SHARE: "right modality",
-                      CENTRED_PREFIX + "acc": "centred ACC", CENTRED_PREFIX + "f1": "centred F1"}
+def kind_sections() -> list[ReportColumns]:
+    return [kind.report for kind in _kinds() if kind.report is not None]
 
 
-def generalist_markdown(results: dict) -> list[str]:
-    """Cross-modal rows: macro-F1 and the two generalist tests, means over the sites (± std over seeds)."""
+def section_markdown(results: dict, section: ReportColumns) -> list[str]:
+    """A kind's own columns, means over the sites (± std over seeds), for the rows that report them."""
     rows = {row: [r["test"] for r in by_seed.values() if r.get("test")] for row, by_seed in results["rows"].items()}
-    rows = {row: runs for row, runs in rows.items() if runs and all(UNSEEN_METRICS[0] in m for m in runs[0].values())}
+    first = next(iter(section.columns))
+    rows = {row: runs for row, runs in rows.items() if runs and all(first in m for m in runs[0].values())}
     if not rows:
         return []
     seeds = len(results["seeds"])
-    share = [f"{s} right modality" for s in results["sites"]]
-    lines = ["| strategy | " + " | ".join([*GENERALIST_COLUMNS.values(), *share]) + " |",
-             "|---|" + "---|" * (len(GENERALIST_COLUMNS) + len(share))]
+    columns = {**section.compare_first, **section.columns}
+    per_site = [(metric, f"{s} {label}", s) for metric, label in section.per_site for s in results["sites"]]
+    lines = ["| strategy | " + " | ".join([*columns.values(), *(label for _, label, _ in per_site)]) + " |",
+             "|---|" + "---|" * (len(columns) + len(per_site))]
     for row, runs in rows.items():
         cells = []
-        for key in GENERALIST_COLUMNS:
+        for key in columns:
             per_seed = [np.nanmean([m.get(key, math.nan) for m in run.values()]) for run in runs]
             cells.append(_cell(*_stats(per_seed), seeds))
-        cells += [_cell(*_stats([run[s].get(MODALITY_SHARE, math.nan) for run in runs]), seeds)
-                  for s in results["sites"]]
+        cells += [_cell(*_stats([run[s].get(metric, math.nan) for run in runs]), seeds) for metric, _, s in per_site]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return ["", "## Cross-modal: macro-F1, unseen prompts, union of labels", "",
-            "Means over the sites. Unseen prompts: the site's classes in held-out paraphrase templates. Union of "
-            "labels: every site's class prompts at once; `right modality` = share of test images whose top prompt "
-            "is one of their own modality's. Centred: each class's score minus its mean over the site's validation "
-            "images (labels unused), the calibration a site can apply alone.", "", *lines]
+    return ["", f"## {section.title}", "", section.compare_text, "", *lines]
 
 
 def rich_table(results: dict):
@@ -244,7 +251,7 @@ def print_whole(console, table) -> None:
 def to_csv(results: dict, path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        extra = list(GENERALIST_COLUMNS)[1:]
+        extra = [key for section in kind_sections() for key in section.columns]
         writer.writerow(["strategy", "seed", "site", "acc", "auc", "f1", "loss", *extra, "options"])
         for row, by_seed in results["rows"].items():
             for seed, r in by_seed.items():

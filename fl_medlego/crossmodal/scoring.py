@@ -23,7 +23,7 @@ from ..data.sites import Split
 from ..device import autocast, placed, resolve_device, resolve_precision, to_device
 from ..metrics import MULTI_LABEL, classification_metrics
 from ..train import task_loss, to_model_input
-from ..wire import CENTRED_PREFIX, MODALITY_SHARE, UNION_ACC, UNSEEN_PREFIX
+from .metrics import CENTRED_PREFIX, MODALITY_SHARE, UNION_ACC, UNSEEN_PREFIX
 from .model import CrossModalModel
 from .prompts import class_prompts, site_prompts, unseen_templates
 from .text_tower import sentence_embeddings, tokenize

@@ -16,11 +16,11 @@ from ..lora.factors import Factors
 from ..merging import adapter_norm, get_merge, list_merges, merge_adapters, option_grid
 from ..models import SiteModel, create_backbone, shared_base
 from ..seeds import site_seed
-from ..train import TrainConfig
 from ._registry import SiteKind, register_kind
+from ._server import KindServer, MergeChoice
+from ._site import KindSite
 
 if TYPE_CHECKING:
-    from ..config import MergeSettings, RunConfig
     from ..data import SiteData
 
 
@@ -38,29 +38,14 @@ def _scaled_factors(f: Factors, factor: float) -> Factors:
     return Factors(B.to(f.B.dtype), E.to(f.E.dtype), A.to(f.A.dtype))
 
 
-@register_kind
-class AdapterKind(SiteKind):
-    name = "adapter"
-    summary = "SVD-LoRA adapter + head on a frozen shared base; the low-rank factors are merged"
-    specialist_label = "SVD-LoRA"
-    supports_privacy = True
+class AdapterServer(KindServer):
+    """Adapters on the wire (packed factors) and on disk (PEFT-style folders), merged by the run's merge."""
 
-    def strategies(self) -> list[str]:
-        return list_merges()
-
-    def merge_options(self, strategy: str, shared: dict, options: dict) -> object:
-        merge = get_merge(strategy)
-        fields = {f.name for f in dataclasses.fields(merge.options_type)}
-        return merge.make_options(**{**{k: v for k, v in shared.items() if k in fields}, **options})
-
-    def option_grid(self, strategy: str) -> list[dict]:
-        return option_grid(strategy)
-
-    def template(self, cfg: RunConfig) -> dict[str, tuple[int, int]]:
+    def template(self) -> dict[str, tuple[int, int]]:
         """Matrix name -> (d_out, d_in) of every adapted matrix."""
         with torch.device("meta"):
-            backbone = create_backbone(cfg.model_name, num_classes=0)
-            inject_svd_lora(backbone, cfg.lora)
+            backbone = create_backbone(self.context.model_name, num_classes=0)
+            inject_svd_lora(backbone, self.context.lora)
         return {name: (u.lora_B.shape[0], u.lora_A.shape[1]) for name, u in adapter_updates(backbone).items()}
 
     def size_bound(self, template: dict) -> int:
@@ -79,28 +64,36 @@ class AdapterKind(SiteKind):
     def decode(self, tensors: dict[str, torch.Tensor], template: dict) -> Adapter:
         return wire.decode_adapter(tensors, template)
 
-    def save(self, update: Adapter, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> Path:
-        return save_adapter(update, Path(directory) / "adapter", cfg.lora, cfg.model_name, base_fingerprint)
+    def base_name(self) -> str:
+        return self.context.model_name
 
-    def load(self, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> Adapter:
-        return load_adapter(Path(directory) / "adapter", expect_lora=cfg.lora, expect_base=cfg.model_name,
+    def save(self, update: Adapter, directory: Path, base_fingerprint: str | None) -> Path:
+        return save_adapter(update, Path(directory) / "adapter", self.context.lora, self.base_name(), base_fingerprint)
+
+    def load(self, directory: Path, base_fingerprint: str | None) -> Adapter:
+        return load_adapter(Path(directory) / "adapter", expect_lora=self.context.lora, expect_base=self.base_name(),
                             expect_fingerprint=base_fingerprint)
 
-    def combine(self, updates: Sequence[Adapter], weights: torch.Tensor | None, merge: MergeSettings) -> Adapter:
+    def combine(self, updates: Sequence[Adapter], weights: torch.Tensor | None, merge: MergeChoice) -> Adapter:
         return merge_adapters(updates, merge.method, weights, options=merge.options)
 
     def describe(self, update: Adapter) -> dict[str, float]:
         return {wire.MERGED_MAX_RANK: max(f.rank for f in update.factors.values())}
 
-    def build_model(self, cfg: RunConfig, data: SiteData, update: Adapter | None,
+
+class AdapterSite(KindSite):
+    """An SVD-LoRA adapter (rank by site) and a head on the frozen shared base."""
+
+    def build_model(self, data: SiteData, update: Adapter | None,
                     head: dict[str, torch.Tensor] | None) -> SiteModel:
-        backbone, base_fingerprint = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
+        c = self.context
+        backbone, base_fingerprint = shared_base(c.model_name, c.pretrained, c.seed)
         site = data.site.name
         # Adapter init and head differ by site, reproducibly, without touching the caller's random state.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(site_seed(cfg.seed, site))
-            inject_svd_lora(backbone, dataclasses.replace(cfg.lora, rank=cfg.rank_of(site)))
-            model = SiteModel(backbone, data.num_classes, cfg.image_size, base_fingerprint)
+            torch.manual_seed(site_seed(c.seed, site))
+            inject_svd_lora(backbone, dataclasses.replace(c.lora, rank=c.rank_of(site)))
+            model = SiteModel(backbone, data.num_classes, c.image_size, base_fingerprint)
         if head is not None:
             model.head.load_state_dict(head)
         if update is not None:
@@ -110,5 +103,23 @@ class AdapterKind(SiteKind):
     def extract(self, model: SiteModel) -> Adapter:
         return get_adapter(model.backbone)
 
-    def train_config(self, cfg: RunConfig) -> TrainConfig:
-        return cfg.train
+
+@register_kind
+class AdapterKind(SiteKind):
+    name = "adapter"
+    summary = "SVD-LoRA adapter + head on a frozen shared base; the low-rank factors are merged"
+    specialist_label = "SVD-LoRA"
+    supports_privacy = True
+    site_type = AdapterSite
+    server_type = AdapterServer
+
+    def strategies(self) -> list[str]:
+        return list_merges()
+
+    def merge_options(self, strategy: str, shared: dict, options: dict) -> object:
+        merge = get_merge(strategy)
+        fields = {f.name for f in dataclasses.fields(merge.options_type)}
+        return merge.make_options(**{**{k: v for k, v in shared.items() if k in fields}, **options})
+
+    def option_grid(self, strategy: str) -> list[dict]:
+        return option_grid(strategy)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .. import wire
+from ..crossmodal import metrics
 from ..crossmodal.model import PROJECTION, CrossModalModel, FixedProjection
 from ..crossmodal.prompts import is_multi_label, site_prompts, vocabulary
 from ..crossmodal.scoring import evaluate_cross_modal
@@ -30,31 +30,30 @@ from ..lora import (
     adapter_updates,
     get_adapter,
     inject_svd_lora,
-    load_adapter,
-    save_adapter,
     set_adapter,
 )
 from ..models import create_backbone, shared_base
 from ..seeds import name_offset, site_seed
-from ._registry import register_kind
-from .adapter import AdapterKind
+from ._context import KindContext
+from ._registry import ReportColumns, register_kind
+from .adapter import AdapterKind, AdapterServer, AdapterSite
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
     from ..data import SiteData
 
 TEXT_TOWER_NAME = "all-MiniLM-L6-v2"
+UNTRAINED = "untrained pair (zero-shot)"  # the model before any training: classes from prompts alone
 
 
-def _projection_seed(cfg: RunConfig) -> int:
-    return cfg.seed + name_offset(PROJECTION)
+def _projection_seed(context: KindContext) -> int:
+    return context.seed + name_offset(PROJECTION)
 
 
-def _inject(image: nn.Module, projection: nn.Module, text: nn.Module, cfg: RunConfig, rank: int) -> None:
-    lora = dataclasses.replace(cfg.lora, rank=rank)
+def _inject(image: nn.Module, projection: nn.Module, text: nn.Module, context: KindContext, rank: int) -> None:
+    lora = dataclasses.replace(context.lora, rank=rank)
     inject_svd_lora(image, lora)
     inject_svd_lora(projection, SVDLoRAConfig(rank, lora.alpha, ("map",), lora.init_std, lora.orth_weight))
-    own: CrossModalSettings = cfg.kind_settings
+    own: CrossModalSettings = context.settings
     inject_svd_lora(text, SVDLoRAConfig(rank, lora.alpha, own.text_targets, own.text_init_std, lora.orth_weight))
 
 
@@ -66,59 +65,59 @@ class _Towers(nn.Module):
         self.image, self.projection, self.text = image, projection, text
 
 
-@register_kind
-class CrossModalKind(AdapterKind):
-    name = "cross-modal"
-    summary = "SVD-LoRA in the image and the text tower of a CLIP-style pair; classes are text prompts, no head"
-    specialist_label = "cross-modal SVD-LoRA"
-    supports_privacy = False  # the text tower's gradients are over prompts, not over a site's examples
-    zero_shot = True
-    evaluate_metrics = wire.GENERALIST_METRICS  # the union and unseen-prompt tests (crossmodal/scoring.py)
-    settings_type = CrossModalSettings
-    chosen_explicitly = True  # the merge names are the adapter kind's: `kind = "cross-modal"` selects this one
+def _joint_base(context: KindContext) -> tuple[nn.Module, str]:
+    """The image tower's shared base, and the fingerprint of the whole pair (image base, text tower, projection)."""
+    image, image_print = shared_base(context.model_name, context.pretrained, context.seed)
+    _, text_print = load_text_tower()
+    joint = f"{image_print}:{TEXT_TOWER_NAME}:{text_print}:projection-{_projection_seed(context)}"
+    return image, hashlib.sha256(joint.encode()).hexdigest()[:16]
 
-    def template(self, cfg: RunConfig) -> dict[str, tuple[int, int]]:
+
+class CrossModalServer(AdapterServer):
+    """One adapter over both towers: merged as any adapter; saved with the text tower's name and targets."""
+
+    def template(self) -> dict[str, tuple[int, int]]:
+        # Everything on the meta device: building a template draws nothing from the global generator.
         with torch.device("meta"):
-            image = create_backbone(cfg.model_name, num_classes=0)
+            image = create_backbone(self.context.model_name, num_classes=0)
             projection = FixedProjection(image.num_features, None)
-        text = text_tower_on_meta()
-        _inject(image, projection, text, cfg, cfg.lora.rank)
+            text = text_tower_on_meta()
+            _inject(image, projection, text, self.context, self.context.lora.rank)
         towers = _Towers(image, projection, text)
         return {name: (u.lora_B.shape[0], u.lora_A.shape[1]) for name, u in adapter_updates(towers).items()}
 
-    def shared_base(self, cfg: RunConfig) -> tuple[nn.Module, str]:
-        image, image_print = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
-        _, text_print = load_text_tower()
-        joint = f"{image_print}:{TEXT_TOWER_NAME}:{text_print}:projection-{_projection_seed(cfg)}"
-        return image, hashlib.sha256(joint.encode()).hexdigest()[:16]
+    def shared_base(self) -> tuple[nn.Module, str]:
+        return _joint_base(self.context)
 
-    def base_name(self, cfg: RunConfig) -> str:
-        return f"{cfg.model_name}+{TEXT_TOWER_NAME}"
+    def base_name(self) -> str:
+        return f"{self.context.model_name}+{TEXT_TOWER_NAME}"
 
-    def save(self, update: Adapter, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> Path:
-        update = Adapter(update.factors, update.scale, {**update.metadata, "kind": self.name,
-                                                        "text_targets": list(cfg.kind_settings.text_targets)})
-        return save_adapter(update, Path(directory) / "adapter", cfg.lora, self.base_name(cfg), base_fingerprint)
+    def save(self, update: Adapter, directory: Path, base_fingerprint: str | None) -> Path:
+        text_targets = list(self.context.settings.text_targets)
+        update = Adapter(update.factors, update.scale, {**update.metadata, "kind": self.kind.name,
+                                                        "text_targets": text_targets})
+        return super().save(update, directory, base_fingerprint)
 
-    def load(self, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> Adapter:
-        return load_adapter(Path(directory) / "adapter", expect_lora=cfg.lora, expect_base=self.base_name(cfg),
-                            expect_fingerprint=base_fingerprint)
 
-    def build_model(self, cfg: RunConfig, data: SiteData, update: Adapter | None,
+class CrossModalSite(AdapterSite):
+    """Both towers adapted; a site scores its images against its own class prompts (no head)."""
+
+    def build_model(self, data: SiteData, update: Adapter | None,
                     head: dict[str, torch.Tensor] | None) -> CrossModalModel:
         if head:
             raise ValueError("a cross-modal site has no head: its classes are text prompts")
-        image, base_fingerprint = self.shared_base(cfg)
+        c = self.context
+        image, base_fingerprint = _joint_base(c)
         text, _ = load_text_tower()
-        projection = FixedProjection(image.num_features, _projection_seed(cfg))
+        projection = FixedProjection(image.num_features, _projection_seed(c))
         flag = data.site.flag
-        own: CrossModalSettings = cfg.kind_settings
+        own: CrossModalSettings = c.settings
         negatives = vocabulary(flag) if own.negatives == "vocabulary" and not is_multi_label(flag) else None
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(site_seed(cfg.seed, data.site.name))
-            _inject(image, projection, text, cfg, cfg.rank_of(data.site.name))
+            torch.manual_seed(site_seed(c.seed, data.site.name))
+            _inject(image, projection, text, c, c.rank_of(data.site.name))
         model = CrossModalModel(image, projection, text, site_prompts(flag), own.logit_scale,
-                                is_multi_label(flag), negatives, cfg.image_size, base_fingerprint)
+                                is_multi_label(flag), negatives, c.image_size, base_fingerprint)
         if update is not None:
             set_adapter(model, update)
         return model
@@ -129,11 +128,32 @@ class CrossModalKind(AdapterKind):
     def head_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {}
 
-    def evaluate(self, cfg: RunConfig, data: SiteData, update: Adapter, head: dict[str, torch.Tensor],
+    def evaluate(self, data: SiteData, update: Adapter | None, head: dict[str, torch.Tensor] | None,
                  split: str = "test") -> dict[str, float]:
-        model = self.build_model(cfg, data, update, head)
+        model = self.build_model(data, update, head)
         # The generalist tests are for reports (test split); choosing options on validation needs ACC only.
-        union = list(dict.fromkeys(s.flag for s in cfg.sites))
+        union = list(dict.fromkeys(self.context.site_flags))
+        train = self.context.train
         return evaluate_cross_modal(model, getattr(data, split), data.task, data.site.flag, union,
-                                    generalist=split == "test", calibration=data.val, device=cfg.train.device,
-                                    precision=cfg.train.precision)
+                                    generalist=split == "test", calibration=data.val, device=train.device,
+                                    precision=train.precision)
+
+
+@register_kind
+class CrossModalKind(AdapterKind):
+    name = "cross-modal"
+    summary = "SVD-LoRA in the image and the text tower of a CLIP-style pair; classes are text prompts, no head"
+    specialist_label = "cross-modal SVD-LoRA"
+    supports_privacy = False  # the text tower's gradients are over prompts, not over a site's examples
+    evaluate_metrics = metrics.GENERALIST_METRICS  # the union and unseen-prompt tests (crossmodal/scoring.py)
+    metric_schema = metrics.SCHEMA
+    undefined_metrics = metrics.MAY_BE_UNDEFINED
+    report = ReportColumns(
+        title="Cross-modal: macro-F1, unseen prompts, union of labels", columns=metrics.COLUMNS,
+        summary_text=metrics.SUMMARY_TEXT, compare_text=metrics.COMPARE_TEXT,
+        compare_first={"f1": "macro-F1"}, per_site=((metrics.MODALITY_SHARE, "right modality"),))
+    untrained_rows = (UNTRAINED,)  # its untrained model classifies already (prompts): compare reports it
+    settings_type = CrossModalSettings
+    chosen_explicitly = True  # the merge names are the adapter kind's: `kind = "cross-modal"` selects this one
+    site_type = CrossModalSite
+    server_type = CrossModalServer

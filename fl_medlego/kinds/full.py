@@ -21,9 +21,10 @@ from ..seeds import site_seed
 from ..settings import check_group, setting
 from ..train import TrainConfig
 from ._registry import SiteKind, register_kind
+from ._server import KindServer, MergeChoice
+from ._site import KindSite
 
 if TYPE_CHECKING:
-    from ..config import MergeSettings, RunConfig
     from ..data import SiteData
 
 WEIGHT_AVERAGING = "vit_avg"  # the strategy name users know from the paper's table
@@ -51,28 +52,19 @@ class FullSettings:
         check_group(self)
 
 
-@register_kind
-class FullWeightKind(SiteKind):
-    name = "full"
-    settings_type = FullSettings
-    summary = "every backbone weight + head fine-tuned; whole backbones are averaged (ViT averaging)"
-    specialist_label = "full fine-tune"
-    needs_reference = True
+class FullServer(KindServer):
+    """Whole backbones on the wire and on disk, averaged; an update's size is its change from the round's start."""
 
-    def strategies(self) -> list[str]:
-        return [WEIGHT_AVERAGING]
+    keeps_reference = True
 
-    def merge_options(self, strategy: str, shared: dict, options: dict) -> None:
-        if options:
-            raise ValueError(f"strategy {strategy!r} averages whole backbones and takes no merge.options, "
-                             f"got {sorted(options)}: set merge.options=''")
-        return None
-
-    def template(self, cfg: RunConfig) -> dict[str, tuple[int, ...]]:
+    def template(self) -> dict[str, tuple[int, ...]]:
         """Tensor name -> shape of the shared backbone's state dict."""
         with torch.device("meta"):
-            backbone = create_backbone(cfg.model_name, num_classes=0)
+            backbone = create_backbone(self.context.model_name, num_classes=0)
         return {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+
+    def reference_of(self, base: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return base.state_dict()  # whole weights are not small: the first round's changes are from the base
 
     def size_bound(self, template: dict) -> int:
         return sum(math.prod(shape) for shape in template.values())
@@ -94,30 +86,35 @@ class FullWeightKind(SiteKind):
     def decode(self, tensors: dict[str, torch.Tensor], template: dict) -> dict[str, torch.Tensor]:
         return wire.decode_backbone(tensors, template)
 
-    def save(self, update: dict[str, torch.Tensor], directory: Path, cfg: RunConfig,
-             base_fingerprint: str | None) -> Path:
+    def save(self, update: dict[str, torch.Tensor], directory: Path, base_fingerprint: str | None) -> Path:
         path = Path(directory) / WEIGHTS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        about = {"base_model": cfg.model_name, **({"base_fingerprint": base_fingerprint} if base_fingerprint else {})}
+        about = {"base_model": self.context.model_name,
+                 **({"base_fingerprint": base_fingerprint} if base_fingerprint else {})}
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in update.items()}, str(tmp), metadata=about)
         return path
 
-    def load(self, directory: Path, cfg: RunConfig, base_fingerprint: str | None) -> dict[str, torch.Tensor]:
+    def load(self, directory: Path, base_fingerprint: str | None) -> dict[str, torch.Tensor]:
         """A saved backbone; its shapes must fit the configured model (an averaged backbone replaces the base
         as a whole, so it is not tied to the base's fingerprint the way an adapter is)."""
-        return self.decode(read_tensors(Path(directory) / WEIGHTS_FILE), self.template(cfg))
+        return self.decode(read_tensors(Path(directory) / WEIGHTS_FILE), self.template())
 
     def combine(self, updates: Sequence[dict[str, torch.Tensor]], weights: torch.Tensor | None,
-                merge: MergeSettings) -> dict[str, torch.Tensor]:
+                merge: MergeChoice) -> dict[str, torch.Tensor]:
         return average_backbones(updates, weights)
 
-    def build_model(self, cfg: RunConfig, data: SiteData, update: dict[str, torch.Tensor] | None,
+
+class FullSite(KindSite):
+    """Every backbone weight and a head fine-tuned (AdamW at full.lr, no orthogonality term)."""
+
+    def build_model(self, data: SiteData, update: dict[str, torch.Tensor] | None,
                     head: dict[str, torch.Tensor] | None) -> SiteModel:
-        backbone, base_fingerprint = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
+        c = self.context
+        backbone, base_fingerprint = shared_base(c.model_name, c.pretrained, c.seed)
         with torch.random.fork_rng(devices=[]):  # the head differs by site, reproducibly
-            torch.manual_seed(site_seed(cfg.seed, data.site.name))
-            model = SiteModel(backbone, data.num_classes, cfg.image_size, base_fingerprint)
+            torch.manual_seed(site_seed(c.seed, data.site.name))
+            model = SiteModel(backbone, data.num_classes, c.image_size, base_fingerprint)
         if update is not None:
             model.backbone.load_state_dict(update)
         if head is not None:
@@ -127,5 +124,25 @@ class FullWeightKind(SiteKind):
     def extract(self, model: SiteModel) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
 
-    def train_config(self, cfg: RunConfig) -> TrainConfig:
-        return dataclasses.replace(cfg.train, lr=cfg.settings_of(self.name).lr, orth_weight=0.0)
+    def train_config(self) -> TrainConfig:
+        own: FullSettings = self.context.settings
+        return dataclasses.replace(self.context.train, lr=own.lr, orth_weight=0.0)
+
+
+@register_kind
+class FullWeightKind(SiteKind):
+    name = "full"
+    settings_type = FullSettings
+    summary = "every backbone weight + head fine-tuned; whole backbones are averaged (ViT averaging)"
+    specialist_label = "full fine-tune"
+    site_type = FullSite
+    server_type = FullServer
+
+    def strategies(self) -> list[str]:
+        return [WEIGHT_AVERAGING]
+
+    def merge_options(self, strategy: str, shared: dict, options: dict) -> None:
+        if options:
+            raise ValueError(f"strategy {strategy!r} averages whole backbones and takes no merge.options, "
+                             f"got {sorted(options)}: set merge.options=''")
+        return None

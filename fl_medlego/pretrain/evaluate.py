@@ -63,9 +63,9 @@ def evaluate_one(pretrained: str, task: str, mode: str, settings: ProtocolSettin
     start = time.perf_counter()
     if mode not in MODE_KINDS:
         raise ValueError(f"evaluation mode must be one of {sorted(MODE_KINDS)}, got {mode!r}")
-    kind = get_kind(MODE_KINDS[mode])
-    trained = kind.train(cfg, data, None, None)
-    metrics = kind.evaluate(cfg, data, trained.update, trained.state.head)
+    site = cfg.kind_site(get_kind(MODE_KINDS[mode]).name)
+    trained = site.train(data, None, None)
+    metrics = site.evaluate(data, trained.update, trained.state.head)
     return {**metrics, "train_images": len(data.train), "test_images": len(data.test),
             "wall_s": round(time.perf_counter() - start, 1)}
 

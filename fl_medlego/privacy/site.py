@@ -14,35 +14,50 @@ import math
 from typing import TYPE_CHECKING
 
 from .. import wire
+from ..errors import ConfigError
+from ..kinds import get_kind, list_kinds
 from .accountant import PrivacyLedger
 from .coordinator import DP_STEPS, EPSILON_SPENT, NOISE_MULTIPLIER, PRIVACY_DELTA, SAMPLE_RATE
 from .dpsgd import private_steps
 from .settings import PrivacySettings
 
 if TYPE_CHECKING:
-    from ..kinds import SiteKind, TrainResult
+    from ..kinds import KindSite, SiteKind, TrainResult
+
+
+def trains_privately(kind: SiteKind) -> bool:
+    """Whether DP-SGD can wrap the kind's training step (the kind says so; only this layer asks)."""
+    return kind.supports_privacy
+
+
+def check_private_kind(settings: PrivacySettings, kind: SiteKind, strategy: str) -> None:
+    """Refuse a private run of a kind whose training DP-SGD cannot wrap, naming the kinds it can."""
+    if settings.private and not trains_privately(kind):
+        private_kinds = [k for k in list_kinds() if trains_privately(get_kind(k))]
+        raise ConfigError(f"privacy.mode={settings.mode!r} is not available for strategy {strategy!r} (site kind "
+                          f"{kind.name!r}); it is for the strategies of site kind(s) {private_kinds}")
 
 
 @dataclasses.dataclass(frozen=True)
 class PrivateTraining:
-    """DP-SGD around `kind.train` under a site's ledger for a run of `num_rounds` rounds."""
+    """DP-SGD around a kind's site half's `train` under a site's ledger for a run of `num_rounds` rounds."""
 
     settings: PrivacySettings
     num_rounds: int
 
-    def train(self, kind: SiteKind, cfg, data, start, state, ledger: PrivacyLedger | None, server_round: int,
+    def train(self, site: KindSite, data, start, state, ledger: PrivacyLedger | None, server_round: int,
               on_epoch=None) -> tuple[TrainResult, PrivacyLedger]:
         """The round's result (its metrics with the privacy spent) and the ledger with the round recorded.
 
         ledger: the site's ledger of this run, None before its first private round (a new one is planned
         for the whole run). Raises PrivacyBudgetExhausted, before any step, when the round would overspend.
         """
-        train_cfg = kind.site_train_config(cfg, data)
+        train_cfg = site.site_train_config(data)
         ledger = ledger or PrivacyLedger.plan(self.settings, len(data.train), train_cfg.batch_size, train_cfg.epochs,
                                               self.num_rounds)
         ledger.check_room(data.site.name, train_cfg.epochs * ledger.epoch_steps)
         # Opacus's per-example gradients are checked in float32 only: no bf16 autocast under DP-SGD.
-        result = kind.train(cfg, data, start, state, on_epoch=on_epoch, server_round=server_round,
+        result = site.train(data, start, state, on_epoch=on_epoch, server_round=server_round,
                             steps=private_steps(self.settings, ledger, len(data.train)), precision="float32")
         ledger.record(server_round, result.steps)
         metrics = {**result.metrics, wire.TRAIN_LOSS: math.nan, EPSILON_SPENT: ledger.spent(),
