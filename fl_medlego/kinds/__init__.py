@@ -14,6 +14,7 @@ from ._registry import (
     kind_for_strategy,
     list_kinds,
     register_kind,
+    unregister_kind,
 )
 from ._server import KindServer, MergeChoice
 from ._site import KindSite, SiteState, TrainResult
@@ -21,4 +22,5 @@ from ._site import KindSite, SiteState, TrainResult
 __all__ = [
     "KindContext", "KindServer", "KindSite", "MergeChoice", "ReportColumns", "SiteKind", "SiteState", "TrainResult",
     "all_strategies", "ceiling_kind", "get_kind", "kind_for_strategy", "list_kinds", "register_kind",
+    "unregister_kind",
 ]

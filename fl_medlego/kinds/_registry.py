@@ -120,6 +120,12 @@ def register_kind(cls: type[SiteKind]) -> type[SiteKind]:
     return cls
 
 
+def unregister_kind(name: str) -> None:
+    """Forget a kind registered for a while (a test's toy kind); its metric ranges stay declared."""
+    get_kind(name)
+    del _KINDS[name]
+
+
 def get_kind(name: str) -> SiteKind:
     try:
         return _KINDS[name]
