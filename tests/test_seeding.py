@@ -117,3 +117,13 @@ def test_training_seeds_differ_by_site_and_round_and_fit_every_generator():
     np.random.default_rng(huge)
     with pytest.raises(ValueError, match="round"):
         training_seed(0, "blood", 0)
+
+
+@pytest.mark.parametrize("kind_name", list_kinds())
+def test_building_a_template_draws_nothing_from_the_global_generator(kind_name):
+    """A template is shapes on the meta device: the process's random state is left as it was."""
+    server = _config(kind_name).kind_server()
+    torch.manual_seed(1234)
+    before = torch.random.get_rng_state()
+    server.template()
+    assert torch.equal(torch.random.get_rng_state(), before)
