@@ -1,21 +1,33 @@
-"""A site that sends its update x1e13 among honest ones: the guard keeps the honest sites' merged ACC."""
+"""A site that sends its low-rank factors x10^6.5 among honest ones (B, E and A each: its update x1e19.5):
+the guard keeps the honest sites' merged ACC."""
+
+import json
 
 import pytest
 
 from message_federation import run, scaled_reply
 
 TINY = {"sites": "breast,pneumonia,blood", "num-rounds": 2, "train.local-epochs": 1, "data.max-train": 64,
-        "data.max-eval": 64, "lora.rank": 2}
+        "data.max-eval": 64, "lora.rank": 2, "min-sites": 2}  # a rejected site must not fail round 1
+
+
+@pytest.fixture(scope="module")
+def honest_run(tmp_path_factory):
+    """The run without the hostile scaling, once for both actions: the guard touches no honest update in it,
+    so guard.action cannot change it."""
+    strategy = run(TINY, tmp_path_factory.mktemp("honest"))
+    events = [json.loads(line) for line in (strategy.results.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e for e in events if e["event"] == "guard"] == []
+    return strategy
 
 
 @pytest.mark.training
 @pytest.mark.parametrize("action", ["clip", "reject"])
-def test_honest_sites_keep_their_accuracy_next_to_a_hostile_one(tmp_path, action):
-    config = {**TINY, "guard.action": action, "min-sites": 2}  # a rejected site must not fail round 1
-    honest = run(config, tmp_path / "honest")
-    attacked = run(config, tmp_path / "attacked", tamper={"blood": scaled_reply(10 ** 6.5)})  # update x1e13
+def test_honest_sites_keep_their_accuracy_next_to_a_hostile_one(tmp_path, honest_run, action):
+    attacked = run({**TINY, "guard.action": action}, tmp_path / "attacked",
+                   tamper={"blood": scaled_reply(10 ** 6.5)})
     for site in ("breast", "pneumonia"):
-        before, after = honest.merged[site]["acc"], attacked.merged[site]["acc"]
+        before, after = honest_run.merged[site]["acc"], attacked.merged[site]["acc"]
         print(f"{action}: {site} merged ACC without the hostile site's scaling {before:.3f}, with it {after:.3f}")
         assert abs(after - before) <= 0.01, (site, before, after)
     assert attacked.status["blood"]["state"] == ("merged" if action == "clip" else "rejected")
@@ -24,8 +36,7 @@ def test_honest_sites_keep_their_accuracy_next_to_a_hostile_one(tmp_path, action
 @pytest.mark.flower
 @pytest.mark.slow
 def test_a_real_run_with_a_site_sending_its_update_x1e13(tmp_path):
-    """The same tiny run through Flower twice: honest, and with tests/hostile_app (site blood x1e13)."""
-    import json
+    """The same tiny run through Flower twice: honest, and with tests/hostile_app (site blood's factors x10^6.5)."""
     from pathlib import Path
 
     from flower_run import flwr_run, local_flower
