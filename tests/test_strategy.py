@@ -244,6 +244,7 @@ def test_a_run_folder_resumes_only_with_its_own_settings(tmp_path):
     results = RunResults(tmp_path, {"seed": 0})
     (tmp_path / "round-002.tmp").mkdir()  # a round that was being written when the run was killed
     results.finish_round(1, {"round": 1})
+    results.release()  # the run ended: its folder is free
     with pytest.raises(ValueError, match="other settings"):
         RunResults(tmp_path, {"seed": 1}, resume=True)
     again = RunResults(tmp_path, {"seed": 0}, resume=True)
