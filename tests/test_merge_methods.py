@@ -258,3 +258,9 @@ def test_medlego_sum_is_medlego_scaled_by_lambda_times_n(rng):
     variant = merge(factors, "medlego_sum", energy=0.8, lam=0.5)
     assert variant.rank == plain.rank  # the energy rule does not see the scale: the same directions
     close(variant.delta(), 0.5 * 3 * plain.delta())
+
+
+@pytest.mark.parametrize("method", ["lora_avg", "pem", "fedex"])
+def test_methods_that_combine_factors_refuse_mixed_ranks_in_their_own_name(rng, method):
+    with pytest.raises(ValueError, match=rf"^{method} needs every site at the same rank"):
+        merge(sites(rng, ranks=(2, 3)), method)

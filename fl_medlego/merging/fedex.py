@@ -15,6 +15,7 @@ import torch
 
 from ..lora.factors import Factors
 from ._lowrank import svd_of_sum
+from ._options import require_equal_ranks
 from ._registry import register_merge
 from .lora_avg import LoraAvgOptions, lora_avg
 
@@ -27,6 +28,7 @@ class FedExOptions:
 @register_merge("fedex", FedExOptions)
 def fedex(factors: list[Factors], weights: torch.Tensor, options: FedExOptions) -> Factors:
     """lora_avg factors plus the exact residual sum_i w_i D_i - B_avg E_avg A_avg."""
+    require_equal_ranks("fedex", [f.rank for f in factors])  # its own name in the refusal, not lora_avg's
     avg = lora_avg(factors, weights, LoraAvgOptions())
     residual_terms = factors + [avg]
     residual_weights = torch.cat([weights, torch.tensor([-1.0], dtype=torch.float64)])
