@@ -221,7 +221,7 @@ def test_the_merge_command_works_on_saved_cross_modal_adapters(cfg, tmp_path):
     from fl_medlego.offline_merge import merge_saved_adapters
 
     fingerprint = cfg.kind_server().shared_base()[1]
-    folders = [cfg.kind.save(_random_update(cfg, s), tmp_path / f"site{s}", cfg, fingerprint) for s in (4, 5)]
+    folders = [cfg.kind_server().save(_random_update(cfg, s), tmp_path / f"site{s}", fingerprint) for s in (4, 5)]
     merged = merge_saved_adapters(folders, tmp_path / "merged" / "adapter", "medlego")
     loaded = cfg.kind_server().load(tmp_path / "merged", fingerprint)  # the merged folder fits the cross-modal base
     assert set(loaded.factors) == set(merged.factors) == set(cfg.kind_server().template())
