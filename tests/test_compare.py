@@ -11,7 +11,7 @@ from fl_medlego.cli.local_run import run_local_federation
 from fl_medlego.compare import Comparison
 from fl_medlego.compare.table import specialists_row, summarize, to_markdown
 from fl_medlego.kinds import get_kind
-from fl_medlego.kinds.adapter import AdapterKind
+from fl_medlego.kinds.adapter import AdapterSite
 from fl_medlego.scenario import load_scenario_config, parse_overrides
 
 TINY = ("sites='breast,pneumonia' data.max-train=40 data.max-eval=40 train.local-epochs=1 lora.rank=2")
@@ -31,13 +31,13 @@ def test_overrides_follow_flower_syntax_and_refuse_undeclared_keys():
 
 def test_tuning_uses_validation_only_and_specialists_are_cached(tmp_path, monkeypatch):
     calls = []
-    real = AdapterKind.evaluate
+    real = AdapterSite.evaluate
 
-    def spy(self, cfg, data, adapter, head, split="test"):
+    def spy(self, data, adapter, head, split="test"):
         calls.append((data.site.name, split, adapter.metadata.get("merge", {}).get("options")))
-        return real(self, cfg, data, adapter, head, split)
+        return real(self, data, adapter, head, split)
 
-    monkeypatch.setattr(AdapterKind, "evaluate", spy)
+    monkeypatch.setattr(AdapterSite, "evaluate", spy)
     results = Comparison(tiny_config(), ["medlego", "ties"], [0], tmp_path / "out", tmp_path / "cache").run()
     test_options = {str(o) for _, split, o in calls if split == "test" and o is not None}
     chosen = {str({**results["rows"][m]["0"]["options"]}) for m in ("medlego", "ties")}
@@ -50,7 +50,7 @@ def test_tuning_uses_validation_only_and_specialists_are_cached(tmp_path, monkey
     def no_training(*args, **kwargs):
         raise AssertionError("a cached specialist was trained again")
 
-    monkeypatch.setattr(AdapterKind, "train", no_training)
+    monkeypatch.setattr(AdapterSite, "train", no_training)
     again = Comparison(tiny_config(), ["post_avg"], [0], tmp_path / "out2", tmp_path / "cache").run()
     assert set(again["rows"]) == {"specialists (SVD-LoRA)", "post_avg"}
 
@@ -138,7 +138,7 @@ def test_one_shot_and_federated_rounds_are_separate_rows_and_resume(tmp_path, mo
         assert federated["test"][site] == pytest.approx(merged)
     assert federated["test"] != one_shot["test"]  # the sites trained another round from the merge
     assert "medlego (2 rounds)" in to_markdown(results)
-    monkeypatch.setattr(AdapterKind, "train", lambda *a, **k: pytest.fail("a finished row was trained again"))
+    monkeypatch.setattr(AdapterSite, "train", lambda *a, **k: pytest.fail("a finished row was trained again"))
     again = Comparison(run_config, ["medlego"], [0], tmp_path / "out", tmp_path / "cache", rounds=(1, 2),
                        federate=run_local_federation).run()
     assert again["rows"]["medlego (2 rounds)"] == results["rows"]["medlego (2 rounds)"]
@@ -162,9 +162,9 @@ def test_scaling_shares_each_specialist_across_subsets_and_plots_against_n(tmp_p
                                                                               "'blood,breast,pneumonia'"))
     assert subsets_for(run_config, [2], max_subsets=2) != subsets_for(run_config, [3], max_subsets=2)
     trained = []
-    real = AdapterKind.train
-    monkeypatch.setattr(AdapterKind, "train", lambda self, cfg, data, *a, **k: trained.append(data.site.name)
-                        or real(self, cfg, data, *a, **k))
+    real = AdapterSite.train
+    monkeypatch.setattr(AdapterSite, "train", lambda self, data, *a, **k: trained.append(data.site.name)
+                        or real(self, data, *a, **k))
     summary = run_scaling(run_config, ["post_avg"], [0], [2, 3], tmp_path / "out", tmp_path / "cache")
     assert sorted(trained) == ["blood", "breast", "pneumonia"]  # once each, shared by the 3 pairs and the triple
     assert set(summary) == {"post_avg"} and set(summary["post_avg"]) == {2, 3}
