@@ -54,6 +54,7 @@ def test_merge_defaults_are_the_same_for_flwr_run_and_the_merge_command():
         assert dataclasses.asdict(options) == library
 
 
+@pytest.mark.flower
 def test_new_task_scenario_writes_learning_curves(tmp_path):
     out = tmp_path / "outputs"
     config = (f"sites='breast,pneumonia,blood' num-rounds=1 train.local-epochs=1 data.max-train=40 "
@@ -71,6 +72,7 @@ def test_new_task_scenario_writes_learning_curves(tmp_path):
     assert set(summary["sites"]) == {"pneumonia", "blood"}  # the held-out site is not merged
 
 
+@pytest.mark.flower
 @pytest.mark.slow
 def test_many_sites_with_mixed_ranks_under_ray(tmp_path):
     out = tmp_path / "outputs"
