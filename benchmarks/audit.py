@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from benchmarks._isolate import ROOT, write_csv
-from fl_medlego import wire
 from fl_medlego.config import parse_run_config
 from fl_medlego.data.sites import Split
 from fl_medlego.files import atomic_path
@@ -38,6 +37,8 @@ from fl_medlego.privacy.audit import (
     per_example_outputs,
     roc_points,
 )
+from fl_medlego.privacy.coordinator import EPSILON_SPENT
+from fl_medlego.privacy.site import PrivateTraining
 from fl_medlego.site import load_site_data
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -60,8 +61,14 @@ class Auditor:
         self.others: dict[str, object] = {}  # site -> specialist adapter (the merge's other members)
 
     def train(self, data, train: Split):
-        result = self.kind.train(dataclasses.replace(data, train=train), None, None)
-        return result.update, result.state.head, result.metrics.get(wire.EPSILON_SPENT, float("nan"))
+        """A specialist on `train` (with DP-SGD in the private mode, as a private site's ClientApp trains)."""
+        data = dataclasses.replace(data, train=train)
+        if not self.cfg.privacy.private:
+            result = self.kind.train(data, None, None)
+            return result.update, result.state.head, float("nan")
+        private = PrivateTraining(self.cfg.privacy, self.cfg.num_rounds)
+        result, _ = private.train(self.kind, data, None, None, None, server_round=1)
+        return result.update, result.state.head, result.metrics[EPSILON_SPENT]
 
     def other_specialists(self) -> None:
         for site in self.cfg.site_names:

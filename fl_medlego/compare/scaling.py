@@ -24,7 +24,7 @@ from ..config import parse_run_config
 from ..errors import ConfigError
 from ..files import atomic_path, write_json_atomic
 from .run import Comparison
-from .table import REFERENCE_ROWS, normalized_by_seed
+from .table import normalized_by_seed, reference_rows
 
 
 def subsets_for(run_config: dict, sizes: list[int], max_subsets: int, seed: int = 0) -> dict[int, list[str]]:
@@ -69,7 +69,7 @@ def summarize_scaling(results: dict[int, dict[str, dict]]) -> dict:
     """strategy -> N -> {mean, std, subsets, seeds} of the normalized ACC (subsets averaged per seed first)."""
     table: dict[str, dict[int, dict]] = {}
     for n, by_subset in sorted(results.items()):
-        rows = {row for r in by_subset.values() for row in r["rows"] if row not in REFERENCE_ROWS}
+        rows = {row for r in by_subset.values() for row in r["rows"] if row not in reference_rows()}
         for row in sorted(rows):
             per_seed: dict[str, list[float]] = {}
             for r in by_subset.values():

@@ -39,7 +39,6 @@ def reference_rows() -> tuple[str, ...]:
     return (*(k.specialists_row() for k in kinds), MULTITASK, *(row for k in kinds for row in k.untrained_rows))
 
 
-REFERENCE_ROWS = reference_rows()  # those of the kinds registered when this module is imported
 NORMALIZED = "mean norm. ACC"
 
 
