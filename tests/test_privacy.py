@@ -404,3 +404,22 @@ def test_audit_splits_keep_members_non_members_and_shadows_apart(num_train, memb
             assert all(not set(index) & set(other) for other in parts["shadows"][k + 1:])
             share = (labels[index] == 0).mean()
             assert abs(share - 0.7) < 0.03  # shadows have the population's mix too
+
+
+def test_a_private_comparison_trains_its_specialists_and_its_rounds_with_dp_sgd(tmp_path):
+    """The one-shot specialists go through the privacy layer, and the federated row is a private federation of
+    the real apps (each site's ledger, the coordinator's check), not a round without the ledger."""
+    from pathlib import Path
+
+    from fl_medlego.cli.local_run import run_local_federation
+    from fl_medlego.compare.run import Comparison
+
+    config = {**PRIVATE, "num-rounds": 2}
+    results = Comparison(config, ["medlego"], [0], tmp_path / "out", tmp_path / "cache", rounds=(1, 2),
+                         federate=run_local_federation).run()
+    specialists = [json.loads(p.read_text()) for p in (tmp_path / "cache").rglob("metrics.json")]
+    assert len(specialists) == 2 and all(0 < m[EPSILON_SPENT] <= 8.0 + 0.01 for m in specialists)
+    federated = results["rows"]["medlego (2 rounds)"]["0"]
+    summary = json.loads((Path(federated["run_dir"]) / "summary.json").read_text())
+    assert summary["status"] == "completed" and set(summary["privacy"]["sites"]) == {"blood", "pneumonia"}
+    assert all(s["round"] == 2 and 0 < s["epsilon"] <= 8.0 + 0.01 for s in summary["privacy"]["sites"].values())

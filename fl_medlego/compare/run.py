@@ -27,7 +27,8 @@ from ..files import write_json_atomic
 from ..kinds import SiteKind, all_strategies, ceiling_kind, kind_for_strategy
 from ..models import create_backbone
 from ..multitask import MultiTaskModel, train_multitask
-from ..privacy.site import trains_privately
+from ..privacy.coordinator import EPSILON_SPENT, PRIVACY_DELTA
+from ..privacy.site import train_from_base, trains_privately
 from ..site import load_site_data
 from ..train import evaluate
 from .cache import SpecialistCache
@@ -81,9 +82,6 @@ class Comparison:
         cfg = parse_run_config(run_config)
         if not rounds or min(rounds) < 1:
             raise ConfigError(f"rounds must be positive numbers of rounds, e.g. --rounds 1,3; got {list(rounds)}")
-        if max(rounds) > 1 and cfg.privacy.private:
-            raise ConfigError("--rounds above 1 trains federated rounds inside the comparison, without the run's "
-                             "privacy ledger: with privacy.mode 'dp-sgd' use flwr run for several rounds")
         known = compared_strategies(run_config)
         unknown = sorted(set(strategies) - set(known))
         if unknown:
@@ -193,9 +191,11 @@ class Comparison:
         for name, data in sites.items():
             entry = cache.entry(name, kind.name)
             if not cache.complete(entry):
-                result = site.train(data, None, None)
+                result = train_from_base(cfg.privacy, cfg.num_rounds, site, data)
                 test = site.evaluate(data, result.update, result.state.head)
-                cache.write(entry, {"head": result.state.head}, {"test": test, "base": result.base_fingerprint},
+                spent = {k: v for k, v in result.metrics.items() if k in (EPSILON_SPENT, PRIVACY_DELTA)}
+                cache.write(entry, {"head": result.state.head}, {"test": test, "base": result.base_fingerprint,
+                                                                 **spent},
                             extra=lambda tmp, r=result: server.save(r.update, tmp, r.base_fingerprint))
             metrics = cache.metrics(entry)
             found[name] = (server.load(entry, base), cache.read(entry, "head"), metrics["test"])

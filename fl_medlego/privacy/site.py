@@ -64,3 +64,12 @@ class PrivateTraining:
                    PRIVACY_DELTA: ledger.delta, NOISE_MULTIPLIER: ledger.noise_multiplier,
                    SAMPLE_RATE: ledger.sample_rate, DP_STEPS: float(result.steps)}
         return dataclasses.replace(result, metrics=metrics), ledger
+
+
+def train_from_base(settings: PrivacySettings, num_rounds: int, site: KindSite, data) -> TrainResult:
+    """A site's first training from the base, as round 1 of a run trains it: with DP-SGD under a new ledger
+    in a private run (its metrics carry the privacy spent), plainly otherwise. For callers that train
+    specialists outside a federation (fl-medlego compare's one-shot rows)."""
+    if not settings.private:
+        return site.train(data, None, None)
+    return PrivateTraining(settings, num_rounds).train(site, data, None, None, None, server_round=1)[0]
