@@ -111,20 +111,51 @@ def cmd_scaling(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import json
-
     from fl_medlego.compare import render_comparison
     from fl_medlego.results import render_run
 
     run_dir = Path(args.run_dir)
     if (run_dir / "results.json").is_file():
-        paths = render_comparison(json.loads((run_dir / "results.json").read_text()), run_dir)
+        from fl_medlego.compare import print_whole, rich_table
+
+        results = _read_json(run_dir / "results.json")
+        paths = render_comparison(results, run_dir)
+        print_whole(console, rich_table(results))
     elif (run_dir / "summary.json").is_file():
-        paths = render_run(run_dir)
+        from fl_medlego.report import summary_table
+
+        summary = _read_json(run_dir / "summary.json")
+        paths = render_run(run_dir, summary)
+        console.print(summary_table(summary))
+        for line in run_status_lines(summary):
+            console.print(line, markup=False)
     else:
         raise UserError(f"{run_dir} holds neither results.json (a comparison) nor summary.json (a run)")
     console.print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}): the folder's run did not finish writing it") from err
+
+
+def run_status_lines(summary: dict) -> list[str]:
+    """The run's status, and where it did not complete, each site that was not merged with its reason."""
+    status = str(summary.get("status") or "unknown (written before runs recorded their status)")
+    lines = [f"status: {status}"]
+    if status.startswith("completed"):
+        return lines
+    for site, about in sorted((summary.get("site_status") or {}).items()):
+        if about.get("state") != "merged":
+            reason = about.get("reason") or "no reason given"
+            lines.append(f"  {site}: {about.get('state')} in round {about.get('round')}: {reason}")
+    lines += [f"  {site}: no node hosted it" for site in summary.get("sites_missing") or []]
+    return lines
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
@@ -214,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where trained specialists are kept for reuse")
     scaling.set_defaults(func=cmd_scaling)
 
-    report = sub.add_parser("report", help="re-render the tables and figures of a run or comparison folder")
+    report = sub.add_parser("report", help="re-render the tables and figures of a run or comparison folder, and "
+                            "print its table (a run's also its status, and each site's reason when it failed)")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
 
@@ -222,10 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
     settings.set_defaults(func=cmd_settings)
 
-    from . import deploy, edit, pretrain
+    from . import deploy, edit, evaluate, pretrain
 
     deploy.add_commands(sub)
     edit.add_commands(sub)
+    evaluate.add_commands(sub)
     pretrain.add_commands(sub)
     return parser
 

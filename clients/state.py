@@ -1,8 +1,16 @@
 """A site's state between rounds (head and specialist), in a node-local folder; it never leaves the node.
 
-    STATE_DIR/<run key>/<site>/specialist/   specialist.safetensors + specialist-head.safetensors (round 1's)
-    STATE_DIR/<run key>/<site>/round-NNN/    head.safetensors after round N
-    STATE_DIR/<run key>/<site>/privacy.json  DP-SGD runs: the site's budget and every round it spent on
+    STATE_DIR/<run key>/<site>/specialist/           specialist.safetensors + specialist-head.safetensors (round 1's)
+    STATE_DIR/<run key>/<site>/specialist/adapter/   the specialist as an adapter folder (`fl-medlego merge`, `edit`,
+                                                     `evaluate` take it)
+    STATE_DIR/<run key>/<site>/round-NNN/            head.safetensors after round N
+    STATE_DIR/<run key>/<site>/round-NNN/adapter/    what the site trained in round N, as an adapter folder (where
+                                                     the caller passes it)
+    STATE_DIR/<run key>/<site>/privacy.json          DP-SGD runs: the site's budget and every round it spent on
+
+The adapter folders are written by the kind's server half (`KindServer.save`: for adapter kinds the
+format of fl_medlego.lora.save_adapter, naming the base model and its fingerprint), so they describe
+themselves; a kind with another update (whole backbones) leaves its own file there instead.
 
 A round trains from the newest head of an earlier round (a site that missed a round goes on from
 the one before) and is evaluated with its own. Files, not the node's Flower context: a restarted
@@ -14,8 +22,10 @@ ledger only grows: a round trained again after a crash is counted again (it was 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -26,6 +36,7 @@ from fl_medlego.kinds import KindServer, SiteState
 from fl_medlego.privacy import PrivacyLedger
 
 DEFAULT_ROOT = Path.home() / ".cache" / "fl-medlego" / "site-state"
+Update = object  # a kind's own update (an Adapter, a backbone state dict, ...)
 KEEP_ROUNDS = 2  # heads of the newest rounds kept (the one a resumed round starts from, and the last)
 
 
@@ -41,13 +52,49 @@ def _rounds(folder: Path, site: str) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def _write(final: Path, tensors: dict[str, dict]) -> None:
+def _write(final: Path, tensors: dict[str, dict], also: Callable[[Path], object] | None = None) -> None:
+    """The folder `final` with one safetensors file per entry of `tensors` (and whatever `also` writes into it),
+    complete or not at all."""
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, values in tensors.items():
         save_file({k: v.contiguous() for k, v in values.items()}, str(tmp / f"{name}.safetensors"))
+    if also is not None:
+        also(tmp)
     replace_dir(tmp, final)
+
+
+def _adapter_writer(codec: KindServer, update: Update, base_fingerprint: str | None) -> Callable[[Path], object]:
+    """Writes `update` into a folder as the kind saves it (adapter kinds: FOLDER/adapter/, self-describing)."""
+    def write(folder: Path) -> None:
+        codec.save(update, folder, base_fingerprint or codec.shared_base()[1])
+    return write
+
+
+def _add_specialist_adapter(specialist: Path, codec: KindServer, update: Update, base_fingerprint: str | None) -> None:
+    """A specialist folder written before adapters were kept (only its safetensors files) gets its adapter folder."""
+    tmp = specialist.with_name("specialist-adapter.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _adapter_writer(codec, update, base_fingerprint)(tmp)
+    for written in tmp.iterdir():  # each complete before it is moved in (a rename: whole or absent)
+        os.replace(written, specialist / written.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def specialist_adapter(folder: Path, site: str) -> Path:
+    """Where a site's specialist is kept as an adapter folder (for an adapter kind's run)."""
+    return folder / site / "specialist" / "adapter"
+
+
+def latest_adapter(folder: Path, site: str) -> Path | None:
+    """The adapter folder of the site's newest round that kept one (None before any)."""
+    for server_round in reversed(_rounds(folder, site)):
+        path = folder / site / f"round-{server_round:03d}" / "adapter"
+        if path.is_dir():
+            return path
+    return None
 
 
 def load_state(folder: Path, site: str, upto_round: int, codec: KindServer, template: dict) -> SiteState | None:
@@ -63,13 +110,24 @@ def load_state(folder: Path, site: str, upto_round: int, codec: KindServer, temp
                      specialist_head=read_tensors(specialist / "specialist-head.safetensors"))
 
 
-def save_state(folder: Path, site: str, server_round: int, codec: KindServer, site_state: SiteState) -> None:
-    """Keep the head after `server_round` (and, the first time, the specialist); drop older heads."""
+def save_state(folder: Path, site: str, server_round: int, codec: KindServer, site_state: SiteState,
+               update: Update | None = None, base_fingerprint: str | None = None) -> None:
+    """Keep the head after `server_round` (and, the first time, the specialist, also as an adapter folder);
+    drop older heads.
+
+    update: what the site trained this round, kept beside the head as an adapter folder (None: the head alone);
+    base_fingerprint: of the base it was trained on, written into the adapter folders (None: the kind's base is
+    fingerprinted here, once per folder written).
+    """
     specialist = folder / site / "specialist"
     if not specialist.is_dir():
         _write(specialist, {"specialist": codec.encode(site_state.specialist),
-                            "specialist-head": site_state.specialist_head})
-    _write(folder / site / f"round-{server_round:03d}", {"head": site_state.head})
+                            "specialist-head": site_state.specialist_head},
+               also=_adapter_writer(codec, site_state.specialist, base_fingerprint))
+    elif not any(p.name not in ("specialist.safetensors", "specialist-head.safetensors") for p in specialist.iterdir()):
+        _add_specialist_adapter(specialist, codec, site_state.specialist, base_fingerprint)
+    keep_update = _adapter_writer(codec, update, base_fingerprint) if update is not None else None
+    _write(folder / site / f"round-{server_round:03d}", {"head": site_state.head}, also=keep_update)
     for old in _rounds(folder, site)[:-KEEP_ROUNDS]:
         shutil.rmtree(folder / site / f"round-{old:03d}", ignore_errors=True)
 
