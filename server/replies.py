@@ -24,28 +24,90 @@ from fl_medlego import wire
 from fl_medlego.kinds import KindServer
 
 MAX_TEXT = 120  # characters of a site's own text (an error reason, a data description) that may be logged
+_SCAN = 64 * MAX_TEXT  # of a longer text, its head and its tail are read (a traceback's cause is at its end)
 _DTYPES = {"<f4", "<f8", "<i4", "<i8"}  # little-endian float32/64, int32/64: what the kinds send
-# Flower wraps a ClientApp's exception as "<class 'X'>:<'message'>", in simulation around its own
-# "\nException ClientAppException occurred. Message: message": the site's message is what a reader needs.
-_FLOWER_WRAPPED = re.compile(r"<class '[\w.]+'>:<'\s*(?:Exception ClientAppException occurred\. Message: )?"
-                             r"(.*?)(?:'>\s*)?", re.DOTALL)
-# From the first path-like token (/a/b, ~/a, C:\a\b) to the end of the line: a path may hold spaces.
-_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[\\/~][^\s\\/]*[\\/][^\n]*")
+# Terminal escape sequences (Ray colours its tracebacks) and other control characters: never logged.
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])|[\x00-\x08\x0b-\x1f\x7f]")
+# Flower wraps a ClientApp's exception as "<class 'X'>:<'message'>" (flwr/supernode/runtime/run_clientapp.py); in
+# simulation X is Ray's RayTaskError(ClientAppException) and the message Ray's coloured traceback, whose last
+# exception is Flower's "ClientAppException: \nException ClientAppException occurred. Message: <the site's>".
+_FLOWER_WRAPPER = re.compile(r"\s*<class '[^'<>\n]{1,200}'>:<'")
+_CLIENT_APP_MESSAGE = re.compile(r"\s*Exception ClientAppException occurred\. Message: ")
+_FRAME = re.compile(r'\s+File "')  # a traceback's frame line; its source and caret lines are indented too
+_CHAINED = ("The above exception was the direct cause of the following exception:",
+            "During handling of the above exception, another exception occurred:")
+_QUALIFIED = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*(?::|$))")  # "pkg.mod." of "pkg.mod.Error: ..."
+# From the first path-like token (/a/b, ~/a, C:\a\b) to the end of the line, as a path may hold spaces, or to a
+# ": " (an exception's "could not read PATH: why": the why is kept).
+_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[\\/~][^\s\\/]*[\\/][^\n]*?(?=: |$)")
+
+
+def _readable(text: str) -> str:
+    """The head and the tail of a long text (never all of a site's text), without escape or control codes."""
+    text = text if len(text) <= 2 * _SCAN else text[:_SCAN] + "\n" + text[-_SCAN:]
+    return _ESCAPES.sub("", text.replace("\r\n", "\n"))
+
+
+def _exception_lines(block: list[str]) -> str | None:
+    """The exception a traceback block ends with ("Type: message", its lines joined), None without a frame."""
+    frames = [i for i, line in enumerate(block) if _FRAME.match(line)]
+    if not frames:
+        return None
+    rest = block[frames[-1] + 1:]
+    while rest and rest[0][:1].isspace():  # the frame's source line and its carets
+        rest = rest[1:]
+    return " ".join(line.strip() for line in rest if line.strip()) or None
+
+
+def _is_client_app_wrapper(exception: str) -> bool:
+    return exception.split(":", 1)[0].endswith("ClientAppException")
+
+
+def traceback_cause(text: str) -> str | None:
+    """The last exception of the site's own traceback in `text` (Flower's ClientAppException around it left
+    out), as "Type: message"; None when `text` holds no traceback."""
+    if 'File "' not in text:
+        return None
+    blocks: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line.strip() in _CHAINED:
+            blocks.append([])
+        else:
+            blocks[-1].append(line)
+    exceptions = [e for e in map(_exception_lines, blocks) if e]
+    while len(exceptions) > 1 and _is_client_app_wrapper(exceptions[-1]):
+        exceptions.pop()  # Flower's wrapping of the exception before it: that one is the site's
+    if not exceptions:
+        return None
+    cause = exceptions[-1]
+    if _is_client_app_wrapper(cause):  # no traceback of the site's own: its message is what Flower kept
+        cause = _CLIENT_APP_MESSAGE.sub("", cause.split(":", 1)[1], count=1).strip()
+    return _QUALIFIED.sub("", cause)
 
 
 def bounded(text: object, limit: int = MAX_TEXT) -> str:
-    """A site's text made safe to log: first line only, paths masked, at most `limit` characters."""
-    head = str(text)[: 4 * limit].strip()  # never scan more of a site's text than could be shown
+    """A site's text made safe to log: escape and control codes removed, one line (the first, or of a traceback
+    its last exception: the cause), paths masked, at most `limit` characters."""
+    text = str(text)
+    cause = traceback_cause(_readable(text))
+    head = cause if cause is not None else _readable(text[: 4 * limit]).strip()
     line = head.splitlines()[0] if head else ""
     line = _PATH.sub("<path…>", line)
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def site_error_text(reason: object) -> str:
-    """The site's own message inside Flower's wrapping of a ClientApp exception (else the reason as it is)."""
-    text = str(reason)[: 8 * MAX_TEXT]
-    wrapped = _FLOWER_WRAPPED.fullmatch(text)
-    return wrapped.group(1) if wrapped else text
+    """The cause of a site's failure inside Flower's (and in simulation Ray's) wrapping of a ClientApp exception:
+    the last exception of the site's traceback, or the site's own message (else the reason as it is), without
+    escape codes."""
+    text = _readable(str(reason))
+    wrapper = _FLOWER_WRAPPER.match(text)
+    if wrapper:
+        text = text[wrapper.end():].removesuffix("'>")
+    cause = traceback_cause(text)
+    if cause is None:
+        cause = _CLIENT_APP_MESSAGE.sub("", text, count=1) if wrapper else text
+    return cause.strip()[: 8 * MAX_TEXT]
 
 
 @dataclass(frozen=True)
