@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from rich.console import Console
 
@@ -20,16 +21,53 @@ def _named(text: str) -> tuple[str, str]:
     return name, folder
 
 
+def _when(seconds) -> str:
+    """An edit's time as the local date and time (the record keeps seconds since the epoch)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(seconds)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "(no time recorded)"
+
+
+def _edit_line(edit: dict) -> str:
+    op = edit.get("op", "?")
+    if op == "create":
+        what = f"merged {', '.join(edit.get('sites', []))}"
+    elif op == "add":
+        what = f"added {edit.get('site')} (weight {edit.get('weight', 1.0):g})"
+    elif op == "remove":
+        what = f"removed {edit.get('site')}"
+    else:
+        what = f"{op} {edit.get('site', '')}".strip()
+    return f"  {_when(edit.get('time'))}  {what}"
+
+
+def show_lines(generalist: str, assembly) -> list[str]:
+    """The generalist's sites with their weights (as given, and their share of the merge) and its edits, dated."""
+    total = assembly.total_weight
+    how = ("uniform mean: each site's weight over their sum" if assembly.mean
+           else "explicit weights: the merge is the weighted sum itself")
+    lines = [f"{generalist}: {len(assembly.sites)} sites, exact sum of rank {assembly.total_rank()}; "
+             f"energy {assembly.options.energy:g}, max rank {assembly.options.max_rank or 'none'} ({how})",
+             "sites:"]
+    for site, about in assembly.sites.items():
+        weight = float(about["weight"])
+        share = weight / total if assembly.mean and total else weight
+        lines.append(f"  {site:<16} weight {weight:g} -> {share:.3f} of the merge; adapter "
+                     f"{str(about.get('fingerprint', ''))[:12]}")
+    lines.append(f"edits ({len(assembly.edits)}):")
+    lines += [_edit_line(edit) for edit in assembly.edits]
+    return lines
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     from fl_medlego.assembly import Assembly, edit_generalist
 
     if args.show:
         with as_user_error():
             assembly = Assembly.load(args.generalist)
-        console.print(f"{args.generalist}: {len(assembly.sites)} sites ({', '.join(assembly.sites)}), exact sum of "
-                      f"rank {assembly.total_rank()}; {len(assembly.edits)} edits")
-        for edit in assembly.edits:
-            console.print(f"  {edit}")
+        for line in show_lines(args.generalist, assembly):
+            console.print(line, markup=False)
         return 0
     if not args.add and not args.remove:
         raise UserError("edit needs --add SITE=FOLDER and/or --remove SITE=FOLDER (or --show)")

@@ -57,7 +57,7 @@ def fitted_head(site_half, data, update, epochs: int, seed: int) -> dict | None:
             param.requires_grad_(False)  # the adapter is what is scored: only the head learns
     train_cfg = dataclasses.replace(site_half.site_train_config(data), epochs=epochs, orth_weight=0.0)
     fit(model, data.train, data.val, data.task, model.image_size, train_cfg,
-        draws_seed=training_seed(seed, data.site.name, 1))
+        draws_seed=training_seed(seed, data.site.name, 1), name=data.site.name)
     return site_half.head_state(model)
 
 

@@ -243,7 +243,7 @@ def train_epoch(stepper: PlainSteps, train: Split, task: str, image_size: int, c
 
 def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, cfg: TrainConfig,
         watch: Split | None = None, on_epoch: Callable[[EpochReport], None] | None = None,
-        steps: StepsFactory = PlainSteps, draws_seed: int | None = None) -> FitResult:
+        steps: StepsFactory = PlainSteps, draws_seed: int | None = None, name: str = "") -> FitResult:
     """Train the trainable parameters (adapter + head); keep the epoch with the best validation ACC.
 
     `watch`, if given, is evaluated after every epoch for learning curves only: it never picks the epoch.
@@ -252,6 +252,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, 
     `draws_seed` seeds whatever draws from the process's generators meanwhile (a tower's dropout): a site
     passes seeds.training_seed(run seed, site, round); None uses cfg.seed. The caller's generators are left
     as they were. Shuffling and augmentation keep their own generators, seeded from cfg.seed.
+    `name` names the progress bars (the site, where the caller knows it: bars of sites trained side by side).
     """
     plan = StepPlan.for_training(cfg, train, task)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -265,7 +266,8 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, image_size: int, 
             for epoch in range(1, cfg.epochs + 1):
                 started = time.perf_counter()
                 model.train()
-                total, seen = train_epoch(stepper, train, task, image_size, cfg, plan, f"epoch {epoch}/{cfg.epochs}")
+                total, seen = train_epoch(stepper, train, task, image_size, cfg, plan,
+                                          f"{name + ': ' if name else ''}epoch {epoch}/{cfg.epochs}")
                 evaluation = {"device": plan.device, "precision": cfg.precision}
                 metrics = evaluate(model, val, task, image_size, cfg.batch_size * 4, **evaluation)
                 val_metrics = {f"val_{k}": v for k, v in metrics.items()}
