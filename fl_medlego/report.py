@@ -7,18 +7,30 @@ import math
 from rich.table import Table
 
 from .kinds import ReportColumns, get_kind, list_kinds
-from .wire import TEST_ACC, VAL_ACC
+from .metrics import MAJORITY_MARGIN, at_majority_rate
+from .wire import MAJORITY_RATE, TEST_ACC, VAL_ACC
 
 
 def _fmt(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+MAJORITY_MARK = "†"  # a specialist ACC at its test split's majority-class rate
+
+
+def specialist_at_majority_rate(entry: dict) -> bool:
+    """A summary site entry's flag (computed again for a summary written before the flag existed)."""
+    if "specialist_at_majority_rate" in entry:
+        return bool(entry["specialist_at_majority_rate"])
+    return at_majority_rate({MAJORITY_RATE: entry["merged"].get(MAJORITY_RATE, math.nan), **entry["specialist"]})
+
+
 def summary_rows(summary: dict) -> list[list[str]]:
     rows = []
     for site, s in summary["sites"].items():
         own, mix = s["specialist"], s["merged"]
-        rows.append([site, _fmt(own.get("acc")), _fmt(own.get("auc")), _fmt(own.get("f1")), _fmt(mix.get("acc")),
+        own_acc = _fmt(own.get("acc")) + (f" {MAJORITY_MARK}" if specialist_at_majority_rate(s) else "")
+        rows.append([site, own_acc, _fmt(own.get("auc")), _fmt(own.get("f1")), _fmt(mix.get("acc")),
                      _fmt(mix.get("auc")), _fmt(mix.get("f1")), _fmt(s["normalized_acc"])])
     rows.append(["mean", "", "", "", "", "", "", _fmt(summary["mean_normalized_acc"])])
     return rows
@@ -26,6 +38,56 @@ def summary_rows(summary: dict) -> list[list[str]]:
 
 HEADER = ["site", "specialist ACC", "specialist AUC", "specialist F1", "merged ACC", "merged AUC", "merged F1",
           "normalized ACC"]
+
+
+def status_line(summary: dict) -> str:
+    """The run's status as summary.json states it ("completed", or "failed: why")."""
+    status = str(summary.get("status") or "not recorded (a summary from before runs recorded it)")
+    state, _, why = status.partition(": ")
+    return f"Status: **{state}**: {why}" if why else f"Status: {status}"
+
+
+def _cell(text: object) -> str:
+    """Text for a Markdown table cell: one line, no column separator."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def site_status_lines(summary: dict) -> list[str]:
+    """Each declared site's state in its latest round (merged, accepted, rejected or missing) and why."""
+    status = summary.get("site_status") or {}
+    if not status:
+        return []
+    lines = ["", "Sites (state in the latest round they took part in, and why):", "",
+             "| site | state | round | reason |", "|---|---|---|---|"]
+    lines += [f"| {_cell(site)} | {_cell(s.get('state', ''))} | {_cell(s.get('round', ''))} | "
+              f"{_cell(s.get('reason') or '')} |" for site, s in status.items()]
+    never = [site for site in summary.get("sites_missing") or [] if site not in status]
+    if never:
+        lines += ["", f"No node hosted: {', '.join(never)}."]
+    return lines
+
+
+def caution_lines(summary: dict) -> list[str]:
+    """What the numbers do not say on their own: specialists that learned nothing, and ratios above 1."""
+    lines = []
+    trivial = [site for site, entry in summary["sites"].items() if specialist_at_majority_rate(entry)]
+    if trivial:
+        lines += ["", f"{MAJORITY_MARK} Warning: the specialist of {', '.join(trivial)} scored its test split's "
+                  f"majority-class rate (ACC within {100 * MAJORITY_MARGIN:g} points of the share of the most frequent "
+                  "class): it learned nothing a constant guess does not, and a normalized ACC against it flatters "
+                  "the merged model."]
+    above = {site: entry["normalized_acc"] for site, entry in summary["sites"].items()
+             if entry["normalized_acc"] is not None and entry["normalized_acc"] > 1}
+    if above:
+        rounds = max((entry["merged"].get("round", 1) for entry in summary["sites"].values()), default=1)
+        named = ", ".join(f"{site} {ratio:.2f}" for site, ratio in above.items())
+        lines += ["", f"Normalized ACC above 1 ({named}): " + (
+            f"the specialist is round 1's model (one round of local training from the base), while the merged "
+            f"model had {rounds} rounds of training, so it is no ceiling here." if rounds > 1 else
+            "the merged model scored above the site's own specialist on its test split.")]
+    return lines
+
+
 def kind_sections() -> list[ReportColumns]:
     """The report sections the registered kinds declare (each shown where its metrics were reported)."""
     return [kind.report for kind in map(get_kind, list_kinds()) if kind.report is not None]
@@ -52,16 +114,21 @@ def section_lines(summary: dict, section: ReportColumns) -> list[str]:
 
 
 def summary_markdown(summary: dict) -> str:
-    lines = [
-        f"# Run summary: strategy `{summary.get('strategy')}`",
-        "",
-        "Test metrics per site: the site's own specialist adapter vs. the merged adapter (each with the",
-        "site's own head, or for cross-modal sites its class prompts). Normalized ACC = merged ACC / specialist ACC.",
-        "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---|" * len(HEADER),
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(summary)]
+    lines = [f"# Run summary: strategy `{summary.get('strategy')}`", "", status_line(summary), ""]
+    if summary["sites"]:
+        lines += [
+            "Test metrics per site: the site's own specialist adapter vs. the merged adapter (each with the",
+            "site's own head, or for cross-modal sites its class prompts). Normalized ACC = merged ACC / specialist "
+            "ACC.",
+            "",
+            "| " + " | ".join(HEADER) + " |",
+            "|" + "---|" * len(HEADER),
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in summary_rows(summary)]
+    else:
+        lines.append("No test metrics: no site evaluated a merged model before the run ended.")
+    lines += caution_lines(summary)
+    lines += site_status_lines(summary)
     for section in kind_sections():
         lines += section_lines(summary, section)
     lines += privacy_lines(summary.get("privacy") or {})
@@ -92,37 +159,97 @@ def summary_table(summary: dict) -> Table:
 
 
 def run_figure(summary: dict, evaluations: list[dict], path) -> None:
-    """Left: specialist vs merged test ACC per site. Right: merged test ACC per site over the rounds."""
+    """summary.png: `summary_figure`, saved."""
+    import matplotlib.pyplot as plt
+
+    fig = summary_figure(summary, evaluations)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary_figure(summary: dict, evaluations: list[dict]):
+    """Left: specialist vs merged test ACC per site. Right: merged test ACC per site over the rounds. Only what
+    the run measured is drawn; a run that measured nothing gets a figure saying why (its status and sites')."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    sites = [s for s in summary["sites"] if _finite(summary["sites"][s]["specialist"].get("acc"))
+             or _finite(summary["sites"][s]["merged"].get("acc"))]
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for e in evaluations:
+        if e.get("site") is not None and _finite(e.get("acc")):
+            curves.setdefault(e["site"], []).append((e["round"], e["acc"]))
+    curves = {site: sorted(points) for site, points in curves.items()}
+    failed = str(summary.get("status", "completed")) != "completed"
+    if not sites and not curves:
+        fig, ax = plt.subplots(figsize=(11, 4))
+        ax.axis("off")
+        ax.text(0.01, 0.98, _failure_text(summary), va="top", ha="left", family="monospace", fontsize=9,
+                transform=ax.transAxes)
+        return fig
+    fig, (bars, rounds) = plt.subplots(1, 2, figsize=(11, 4.6 if failed else 4))
+    _accuracy_bars(bars, summary, sites)
+    _round_curves(rounds, curves)
+    if failed:
+        fig.suptitle(_wrapped(status_line(summary).replace("**", ""), 110, 2), fontsize=9, color="tab:red")
+    fig.tight_layout()
+    return fig
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _wrapped(text: str, width: int, lines: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width, max_lines=lines, placeholder=" …"))
+
+
+def _failure_text(summary: dict) -> str:
+    """What a run that measured nothing says instead of empty axes: its status and each site's state."""
+    lines = [_wrapped(status_line(summary).replace("**", ""), 120, 4), "", "No site evaluated a merged model.", ""]
+    for site, s in (summary.get("site_status") or {}).items():
+        reason = f": {s['reason']}" if s.get("reason") else ""
+        lines.append(_wrapped(f"{site}: {s.get('state')} (round {s.get('round')}){reason}", 120, 2))
+    return "\n".join(lines)
+
+
+def _accuracy_bars(ax, summary: dict, sites: list[str]) -> None:
     import numpy as np
+
+    if not sites:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no site has test metrics", ha="center", va="center", transform=ax.transAxes)
+        return
+    x = np.arange(len(sites))
+    for offset, model, label in ((-0.2, "specialist", "specialist"),
+                                 (0.2, "merged", f"merged ({summary.get('strategy')})")):
+        values = [summary["sites"][s][model].get("acc", np.nan) for s in sites]
+        if any(_finite(v) for v in values):  # a legend entry only for bars that are drawn
+            ax.bar(x + offset, values, 0.4, label=label)
+    ax.set_xticks(x, sites)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test ACC")
+    ax.legend()
+
+
+def _round_curves(ax, curves: dict[str, list[tuple[int, float]]]) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    sites = list(summary["sites"])
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
-    x = np.arange(len(sites))
-    own = [summary["sites"][s]["specialist"].get("acc", np.nan) for s in sites]
-    mix = [summary["sites"][s]["merged"].get("acc", np.nan) for s in sites]
-    bars.bar(x - 0.2, own, 0.4, label="specialist")
-    bars.bar(x + 0.2, mix, 0.4, label=f"merged ({summary.get('strategy')})")
-    bars.set_xticks(x, sites)
-    bars.set_ylim(0, 1)
-    bars.set_ylabel("test ACC")
-    bars.legend()
-    for site in sites:
-        points = sorted((e["round"], e["acc"]) for e in evaluations if e.get("site") == site)
-        if points:
-            curves.plot(*zip(*points), marker="o", label=site)
-    curves.set_xlabel("round")
-    curves.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole: no tick at round 1.5
-    curves.set_ylabel("merged model test ACC")
-    curves.set_ylim(0, 1)
-    curves.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if not curves:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no round's merged model was evaluated", ha="center", va="center", transform=ax.transAxes)
+        return
+    for site, points in curves.items():
+        ax.plot(*zip(*points), marker="o", label=site)
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole: no tick at round 1.5
+    ax.set_ylabel("merged model test ACC")
+    ax.set_ylim(0, 1)
+    ax.legend()
 
 
 def learning_curve_figure(site: str, curves: dict[str, dict[str, list[float]]], path) -> None:

@@ -6,7 +6,9 @@
                                   and renamed once complete: a round folder is never half written.
     RUN_DIR/metrics.jsonl         one JSON object per event (train / evaluate / rejected reply)
     RUN_DIR/summary.json          per site: specialist and merged metrics, normalized accuracy
-    RUN_DIR/summary.md            the same as a table
+    RUN_DIR/summary.md            the same as a table, the run's status and each site's, and what the numbers
+                                  do not say (a specialist at its majority-class rate, a ratio above 1)
+    RUN_DIR/summary.png           the same as a figure (a failed run's: what there is, or why there is nothing)
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from typing import Any
 
 from .errors import ConfigError, UserError
 from .files import replace_dir, write_text_atomic
-from .metrics import normalized_accuracy
+from .metrics import at_majority_rate, normalized_accuracy
 from .report import run_figure, summary_markdown
+from .wire import MAJORITY_RATE
 
 ROUND_STATE = "round.json"
 INTERNAL_ERRORS = "errors.log"  # tracebacks of the coordinator's own faults (never a site's text alone)
@@ -139,9 +142,14 @@ class RunResults:
         for site in sorted(set(specialist) | set(merged)):
             own, mix = specialist.get(site, {}), merged.get(site, {})
             sites[site] = {"specialist": own, "merged": mix,
-                           "normalized_acc": normalized_accuracy(mix.get("acc", math.nan), own.get("acc", math.nan))}
+                           "normalized_acc": normalized_accuracy(mix.get("acc", math.nan), own.get("acc", math.nan)),
+                           # a specialist that scores a constant guess learned nothing: its ratio flatters
+                           "specialist_at_majority_rate": at_majority_rate(
+                               {MAJORITY_RATE: mix.get(MAJORITY_RATE, math.nan), **own})}
         summary = {"sites": sites, "wall_time_s": round(time.time() - self.started, 1),
                    "strategy": self.settings.get("strategy"), **(extra or {})}
+        summary["specialists_at_majority_rate"] = [s for s, entry in sites.items()
+                                                   if entry["specialist_at_majority_rate"]]
         norm = [s["normalized_acc"] for s in sites.values() if not math.isnan(s["normalized_acc"])]
         summary["mean_normalized_acc"] = sum(norm) / len(norm) if norm else math.nan
         write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_safe))

@@ -44,6 +44,7 @@ BEST_EPOCH = "best-epoch"
 TEST_ACC = "test-acc"  # learning curves only (new_task), one value per epoch
 EVAL_METRICS = ("acc", "auc", "f1", "loss")
 SPECIALIST_PREFIX = "specialist-"
+MAJORITY_RATE = "majority-rate"  # the test split's share of its most frequent class: ACC of a constant guess
 ROUND_MEAN_METRICS = (VAL_ACC, TRAIN_LOSS)  # averaged over the sites in the round's aggregate
 # MetricRecord entries: the server's aggregate of a round
 SITES_MERGED = "sites-merged"
@@ -150,6 +151,8 @@ METRIC_SCHEMA: dict[str, tuple[float, float, bool]] = {
     BEST_EPOCH: (1, 10**6, True),
     **{name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
     **{SPECIALIST_PREFIX + name: (0.0, MAX_LOSS if name == "loss" else 1.0, False) for name in EVAL_METRICS},
+    MAJORITY_RATE: (0.0, 1.0, False),  # a kind that evaluates on labels declares it (SiteKind.evaluate_metrics)
+    SPECIALIST_PREFIX + MAJORITY_RATE: (0.0, 1.0, False),
 }
 
 

@@ -25,12 +25,14 @@ from ..data import SiteData, parse_sites
 from ..errors import ConfigError
 from ..files import write_json_atomic
 from ..kinds import SiteKind, all_strategies, ceiling_kind, kind_for_strategy
+from ..metrics import majority_rate
 from ..models import create_backbone
 from ..multitask import MultiTaskModel, train_multitask
 from ..privacy.coordinator import EPSILON_SPENT, PRIVACY_DELTA
 from ..privacy.site import train_from_base, trains_privately
 from ..site import load_site_data
 from ..train import evaluate
+from ..wire import MAJORITY_RATE
 from .cache import SpecialistCache
 from .table import MULTITASK, render_comparison
 
@@ -197,8 +199,9 @@ class Comparison:
                 cache.write(entry, {"head": result.state.head}, {"test": test, "base": result.base_fingerprint,
                                                                  **spent},
                             extra=lambda tmp, r=result: server.save(r.update, tmp, r.base_fingerprint))
-            metrics = cache.metrics(entry)
-            found[name] = (server.load(entry, base), cache.read(entry, "head"), metrics["test"])
+            # The test split's majority-class rate, also for specialists cached before sites measured it.
+            test = {MAJORITY_RATE: majority_rate(data.test.labels.numpy(), data.task), **cache.metrics(entry)["test"]}
+            found[name] = (server.load(entry, base), cache.read(entry, "head"), test)
         if not self._done(kind.specialists_row(), seed):
             self._record(kind.specialists_row(), seed, {s: test for s, (_, _, test) in found.items()})
         return found

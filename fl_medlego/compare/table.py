@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..kinds import ReportColumns, SiteKind, ceiling_kind, get_kind, list_kinds
-from ..metrics import normalized_accuracy
+from ..metrics import MAJORITY_MARGIN, at_majority_rate, normalized_accuracy
 from ..wire import MERGED_MAX_RANK
 
 MULTITASK = "multitask"
@@ -70,6 +70,19 @@ def unnormalizable(results: dict) -> list[tuple[str, str]]:
     reference = results["rows"].get(NORMALIZED_BY, {})
     return [(seed, s) for seed, r in sorted(reference.items()) for s in results["sites"]
             if r.get("test") and r["test"][s]["acc"] <= 0]
+
+
+MAJORITY_MARK = "†"
+
+
+def at_majority(results: dict) -> dict[str, list[str]]:
+    """site -> the seeds in which its SVD-LoRA specialist's test ACC is at the split's majority-class rate."""
+    found: dict[str, list[str]] = {}
+    for seed, r in sorted(results["rows"].get(NORMALIZED_BY, {}).items()):
+        for site in results["sites"]:
+            if r.get("test") and at_majority_rate(r["test"][site]):
+                found.setdefault(site, []).append(seed)
+    return found
 
 
 def summarize(results: dict) -> dict[str, dict[str, tuple[float, float]]]:
@@ -132,13 +145,17 @@ def columns(results: dict) -> list[str]:
     return [f"{s} {m}" for s in results["sites"] for m in ("ACC", "AUC")] + [NORMALIZED]
 
 
+PRECISION = 3  # decimals a cell prints: values equal at it are a tie
+
+
 def _ranks(table: dict, column: str) -> dict[str, int]:
-    """1 for the best, 2 for the second among the ranked rows (ties share a place)."""
+    """1 for the best, 2 for the second among the ranked rows, compared as printed: values equal at PRECISION
+    decimals share a place, and a value equal to the best is never second."""
     references = reference_rows()
-    scores = sorted({round(c[column][0], 6) for r, c in table.items() if r not in references
-                     and not math.isnan(c[column][0])}, reverse=True)
-    return {r: scores.index(round(c[column][0], 6)) + 1 for r, c in table.items()
-            if r not in references and not math.isnan(c[column][0]) and scores.index(round(c[column][0], 6)) < 2}
+    printed = {r: round(c[column][0], PRECISION) for r, c in table.items()
+               if r not in references and not math.isnan(c[column][0])}
+    scores = sorted(set(printed.values()), reverse=True)
+    return {r: scores.index(v) + 1 for r, v in printed.items() if scores.index(v) < 2}
 
 
 def _cell(mean: float, std: float, seeds: int) -> str:
@@ -152,7 +169,8 @@ def to_markdown(results: dict) -> str:
     ranks = {c: _ranks(table, c) for c in cols}
     paired = seeds > 1 and PAIRED_BASELINE in results["rows"]
     extra = [f"vs {PAIRED_BASELINE}"] if paired else []
-    lines = ["| strategy | " + " | ".join(cols + extra) + " |", "|---|" + "---|" * (len(cols) + len(extra))]
+    headers = [f"{c} {MAJORITY_MARK}" if c == NORMALIZED and at_majority(results) else c for c in cols]
+    lines = ["| strategy | " + " | ".join(headers + extra) + " |", "|---|" + "---|" * (len(cols) + len(extra))]
     for row, cells in table.items():
         out = []
         for c in cols:
@@ -177,6 +195,13 @@ def to_markdown(results: dict) -> str:
             "", *lines, "", "Options chosen on the validation splits:", *options]
     if errors:
         text += ["", "Strategies that could not merge these specialists:", *errors]
+    trivial = at_majority(results)
+    if trivial:
+        text += ["", f"{MAJORITY_MARK} Specialists at their test split's majority-class rate (ACC within "
+                 f"{100 * MAJORITY_MARGIN:g} points of the share of the most frequent class: they learned nothing a "
+                 f"constant guess does not, and `{NORMALIZED}` against them flatters every row): "
+                 + ", ".join(f"{site} (seed{'s' * (len(where) > 1)} {', '.join(where)})"
+                             for site, where in trivial.items())]
     left_out = unnormalizable(results)
     if left_out:
         text += ["", f"Left out of `{NORMALIZED}` (the specialist's test ACC is 0, so no ratio exists): "
@@ -259,32 +284,6 @@ def to_csv(results: dict, path: Path) -> None:
                                      *(m.get(k, "") for k in extra), r.get("options", "")])
 
 
-def heatmap(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    table = summarize(results)
-    cols = [f"{s} ACC" for s in results["sites"]] + [NORMALIZED]
-    rows = list(table)
-    values = np.array([[table[r][c][0] for c in cols] for r in rows])
-    fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 2.5, 0.45 * len(rows) + 1.5))
-    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(1.0, np.nanmax(values)), aspect="auto")
-    ax.set_xticks(range(len(cols)), [c.replace(" ACC", "") for c in cols], rotation=30, ha="right")
-    ax.set_yticks(range(len(rows)), rows)
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            if not math.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
-                        color="white" if values[i, j] < 0.6 else "black", fontsize=8)
-    ax.set_title("test ACC (mean over seeds)")
-    fig.colorbar(image, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
 def energy_sweep(results: dict) -> list[dict]:
     """The fixed-v Med-LEGO rows (`compare --energy-sweep`): v, mean normalized ACC (± std over seeds) and
     the merged rank kept (max over matrices, mean over seeds), by increasing v."""
@@ -293,33 +292,17 @@ def energy_sweep(results: dict) -> list[dict]:
         runs = [r for r in by_seed.values() if r.get("test") and "energy" in (r.get("options") or {})]
         if not row.startswith("medlego (v=") or not runs:
             continue
-        mean, std = _stats(list(normalized_by_seed(results, row).values()))
+        per_seed = normalized_by_seed(results, row)
+        mean, std = _stats(list(per_seed.values()))
         points.append({"energy": runs[0]["options"]["energy"], "normalized_acc": mean, "std": std,
+                       "by_seed": per_seed,
                        "merged_rank": float(np.mean([r.get(MERGED_MAX_RANK, math.nan) for r in runs]))})
     return sorted(points, key=lambda p: p["energy"])
 
 
-def energy_plot(points: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    v = [p["energy"] for p in points]
-    fig, acc = plt.subplots(figsize=(5.5, 3.5))
-    acc.errorbar(v, [p["normalized_acc"] for p in points], yerr=[p["std"] for p in points], marker="o",
-                 color="tab:blue", capsize=3)
-    acc.set_xlabel("Med-LEGO energy threshold v")
-    acc.set_ylabel("mean normalized ACC", color="tab:blue")
-    rank = acc.twinx()
-    rank.plot(v, [p["merged_rank"] for p in points], marker="s", color="tab:orange")
-    rank.set_ylabel("merged rank kept (max over matrices)", color="tab:orange")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
 def render_comparison(results: dict, out_dir: Path) -> list[Path]:
+    from .figures import energy_plot, heatmap  # they read this module's tables
+
     out_dir = Path(out_dir)
     paths = [out_dir / "table.md", out_dir / "table.csv", out_dir / "table.png"]
     paths[0].write_text(to_markdown(results))

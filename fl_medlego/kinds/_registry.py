@@ -54,7 +54,7 @@ class SiteKind(ABC):
     # Its metric schema: what a train reply carries, what an evaluation adds to wire.EVAL_METRICS, the range of
     # each name wire does not declare already (name -> (low, high, integral)), and which may be NaN.
     train_metrics: ClassVar[tuple[str, ...]] = (wire.VAL_ACC, wire.TRAIN_LOSS, wire.BEST_EPOCH, wire.NUM_EXAMPLES)
-    evaluate_metrics: ClassVar[tuple[str, ...]] = ()
+    evaluate_metrics: ClassVar[tuple[str, ...]] = (wire.MAJORITY_RATE,)  # the test split's, for the reports
     metric_schema: ClassVar[dict[str, tuple[float, float, bool]]] = {}
     undefined_metrics: ClassVar[frozenset[str]] = frozenset()
     report: ClassVar[ReportColumns | None] = None

@@ -145,7 +145,8 @@ class CrossModalKind(AdapterKind):
     summary = "SVD-LoRA in the image and the text tower of a CLIP-style pair; classes are text prompts, no head"
     specialist_label = "cross-modal SVD-LoRA"
     supports_privacy = False  # the text tower's gradients are over prompts, not over a site's examples
-    evaluate_metrics = metrics.GENERALIST_METRICS  # the union and unseen-prompt tests (crossmodal/scoring.py)
+    # The union and unseen-prompt tests (crossmodal/scoring.py), and the test split's majority-class rate.
+    evaluate_metrics = (*metrics.GENERALIST_METRICS, *AdapterKind.evaluate_metrics)
     metric_schema = metrics.SCHEMA
     undefined_metrics = metrics.MAY_BE_UNDEFINED
     report = ReportColumns(
