@@ -84,7 +84,7 @@ def start_site(workdir: Path, state: dict, site: str, data_root: str, key: Path 
                 register_site(flwr_home, CONNECTION, public)
     config = SiteNodeConfig(site=site, data_root=data_root, superlink=f"127.0.0.1:{state['superlink']['port']}",
                             root_certificates=str(workdir / "tls" / "ca.crt"), private_key=str(key),
-                            port=free_port())
+                            port=free_port(), state_dir=str(workdir / "site-state"))  # removed with the workdir
     source = check_site(config)
     command = supernode_command(config)
     if not with_ca:  # only for testing that a node without the federation's CA cannot connect

@@ -102,7 +102,7 @@ def train(msg: Message, context: Context) -> Message:
         save_ledger(folder, site, ledger)  # before the update leaves: what is sent has been counted
     else:
         result = trainer.train(data, start, state, on_epoch=progress(site), server_round=server_round)
-    save_state(folder, site, server_round, codec, result.state)
+    save_state(folder, site, server_round, codec, result.state, result.update, result.base_fingerprint)
     info = {wire.SITE: site, wire.BASE_FINGERPRINT: result.base_fingerprint, wire.DATA_SOURCE: data.origin}
     return reply(msg, result.metrics, info, ArrayRecord(codec.encode(result.update)))
 

@@ -63,9 +63,10 @@ def test_train_then_evaluate_keeps_head_and_data_at_the_site(site_state_in_tmp):
     assert "bundled sample" in reply.content[wire.SITE_INFO][wire.DATA_SOURCE]
     assert len(ctx.state) == 0  # nothing in the node's context: the state is in node-local files
     site_folder = site_state_in_tmp / "run-1" / "breast"
-    assert {p.name for p in (site_folder / "round-001").iterdir()} == {"head.safetensors"}
+    # The round's head and adapter folder, and the specialist (also as an adapter folder for merge / edit).
+    assert {p.name for p in (site_folder / "round-001").iterdir()} == {"head.safetensors", "adapter"}
     assert {p.name for p in (site_folder / "specialist").iterdir()} == {"specialist.safetensors",
-                                                                        "specialist-head.safetensors"}
+                                                                        "specialist-head.safetensors", "adapter"}
 
     ev = evaluate(request(MessageType.EVALUATE, "breast", reply.content[wire.ARRAYS],
                           **{wire.WITH_SPECIALIST: True}), ctx)

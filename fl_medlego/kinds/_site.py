@@ -84,7 +84,8 @@ class KindSite(ABC):
         if precision is not None:
             train_cfg = dataclasses.replace(train_cfg, precision=precision)
         result = fit(model, data.train, data.val, data.task, model.image_size, train_cfg, on_epoch=on_epoch,
-                     steps=steps, draws_seed=training_seed(self.context.seed, data.site.name, server_round))
+                     steps=steps, draws_seed=training_seed(self.context.seed, data.site.name, server_round),
+                     name=data.site.name)
         update = self.extract(model)
         head = self.head_state(model)
         if state is None:  # the first training from the base: this is the site's specialist
@@ -110,6 +111,7 @@ class KindSite(ABC):
         model = self.build_model(data, start, None)
         train_cfg = dataclasses.replace(self.site_train_config(data), epochs=epochs)
         result = fit(model, data.train, data.val, data.task, model.image_size, train_cfg, watch=data.test,
-                     on_epoch=on_epoch, draws_seed=training_seed(self.context.seed, data.site.name, 1))
+                     on_epoch=on_epoch, draws_seed=training_seed(self.context.seed, data.site.name, 1),
+                     name=data.site.name)
         return {wire.VAL_ACC: [h["val_acc"] for h in result.history],
                 wire.TEST_ACC: [h["watch_acc"] for h in result.history]}
