@@ -30,8 +30,8 @@ from .device import (
 )
 from .lora import SVDLoRAConfig, orthogonality_penalty
 from .metrics import MULTI_LABEL, classification_metrics
-from .settings import check_group, setting
 from .seeds import global_draws_from
+from .settings import check_group, setting
 
 log = logging.getLogger(__name__)
 
