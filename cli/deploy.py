@@ -111,7 +111,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tls.add_argument("--dir", required=True, help="folder for the CA and the SuperLink's certificate and key")
     tls.add_argument("--host", action="append", required=True, help="a name or IP sites dial (repeatable)")
     tls.add_argument("--ca", help="issue only a new SuperLink certificate, from the CA in this folder (its ca.crt "
-                                  "and ca.key), to rotate the certificate without a new ca.crt at the sites")
+                                  "and ca.key), to rotate the certificate without a new ca.crt at the sites "
+                                  "(default: none, a new CA)")
     tls.set_defaults(func=cmd_coordinator_tls)
     start = coordinator.add_parser("start", help="start flower-superlink with TLS, site auth and a database")
     start.add_argument("--tls-dir", required=True, help="the folder `coordinator tls` wrote")
