@@ -95,12 +95,12 @@ def test_the_full_kind_needs_the_bases_weights_even_with_a_declared_fingerprint(
         federation_base(cfg)
 
 
-@pytest.mark.xfail(strict=True, reason="federation_base tells a full-weight run that already declares "
-                                       "model.fingerprint to set model.fingerprint; its fix is the base's weights")
 def test_the_full_kinds_missing_base_error_does_not_ask_for_the_fingerprint_it_has(tmp_path):
+    from fl_medlego.errors import ConfigError
+
     cfg = parse_run_config({"model.pretrained": str(tmp_path / "not-here.safetensors"), "strategy": "vit_avg",
                             "model.fingerprint": "abc123"})
-    with pytest.raises((RuntimeError, ValueError)) as refused:
+    with pytest.raises(ConfigError, match="needs them too: make model.pretrained readable here") as refused:
         federation_base(cfg)
     assert "set model.fingerprint" not in str(refused.value)
 

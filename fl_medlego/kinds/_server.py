@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..errors import ConfigError
 from ..models import shared_base
 from ._context import KindContext
 
@@ -97,11 +98,15 @@ class KindServer(ABC):
         try:
             base, fingerprint = self.shared_base()
         except (FileNotFoundError, ValueError) as err:
-            raise RuntimeError(f"the coordinator cannot build the base model to fingerprint it ({err}); "
-                               "set model.fingerprint to the fingerprint the sites report") from err
+            if self.keeps_reference:  # its updates are measured against the base: a fingerprint cannot stand in
+                raise ConfigError(f"the coordinator cannot build the base model ({err}); this kind measures every "
+                                  "update against the base's weights, so the coordinator needs them too: make "
+                                  "model.pretrained readable here") from err
+            raise ConfigError(f"the coordinator cannot build the base model to fingerprint it ({err}); "
+                              "set model.fingerprint to the fingerprint the sites report") from err
         if declared_fingerprint and declared_fingerprint != fingerprint:
-            raise RuntimeError(f"model.fingerprint {declared_fingerprint} is not the fingerprint of the configured "
-                               f"base ({fingerprint})")
+            raise ConfigError(f"model.fingerprint {declared_fingerprint} is not the fingerprint of the configured "
+                              f"base ({fingerprint})")
         return fingerprint, self.reference_of(base)
 
     keeps_reference = False  # whether `reference_of` gives one: an update's size is then a change from it
