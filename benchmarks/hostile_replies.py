@@ -122,8 +122,8 @@ def _dtype(dtype: str) -> Callable:
 
 def _scaled(power: int) -> Callable:
     def mutate(parts: dict, rng: random.Random) -> dict:
-        return _with_packed(parts, torch.from_numpy(_packed(parts) * np.float32(10.0 ** (power / 2))))
-    return mutate  # B and A both scaled: the update by 10**power
+        return _with_packed(parts, torch.from_numpy(_packed(parts) * np.float32(10.0 ** (power / 3))))
+    return mutate  # B, E and A each scaled by 10**(power / 3): the update B diag(E) A by 10**power
 
 
 def _error(parts: dict, rng: random.Random):

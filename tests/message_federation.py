@@ -64,7 +64,8 @@ def _train_only(tamper: Callable) -> Callable:
 
 
 def scaled_reply(factor: float) -> Callable:
-    """A site that multiplies its update by factor**2 (both low-rank factors by factor) before sending it."""
+    """A site that multiplies its packed factors by `factor` before sending them: B, E and A each, so the
+    update B diag(E) A grows by factor**3."""
     def tamper(reply):
         tensors = reply.content[wire.ARRAYS].to_torch_state_dict()
         tensors[wire.PACKED] = tensors[wire.PACKED] * factor

@@ -138,7 +138,6 @@ def test_centred_scores_shift_each_class_and_keep_a_two_class_ranking(cfg):
     metrics = cfg.kind_site().evaluate(pneumonia, update, {})
     assert set(metrics_of.CENTRED_METRICS) <= set(metrics)
     assert metrics[metrics_of.CENTRED_PREFIX + "auc"] == pytest.approx(metrics["auc"], abs=1e-9)
-    assert all(0 <= metrics[k] <= 1 for k in metrics_of.CENTRED_METRICS)
     assert not set(metrics_of.CENTRED_METRICS) & set(cfg.kind_site().evaluate(pneumonia, update, {}, "val"))
 
 
@@ -214,7 +213,7 @@ def test_multi_label_sites_use_the_ct_clip_pair_prompts(cfg):
     assert torch.allclose(torch.sigmoid(logits), two_way, atol=1e-5)  # the pair softmax's first probability
     result = cfg.kind_site().train(chest, None, None)
     metrics = cfg.kind_site().evaluate(chest, result.update, {})
-    assert 0 <= metrics["acc"] <= 1 and metrics_of.UNION_ACC not in metrics  # the union test is single-label only
+    assert metrics_of.UNION_ACC not in metrics  # the union test is single-label only
 
 
 def test_the_merge_command_works_on_saved_cross_modal_adapters(cfg, tmp_path):

@@ -61,7 +61,6 @@ def test_a_kind_trains_encodes_combines_and_evaluates(kind_name, tmp_path):
     data = load_site_data(cfg, "breast")
     metrics = trainer.evaluate(data, again, results[0].state.head)
     assert metrics == trainer.evaluate(data, combined, results[0].state.head)
-    assert 0 <= metrics["acc"] <= 1
     # Round 2 from the combined update keeps the specialist of round 1.
     round2 = trainer.train(data, combined, results[0].state)
     assert round2.state.specialist is results[0].state.specialist

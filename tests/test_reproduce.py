@@ -1,9 +1,9 @@
 """The default scenario, same seed, gives the numbers stored before the site-kind redesign.
 
 tests/data/default_scenario_summary.json is the summary of a real `flwr run scenarios/cross_domain`
-(defaults, bundled sample) on the code before the redesign. The default test runs the real ServerApp and
+(defaults, bundled sample) on the code before the redesign. The `training` test runs the real ServerApp and
 ClientApp code in this process (fl_medlego.cli.local_run: discovery, the strategy's rounds with its guard and
-weighting, the summary; about two minutes on two cores); the slow one runs it through Flower.
+weighting, the summary; about four to six minutes on two cores); the slow one runs it through Flower.
 """
 
 import json

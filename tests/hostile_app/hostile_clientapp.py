@@ -1,4 +1,5 @@
-"""The site ClientApp, except that site `blood` multiplies its update by 1e13 before sending it.
+"""The site ClientApp, except that site `blood` multiplies its packed factors by 10**6.5
+before sending them (B, E and A each: the update x10**19.5).
 
 For testing the coordinator's update guard in a real `flwr run` (tests/test_hostile_site.py); it is
 not part of the package.
@@ -11,7 +12,7 @@ from fl_medlego import wire
 from fl_medlego.clients import app as honest
 
 HOSTILE_SITE = "blood"
-FACTOR = 10 ** 6.5  # on B and on A: the update x1e13
+FACTOR = 10 ** 6.5  # on B, E and A: the update x10**19.5
 
 app = ClientApp()
 
