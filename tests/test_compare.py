@@ -9,7 +9,9 @@ import pytest
 from fl_medlego.cli import main
 from fl_medlego.cli.local_run import run_local_federation
 from fl_medlego.compare import Comparison
+from fl_medlego.compare.cache import settings_hash
 from fl_medlego.compare.table import specialists_row, summarize, to_markdown
+from fl_medlego.config import parse_run_config
 from fl_medlego.kinds import get_kind
 from fl_medlego.kinds.adapter import AdapterSite
 from fl_medlego.scenario import load_scenario_config, parse_overrides
@@ -53,6 +55,16 @@ def test_tuning_uses_validation_only_and_specialists_are_cached(tmp_path, monkey
     monkeypatch.setattr(AdapterSite, "train", no_training)
     again = Comparison(tiny_config(), ["post_avg"], [0], tmp_path / "out2", tmp_path / "cache").run()
     assert set(again["rows"]) == {"specialists (SVD-LoRA)", "post_avg"}
+
+
+def test_a_private_specialist_is_cached_per_number_of_rounds_a_public_one_is_not():
+    # DP-SGD plans a site's noise over num-rounds: a specialist trained for 3 rounds is not the 1-round one.
+    def key(rounds, **settings):
+        return settings_hash(parse_run_config({**tiny_config(), "num-rounds": rounds, **settings}))
+
+    private = {"privacy.mode": "dp-sgd", "privacy.epsilon": 8.0}
+    assert key(1, **private) != key(3, **private)
+    assert key(1) == key(3)
 
 
 def test_table_ranks_and_normalizes():

@@ -19,15 +19,17 @@ from safetensors.torch import save_file
 from ..config import RunConfig, settings_table
 from ..files import atomic_path, read_tensors
 
-# Settings (run config keys) that do not change what a specialist learns.
-_IRRELEVANT = ("strategy", "kind", "num-rounds", "output-dir", "round-timeout", "node-wait-timeout", "seed",
+# Settings (run config keys) that do not change what a specialist learns. num-rounds does under DP-SGD
+# (the site plans its noise over that many rounds), so a private specialist keeps it in its key.
+_IRRELEVANT = ("strategy", "kind", "output-dir", "round-timeout", "node-wait-timeout", "seed",
                "min-sites", "site-nodes", "model.fingerprint", "resume", "messages-per-node")
 _IRRELEVANT_GROUPS = ("merge.", "guard.")
 
 
 def settings_hash(cfg: RunConfig) -> str:
+    irrelevant = _IRRELEVANT + (() if cfg.privacy.private else ("num-rounds",))
     relevant = {k: v for k, v in settings_table(cfg).items()
-                if k not in _IRRELEVANT and not k.startswith(_IRRELEVANT_GROUPS)}
+                if k not in irrelevant and not k.startswith(_IRRELEVANT_GROUPS)}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

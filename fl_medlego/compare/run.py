@@ -241,7 +241,9 @@ class Comparison:
         """A real federation of `rounds` rounds, run as `flwr run` runs it (the ServerApp's strategy with its
         guard, weighting and quorum; the ClientApp's training and evaluation), in this process through
         `self.federate` (fl_medlego.cli.local_run), with the merge options chosen one-shot on validation.
-        Round 1 trains each site's specialist from the base, as the cached ones were (same seed)."""
+        Round 1 trains each site's specialist from the base, as the cached ones were (same seed); under DP-SGD
+        its noise is planned over `rounds` rounds, the cached specialists' over the scenario's num-rounds (which
+        is therefore part of their cache key), so round 1 is then a different, noisier specialist."""
         strategy = cfg.strategy
         one_shot = self.results["rows"].get(strategy, {}).get(str(seed))
         if one_shot is None or one_shot.get("error"):
