@@ -14,19 +14,16 @@ when the README's table is not `fl-medlego settings --markdown`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import timm
-
 from .data import SiteSpec, parse_sites
-from .errors import ConfigError
+from .errors import ConfigError, UnknownNameError
 from .kinds import KindContext, KindServer, KindSite, SiteKind, get_kind, kind_for_strategy, list_kinds
 from .lora import SVDLoRAConfig
 from .merging.medlego import MedLegoOptions
-from .models import list_presets, preset_image_size
+from .models import check_backbone_name, preset_image_size
 from .privacy import PrivacySettings
 from .privacy.site import check_private_kind
 from .scenario import parse_overrides
@@ -66,21 +63,14 @@ def _site_nodes_text(pairs: dict[str, int]) -> str:
 
 
 def _check_kind(name: str) -> None:
-    if name and name not in list_kinds():
-        raise ConfigError(f"unknown site kind {name!r}; known site kinds: {', '.join(list_kinds())}")
+    if name:
+        get_kind(name)  # the registry refuses an unknown name, listing the kinds it knows
 
 
 def _check_strategy(name: str) -> None:
-    known = sorted({s for k in list_kinds() for s in get_kind(k).strategies()})
+    known = {s for k in list_kinds() for s in get_kind(k).strategies()}  # those of explicitly chosen kinds too
     if name not in known:
-        raise ConfigError(f"unknown strategy {name!r}; known strategies: {', '.join(known)}")
-
-
-def _check_backbone(name: str) -> None:
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        raise ConfigError(f"unknown backbone {name!r}: use a preset ({', '.join(list_presets())}) or a timm model "
-                          f"name{' such as ' + ', '.join(close) if close else ''} (timm.list_models())")
+        raise UnknownNameError("strategy", name, known)
 
 
 def _check_norm_factor(value: float) -> None:
@@ -118,7 +108,7 @@ class RunSettings:
     messages_per_node: int = setting(2, "messages the coordinator keeps waiting at each node at once; 0 = a "
                                      "round's all at once (docs/performance.md, \"Scale\")", low=0)
     model_name: str = setting("vit_medmnist_28", "backbone preset or timm name", key="model.name",
-                              check=_check_backbone, accepts="a preset or a timm model name")
+                              check=check_backbone_name, accepts="a preset or a timm model name")
     pretrained: str = setting("bundled", "`bundled` (the base shipped with the package), `none` (seeded random "
                               "init), `timm` or a checkpoint path", key="model.pretrained",
                               accepts="bundled, none, timm or a path")

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from fl_medlego.config import DEFAULTS, parse_run_config, setting_groups, settings_table
-from fl_medlego.errors import ConfigError
+from fl_medlego.errors import ConfigError, UnknownNameError
+from fl_medlego.kinds import get_kind
+from fl_medlego.models import check_backbone_name
 from fl_medlego.settings import describe, markdown_table, parse_value, setting, settings_of
 
 SETTINGS = [s for group in setting_groups() for s in settings_of(group)]
@@ -92,6 +94,15 @@ def test_every_setting_with_a_range_refuses_a_value_outside_it_by_its_key(key):
 def test_the_reported_bad_values_are_refused_by_the_key_the_user_typed(key, value, says):
     message = _refusal(key, value)
     assert message.startswith(f"{key}={value!r} is refused") and says in message, message
+
+
+@pytest.mark.parametrize("key,value,lookup", [
+    ("model.name", "vit_tiny_patch16_22", check_backbone_name), ("kind", "crossmodal", get_kind),
+])
+def test_a_name_no_registry_holds_is_refused_in_the_registrys_own_words(key, value, lookup):
+    with pytest.raises(UnknownNameError) as registry:
+        lookup(value)
+    assert f"is refused: {registry.value} (the default" in _refusal(key, value)
 
 
 def test_numbers_are_strict_about_their_type():
