@@ -288,4 +288,5 @@ def _num(x: Any) -> str:
 
 def _refuse(s: Setting, value: Any, why: str) -> typing.NoReturn:
     example = s.shown(s.default)
-    raise ConfigError(f"{s.key}={value!r} is refused: {why} (the default: {s.key}={example!r})")
+    # from None: the reason is in the message; a chained traceback would only bury it (under flwr run too)
+    raise ConfigError(f"{s.key}={value!r} is refused: {why} (the default: {s.key}={example!r})") from None
