@@ -15,7 +15,7 @@ from rich.console import Console
 
 from fl_medlego.config import RunConfig, parse_run_config, settings_table
 from fl_medlego.memory import peak_rss_mb
-from fl_medlego.privacy.coordinator import coordinator_layers, summary_without_layer
+from fl_medlego.privacy.coordinator import coordinator_layers, privacy_summary
 from fl_medlego.report import summary_table
 from fl_medlego.results import RunResults
 
@@ -94,7 +94,7 @@ def _federate(grid: Grid, cfg: RunConfig, results: RunResults, held_out: tuple[s
         internal = err
         log_path = results.log_internal_error(f"the run failed: {type(err).__name__}: {err}", traceback.format_exc())
         failure = f"internal error {type(err).__name__}: {err} (traceback in {log_path})"
-    privacy = next((layer.summary() for layer in layers), None) or summary_without_layer(cfg.privacy)
+    privacy = privacy_summary(layers, cfg.privacy)
     summary = results.write_summary(strategy.specialist, strategy.merged, extra={
         "status": f"failed: {failure}" if failure else "completed", "site_status": strategy.status,
         "sites_missing": [s for s in declared if s not in site_nodes], "sites_held_out": list(held_out),

@@ -24,6 +24,7 @@ from fl_medlego import wire
 from fl_medlego.config import RunConfig
 from fl_medlego.memory import peak_rss_mb
 from fl_medlego.merging import normalize_weights
+from fl_medlego.privacy.coordinator import LAYER_NAME as PRIVACY_LAYER
 from fl_medlego.results import RoundLedger, RunResults
 
 from .guard import capped_examples, check_combined, guard_updates
@@ -68,7 +69,7 @@ class SiteMergeStrategy(Strategy):
     @property
     def privacy(self) -> dict[str, dict]:
         """What each DP-SGD site reports it has spent (empty in a run without the privacy layer)."""
-        return next((layer.state() for layer in self.layers if layer.name == "privacy"), {})
+        return next((layer.state() for layer in self.layers if layer.name == PRIVACY_LAYER), {})
 
     def summary(self) -> None:
         log.info("\t├──> sites: %s", self.site_nodes)

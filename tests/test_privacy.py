@@ -261,8 +261,12 @@ def test_epsilon_survives_a_resume(tmp_path):
     history = [(e["noise_multiplier"], e["sample_rate"], e["dp_steps"]) for e in events]
     assert epsilon_of(history, events[-1]["delta"], events[-1]["accountant"]) == pytest.approx(events[-1]["epsilon"],
                                                                                               rel=1e-9)
+    # summary.json holds the same history: its claim recomputes from it alone, across the resume.
     summary = json.loads((run_dir / "summary.json").read_text())["privacy"]["sites"]["blood"]
-    assert summary["noise_multiplier"] == events[-1]["noise_multiplier"] and summary["dp_steps"] == history[-1][2]
+    assert summary["history_rounds"] == [1, 2, 3] and summary["history"] == [list(h) for h in history]
+    assert epsilon_of(summary["history"], summary["delta"], summary["accountant"]) == pytest.approx(
+        summary["epsilon"], rel=1e-9)
+    assert summary["epsilon"] == events[-1]["epsilon"] and summary["round"] == 3
 
 
 def _without_privacy(reply):
@@ -350,16 +354,41 @@ def test_the_summary_states_each_sites_privacy():
 
     private = parse_run_config(PRIVATE)
     check = PrivacyCheck(private.privacy)
+    check.record(2, {"blood": {EPSILON_SPENT: 5.5, PRIVACY_DELTA: 1e-5, NOISE_MULTIPLIER: 1.2, SAMPLE_RATE: 0.25,
+                               DP_STEPS: 4.0}})
     check.record(3, {"blood": {EPSILON_SPENT: 7.991, PRIVACY_DELTA: 1e-5, NOISE_MULTIPLIER: 1.1, SAMPLE_RATE: 0.25,
                                DP_STEPS: 4.0}})
     summary = check.summary()
     assert summary == {"mode": "dp-sgd", "epsilon_budget": 8.0, "accountant": "rdp", "max_grad_norm": 1.0,
                        "sites": {"blood": {"epsilon": 7.991, "delta": 1e-5, "round": 3, "accountant": "rdp",
-                                           "noise_multiplier": 1.1, "sample_rate": 0.25, "dp_steps": 4.0}}}
+                                           "history": [[1.2, 0.25, 4.0], [1.1, 0.25, 4.0]],
+                                           "history_rounds": [2, 3]}}}
     assert "| blood | 7.991 | 1e-05 | 3 |" in privacy_lines(summary)
+    # A resumed layer goes on from the state's history.
+    again = PrivacyCheck(private.privacy, json.loads(json.dumps(check.state())))
+    again.record(4, {"blood": {EPSILON_SPENT: 7.995, PRIVACY_DELTA: 1e-5, NOISE_MULTIPLIER: 1.0, SAMPLE_RATE: 0.25,
+                               DP_STEPS: 1.0}})
+    assert again.state()["blood"]["history_rounds"] == [2, 3, 4] and check.state()["blood"]["history_rounds"] == [2, 3]
     assert coordinator_layers(parse_run_config({}).privacy, {}) == []
     assert summary_without_layer(parse_run_config({}).privacy) == {"mode": "none"}
     assert "no differential privacy" in privacy_lines({"mode": "none"})[1]
+
+
+class _OtherLayer:
+    name = "audit-log"
+
+    def summary(self) -> dict:
+        return {"mode": "not privacy"}
+
+
+def test_the_summary_finds_the_privacy_layer_by_name_among_the_installed_layers():
+    from fl_medlego.privacy.coordinator import LAYER_NAME, coordinator_layers, privacy_summary
+
+    private, plain = parse_run_config(PRIVATE).privacy, parse_run_config({}).privacy
+    layers = [_OtherLayer(), *coordinator_layers(private, {})]
+    assert layers[1].name == LAYER_NAME
+    assert privacy_summary(layers, private)["mode"] == "dp-sgd"
+    assert privacy_summary([_OtherLayer()], plain) == {"mode": "none"}
 
 
 def test_a_private_comparison_refuses_rows_that_cannot_be_private(tmp_path):

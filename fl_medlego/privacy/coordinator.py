@@ -18,6 +18,8 @@ NOISE_MULTIPLIER = "noise-multiplier"  # this round's DP-SGD noise multiplier
 SAMPLE_RATE = "sample-rate"  # this round's Poisson sampling rate
 DP_STEPS = "dp-steps"  # this round's DP-SGD steps
 REPORTED = (EPSILON_SPENT, PRIVACY_DELTA, NOISE_MULTIPLIER, SAMPLE_RATE, DP_STEPS)
+STEP_PARAMETERS = (NOISE_MULTIPLIER, SAMPLE_RATE, DP_STEPS)  # one round's entry of the accountant's history
+LAYER_NAME = "privacy"  # the privacy layer's name: its key in the round state, and how the summary finds it
 
 wire.declare_metrics({EPSILON_SPENT: (0.0, 1e6, False), PRIVACY_DELTA: (0.0, 1.0, False),
                       NOISE_MULTIPLIER: (0.0, 1e6, False), SAMPLE_RATE: (0.0, 1.0, False),
@@ -25,14 +27,20 @@ wire.declare_metrics({EPSILON_SPENT: (0.0, 1e6, False), PRIVACY_DELTA: (0.0, 1.0
 
 
 class PrivacyCheck:
-    """Refuses updates without a private claim within budget; keeps each site's last claim (its own word)."""
+    """Refuses updates without a private claim within budget; keeps each site's last claim (its own word) and the
+    history of its rounds' DP-SGD parameters, from which `fl_medlego.privacy.epsilon_of` recomputes the claim:
 
-    name = "privacy"
+        epsilon_of(entry["history"], entry["delta"], entry["accountant"])  # == entry["epsilon"]
+
+    (history: [noise multiplier, sampling rate, steps] per round it recorded, history_rounds: those rounds)."""
+
+    name = LAYER_NAME
     reply_metrics = REPORTED  # what a private site's train reply may carry beyond its kind's metrics
 
     def __init__(self, settings: PrivacySettings, resumed: dict | None = None) -> None:
         self.settings = settings
-        self.sites: dict[str, dict] = dict(resumed or {})  # site -> its last claim and the round it made it
+        # site -> its last claim, the round it made it and its rounds' history (a resumed run's state has them)
+        self.sites: dict[str, dict] = {site: dict(entry) for site, entry in (resumed or {}).items()}
 
     def check(self, site: str, metrics: dict[str, float]) -> None:
         """Raise wire.InvalidUpdate if the reply does not claim DP-SGD within the run's budget."""
@@ -52,12 +60,16 @@ class PrivacyCheck:
         for site, metrics in trained.items():
             if EPSILON_SPENT not in metrics:
                 continue
+            steps = {k.replace("-", "_"): metrics[k] for k in STEP_PARAMETERS if k in metrics}
             claim = {"epsilon": metrics[EPSILON_SPENT], "delta": metrics[PRIVACY_DELTA], "round": server_round,
-                     "accountant": self.settings.accountant,
-                     **{k.replace("-", "_"): metrics[k] for k in (NOISE_MULTIPLIER, SAMPLE_RATE, DP_STEPS)
-                        if k in metrics}}
-            self.sites[site] = claim
-            events.append({"event": "privacy", "site": site, **claim})
+                     "accountant": self.settings.accountant}
+            before = self.sites.get(site, {})
+            history, rounds = list(before.get("history", [])), list(before.get("history_rounds", []))
+            if len(steps) == len(STEP_PARAMETERS):  # a claim without them cannot be recomputed: nothing to add
+                history.append([metrics[k] for k in STEP_PARAMETERS])
+                rounds.append(server_round)
+            self.sites[site] = {**claim, "history": history, "history_rounds": rounds}
+            events.append({"event": "privacy", "site": site, **claim, **steps})
         return events
 
     def state(self) -> dict:
@@ -71,7 +83,16 @@ class PrivacyCheck:
 
 def coordinator_layers(settings: PrivacySettings, resumed: dict) -> list[PrivacyCheck]:
     """The layers a run's coordinator installs for privacy: the check in a private run, none otherwise."""
-    return [PrivacyCheck(settings, resumed.get(PrivacyCheck.name))] if settings.private else []
+    return [PrivacyCheck(settings, resumed.get(LAYER_NAME))] if settings.private else []
+
+
+def privacy_summary(layers: list, settings: PrivacySettings) -> dict:
+    """The summary's privacy section: the privacy layer's among the run's installed layers, found by its name
+    (another layer's summary is not privacy), or the run's mode where none is installed."""
+    for layer in layers:
+        if layer.name == LAYER_NAME:
+            return layer.summary()
+    return summary_without_layer(settings)
 
 
 def summary_without_layer(settings: PrivacySettings) -> dict:
