@@ -28,8 +28,9 @@ from ..kinds import SiteKind, all_strategies, ceiling_kind, kind_for_strategy
 from ..metrics import majority_rate
 from ..models import create_backbone
 from ..multitask import MultiTaskModel, train_multitask
+from ..privacy import PrivacySettings
 from ..privacy.coordinator import EPSILON_SPENT, PRIVACY_DELTA
-from ..privacy.site import train_from_base, trains_privately
+from ..privacy.site import check_private_kind, train_from_base
 from ..site import load_site_data
 from ..train import evaluate
 from ..wire import MAJORITY_RATE
@@ -69,6 +70,17 @@ def _options_as_run_config(run_config: dict, options: dict) -> dict:
     return config
 
 
+def _trains_privately(privacy: PrivacySettings, strategy: str) -> bool:
+    """Whether the privacy layer can wrap a strategy's row (the multi-task reference trains centrally, without it)."""
+    if strategy == MULTITASK:
+        return False
+    try:
+        check_private_kind(privacy, kind_for_strategy(strategy), strategy)
+    except ConfigError:  # collected, so that one refusal names every such row
+        return False
+    return True
+
+
 def _test_metrics(cfg: RunConfig, sites: dict[str, SiteData], combined, heads: dict) -> dict[str, dict]:
     """Every site's test metrics of one combined update, each with that site's own head."""
     site = cfg.kind_site()
@@ -91,7 +103,7 @@ class Comparison:
                              f"known: {', '.join(known)}")
         if cfg.privacy.private:
             # A comparison is only private if every row is: the rest would train without DP-SGD, or fail midway.
-            public = [s for s in strategies if s == MULTITASK or not trains_privately(kind_for_strategy(s))]
+            public = [s for s in strategies if not _trains_privately(cfg.privacy, s)]
             if public:
                 raise ConfigError(f"privacy.mode={cfg.privacy.mode!r}: {public} cannot train with DP-SGD; "
                                  "leave them out of --strategies")
@@ -243,7 +255,7 @@ class Comparison:
         `self.federate` (fl_medlego.cli.local_run), with the merge options chosen one-shot on validation.
         Round 1 trains each site's specialist from the base, as the cached ones were (same seed); under DP-SGD
         its noise is planned over `rounds` rounds, the cached specialists' over the scenario's num-rounds (which
-        is therefore part of their cache key), so round 1 is then a different, noisier specialist."""
+        is therefore part of their cache key), so round 1 is then a different specialist."""
         strategy = cfg.strategy
         one_shot = self.results["rows"].get(strategy, {}).get(str(seed))
         if one_shot is None or one_shot.get("error"):
@@ -266,7 +278,7 @@ class Comparison:
         test = {site: {k: v for k, v in entry["merged"].items() if k != "round"}
                 for site, entry in summary["sites"].items()}
         server = cfg.kind_server()
-        combined = server.load(federation.run_dir / f"round-{rounds:03d}", None)
+        combined = server.load(federation.strategy.results.round_dir(rounds), None)
         self._record(row, seed, test, options=one_shot.get("options", {}), rounds=rounds,
                      run_dir=str(federation.run_dir), **server.describe(combined))
 
