@@ -6,6 +6,7 @@ import math
 
 from rich.table import Table
 
+from .files import atomic_path
 from .kinds import ReportColumns, get_kind, list_kinds
 from .metrics import MAJORITY_MARGIN, at_majority_rate
 from .wire import MAJORITY_RATE, TEST_ACC, VAL_ACC
@@ -163,7 +164,8 @@ def run_figure(summary: dict, evaluations: list[dict], path) -> None:
     import matplotlib.pyplot as plt
 
     fig = summary_figure(summary, evaluations)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -270,5 +272,6 @@ def learning_curve_figure(site: str, curves: dict[str, dict[str, list[float]]], 
         ax.legend()
     axes[0].set_ylabel("ACC")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)

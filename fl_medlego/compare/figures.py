@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_path
 from .table import NORMALIZED, summarize
 
 
@@ -24,7 +25,8 @@ def heatmap(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig = heatmap_figure(results)
-    fig.savefig(path, dpi=130)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130)
     plt.close(fig)
 
 
@@ -77,7 +79,8 @@ def energy_plot(points: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig = energy_figure(points)
-    fig.savefig(path, dpi=130)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130)
     plt.close(fig)
 
 

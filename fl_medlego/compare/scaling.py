@@ -91,8 +91,7 @@ def _write(summary: dict, out_dir: Path) -> None:
         for row, by_n in summary.items():
             for n, cell in by_n.items():
                 writer.writerow([row, n, cell["mean"], cell["std"], cell["subsets"], cell["seeds"]])
-    with atomic_path(out_dir / "scaling.png") as tmp:
-        plot(summary, tmp)
+    plot(summary, out_dir / "scaling.png")
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -111,5 +110,6 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_ylabel("mean normalized ACC (merged / specialist)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130)
     plt.close(fig)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_path, write_text_atomic
 from ..kinds import ReportColumns, SiteKind, ceiling_kind, get_kind, list_kinds
 from ..metrics import MAJORITY_MARGIN, at_majority_rate, normalized_accuracy
 from ..wire import MERGED_MAX_RANK
@@ -273,7 +274,7 @@ def print_whole(console, table) -> None:
 
 
 def to_csv(results: dict, path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         extra = [key for section in kind_sections() for key in section.columns]
         writer.writerow(["strategy", "seed", "site", "acc", "auc", "f1", "loss", *extra, "options"])
@@ -305,7 +306,7 @@ def render_comparison(results: dict, out_dir: Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     paths = [out_dir / "table.md", out_dir / "table.csv", out_dir / "table.png"]
-    paths[0].write_text(to_markdown(results))
+    write_text_atomic(paths[0], to_markdown(results))
     to_csv(results, paths[1])
     heatmap(results, paths[2])
     points = energy_sweep(results)
