@@ -1,14 +1,18 @@
 """Site kinds: registered by name, each one's update survives its wire encoding and state, bad ones are refused."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from fl_medlego import wire
 from fl_medlego.config import parse_run_config
 from fl_medlego.errors import UnknownNameError
-from fl_medlego.kinds import all_strategies, get_kind, kind_for_strategy, list_kinds
+from fl_medlego.kinds import KindSite, all_strategies, get_kind, kind_for_strategy, list_kinds, register_kind
+from fl_medlego.kinds import _site as site_half
 from fl_medlego.merging import list_merges
 from fl_medlego.site import load_site_data
+from fl_medlego.train import TrainConfig
 
 TINY = {"sites": "breast,pneumonia", "train.local-epochs": 1, "data.max-train": 24, "data.max-eval": 24,
         "lora.rank": 2}
@@ -79,3 +83,39 @@ def test_a_kind_refuses_updates_that_do_not_fit(kind_name):
     poisoned[key].view(-1)[0] = float("nan")
     with pytest.raises(wire.InvalidUpdate, match="NaN or Inf"):
         server.decode(poisoned, template)
+
+
+class _NoModelSite(KindSite):
+    """The base class's train around a stand-in model, so that only the labelling of its metrics is tested."""
+
+    def build_model(self, data, update, head):
+        return SimpleNamespace(image_size=8, base_fingerprint="00aa", head=torch.nn.Identity())
+
+    def extract(self, model):
+        return "update"
+
+    def head_state(self, model):
+        return {}
+
+
+def test_the_base_train_labels_its_metrics_by_name_whatever_the_kinds_order(monkeypatch):
+    reordered = (wire.NUM_EXAMPLES, wire.BEST_EPOCH, wire.TRAIN_LOSS, wire.VAL_ACC)
+    fitted = SimpleNamespace(history=[{"train_loss": 0.7}, {"train_loss": 0.4}], best_epoch=2, best_val_acc=0.9,
+                             num_examples=50, steps=7)
+    monkeypatch.setattr(site_half, "fit", lambda *args, **kwargs: fitted)
+    site = _NoModelSite(SimpleNamespace(train_metrics=reordered), SimpleNamespace(train=TrainConfig(), seed=0))
+    data = SimpleNamespace(site=SimpleNamespace(name="blood", flag="blood"), train=None, val=None, task="multi-class")
+    result = site.train(data, None, None)
+    assert result.metrics == {wire.NUM_EXAMPLES: 50.0, wire.BEST_EPOCH: 2.0, wire.TRAIN_LOSS: 0.4, wire.VAL_ACC: 0.9}
+    assert list(result.metrics) == list(reordered) and result.steps == 7
+
+
+@pytest.mark.parametrize("missing", [wire.VAL_ACC, wire.TRAIN_LOSS, wire.NUM_EXAMPLES])
+def test_a_kind_without_the_metrics_every_round_needs_is_not_registered(missing):
+    adapter = type(get_kind("adapter"))
+    lacking = type("LackingKind", (adapter,), {"name": "lacking", "chosen_explicitly": True,
+                                                "train_metrics": tuple(n for n in adapter.train_metrics
+                                                                       if n != missing)})
+    with pytest.raises(ValueError, match=rf"site kind 'lacking': its train_metrics lack \['{missing}'\]"):
+        register_kind(lacking)
+    assert "lacking" not in list_kinds()

@@ -108,6 +108,11 @@ def register_kind(cls: type[SiteKind]) -> type[SiteKind]:
     """Class decorator: register one instance of the kind under its `name`, and declare its metrics on the wire."""
     if cls.name in _KINDS:
         raise ValueError(f"site kind {cls.name!r} is registered twice")
+    # The round's aggregate averages these and weighting by examples reads the count: every kind must send them.
+    required = [n for n in (*wire.ROUND_MEAN_METRICS, wire.NUM_EXAMPLES) if n not in cls.train_metrics]
+    if required:
+        raise ValueError(f"site kind {cls.name!r}: its train_metrics lack {required}, which every round needs: "
+                         "add them to train_metrics")
     schema = dict(cls.metric_schema)
     schema |= {wire.SPECIALIST_PREFIX + n: schema[n] for n in cls.evaluate_metrics if n in schema}
     undefined = {*cls.undefined_metrics, *(wire.SPECIALIST_PREFIX + n for n in cls.undefined_metrics

@@ -93,9 +93,12 @@ class KindSite(ABC):
         else:
             state = SiteState(head=head, specialist=state.specialist, specialist_head=state.specialist_head)
         best = result.history[result.best_epoch - 1]
-        values = (result.best_val_acc, best["train_loss"], float(result.best_epoch), float(result.num_examples))
-        return TrainResult(update, state, dict(zip(self.kind.train_metrics, values)), model.base_fingerprint,
-                           result.steps)
+        measured = {wire.VAL_ACC: result.best_val_acc, wire.TRAIN_LOSS: best["train_loss"],
+                    wire.BEST_EPOCH: float(result.best_epoch), wire.NUM_EXAMPLES: float(result.num_examples)}
+        # By name, not position: a kind may order its train_metrics as it likes; one that declares more adds them
+        # to this result in its own train.
+        metrics = {name: measured[name] for name in self.kind.train_metrics if name in measured}
+        return TrainResult(update, state, metrics, model.base_fingerprint, result.steps)
 
     def evaluate(self, data: SiteData, update: Update | None, head: dict[str, torch.Tensor] | None,
                  split: str = "test") -> dict[str, float]:
