@@ -30,6 +30,9 @@ def read_site_adapter(folder: Path, server, context):
     from fl_medlego import wire
     from fl_medlego.lora import load_adapter
 
+    if not server.kind.saves_adapters:
+        raise UserError(f"the scenario's sites (kind {server.kind.name!r}) do not train adapters: "
+                        "`fl-medlego evaluate` scores adapter folders only")
     fingerprint = server.shared_base()[1]
     with as_user_error():
         adapter = load_adapter(folder, expect_lora=context.lora, expect_base=context.model_name,
@@ -39,9 +42,6 @@ def read_site_adapter(folder: Path, server, context):
     except wire.InvalidUpdate as err:
         raise UserError(f"{folder} does not fit the scenario's model ({err}): evaluate it with the scenario it "
                         "was trained in") from err
-    except (AttributeError, KeyError, TypeError) as err:  # a kind whose update is not an adapter
-        raise UserError(f"the scenario's sites (kind {server.kind.name!r}) do not train adapters: "
-                        "`fl-medlego evaluate` scores adapter folders only") from err
 
 
 def fitted_head(site_half, data, update, epochs: int, seed: int) -> dict | None:

@@ -110,6 +110,7 @@ class AdapterKind(SiteKind):
     summary = "SVD-LoRA adapter + head on a frozen shared base; the low-rank factors are merged"
     specialist_label = "SVD-LoRA"
     supports_privacy = True
+    saves_adapters = True  # its updates are SVD-LoRA adapter folders (`fl-medlego evaluate` scores those)
     site_type = AdapterSite
     server_type = AdapterServer
 

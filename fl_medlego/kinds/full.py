@@ -135,6 +135,7 @@ class FullWeightKind(SiteKind):
     settings_type = FullSettings
     summary = "every backbone weight + head fine-tuned; whole backbones are averaged (ViT averaging)"
     specialist_label = "full fine-tune"
+    saves_adapters = False  # its updates are whole backbones
     site_type = FullSite
     server_type = FullServer
 
