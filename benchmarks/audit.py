@@ -38,7 +38,7 @@ from fl_medlego.privacy.audit import (
     roc_points,
 )
 from fl_medlego.privacy.coordinator import EPSILON_SPENT
-from fl_medlego.privacy.site import PrivateTraining
+from fl_medlego.privacy.site import train_from_base
 from fl_medlego.site import load_site_data
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -63,12 +63,9 @@ class Auditor:
     def train(self, data, train: Split):
         """A specialist on `train` (with DP-SGD in the private mode, as a private site's ClientApp trains)."""
         data = dataclasses.replace(data, train=train)
-        if not self.cfg.privacy.private:
-            result = self.kind.train(data, None, None)
-            return result.update, result.state.head, float("nan")
-        private = PrivateTraining(self.cfg.privacy, self.cfg.num_rounds)
-        result, _ = private.train(self.kind, data, None, None, None, server_round=1)
-        return result.update, result.state.head, result.metrics[EPSILON_SPENT]
+        result = train_from_base(self.cfg.privacy, self.cfg.num_rounds, self.kind, data)
+        epsilon = result.metrics[EPSILON_SPENT] if self.cfg.privacy.private else float("nan")
+        return result.update, result.state.head, epsilon
 
     def other_specialists(self) -> None:
         for site in self.cfg.site_names:
