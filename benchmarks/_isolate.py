@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from fl_medlego.cli.flower_run import REPO as ROOT
 from fl_medlego.files import atomic_path
 from fl_medlego.memory import current_rss_mb, peak_rss_mb
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(fn, *args) -> dict:

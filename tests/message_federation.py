@@ -11,9 +11,8 @@ from flwr.app import ArrayRecord, MessageType, RecordDict
 from fl_medlego import wire
 from fl_medlego.cli.local_run import run_local_federation
 from fl_medlego.clients.app import app as site_app
+from fl_medlego.server.inprocess_grid import delivered_message as message
 from fl_medlego.server.strategy import SiteMergeStrategy
-
-from flower_mocks import message
 
 
 class CoordinatorStopped(BaseException):

@@ -7,8 +7,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
 from fl_medlego import wire
 from fl_medlego.clients.app import evaluate, query, train
 from fl_medlego.config import parse_run_config
-
-from flower_mocks import message
+from fl_medlego.server.inprocess_grid import delivered_message as message
 
 RUN_CONFIG = {"sites": "breast,pneumonia,blood", "train.local-epochs": 1, "data.max-train": 32,
               "data.max-eval": 32, "lora.rank": 2}

@@ -5,17 +5,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from fl_medlego import processes
 from fl_medlego.cli import loopback
-
-BIN = Path(sys.executable).parent  # flwr of the running environment
-REPO = Path(__file__).resolve().parents[1]
+from fl_medlego.cli.flower_run import BIN, REPO
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 

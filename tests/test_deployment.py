@@ -7,17 +7,13 @@ Every process is started through fl_medlego.cli.loopback, recorded with its pid,
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from fl_medlego import processes
 from fl_medlego.cli import loopback
+from fl_medlego.cli.flower_run import BIN, REPO
 from fl_medlego.server.coordinator import registered_nodes
-
-BIN = Path(sys.executable).parent  # flwr of the running environment
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.deployment
 

@@ -11,14 +11,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricReco
 from safetensors.torch import save_file
 
 from fl_medlego import wire
+from fl_medlego.cli.local_run import set_task_identity
 from fl_medlego.config import parse_run_config, settings_table
 from fl_medlego.lora import Adapter, Factors
 from fl_medlego.models import create_backbone, shared_base
 from fl_medlego.results import RunResults
 from fl_medlego.server.app import RESUMABLE_CHANGES, federation_base, run_federation
+from fl_medlego.server.inprocess_grid import delivered_message as message
 from fl_medlego.server.strategy import RoundFailed, SiteMergeStrategy
-
-from flower_mocks import message, set_task_identity
 
 RANDOM_BASE = {"model.pretrained": "none"}  # the preset's seeded random init: no checkpoint to read
 

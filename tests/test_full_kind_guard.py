@@ -10,13 +10,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
 
 from fl_medlego import wire
+from fl_medlego.cli.local_run import set_task_identity
 from fl_medlego.config import GuardSettings, parse_run_config
 from fl_medlego.kinds import get_kind
 from fl_medlego.results import RunResults
 from fl_medlego.server.guard import guard_updates
+from fl_medlego.server.inprocess_grid import delivered_message as message
 from fl_medlego.server.strategy import SiteMergeStrategy
-
-from flower_mocks import message, set_task_identity
 
 TEMPLATE = {"w": (4, 3), "b": (3,)}
 SITES = {"blood": 11, "breast": 12, "organa": 13}

@@ -8,14 +8,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.hostile_replies import BASE, HOSTILE, INVALID, SITES, VALID, honest_messages, hostile_message
 from fl_medlego import wire
+from fl_medlego.cli.local_run import set_task_identity
 from fl_medlego.config import parse_run_config
 from fl_medlego.merging import adapter_norm
 from fl_medlego.results import RunResults
 from fl_medlego.server.strategy import SiteMergeStrategy
-
-from flower_mocks import set_task_identity
-from hostile_replies import BASE, HOSTILE, INVALID, SITES, VALID, honest_messages, hostile_message
 
 TEMPLATE = {f"blocks.{b}.attn.qkv.{p}": (16, 16) for b in range(2) for p in "qv"}
 

@@ -9,15 +9,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
 
 from fl_medlego import wire
+from fl_medlego.cli.local_run import set_task_identity
 from fl_medlego.config import GuardSettings, parse_run_config
 from fl_medlego.kinds import get_kind
 from fl_medlego.lora import Adapter, Factors
 from fl_medlego.merging import adapter_norm
 from fl_medlego.results import RunResults
 from fl_medlego.server.guard import guard_updates, norm_bound
+from fl_medlego.server.inprocess_grid import delivered_message as message
 from fl_medlego.server.strategy import SiteMergeStrategy
-
-from flower_mocks import message, set_task_identity
 
 TEMPLATE = {f"blocks.{b}.attn.qkv.{p}": (16, 16) for b in range(2) for p in "qv"}
 NORMS = {"blood": 1.0, "breast": 2.0, "organa": 4.0, "retina": 100.0}

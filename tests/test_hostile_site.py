@@ -39,7 +39,7 @@ def test_a_real_run_with_a_site_sending_its_update_x1e13(tmp_path):
     """The same tiny run through Flower twice: honest, and with tests/hostile_app (site blood's factors x10^6.5)."""
     from pathlib import Path
 
-    from flower_run import flwr_run, local_flower
+    from fl_medlego.cli.flower_run import flwr_run, local_flower
 
     config = ("sites='breast,pneumonia,blood' num-rounds=2 train.local-epochs=1 data.max-train=64 "
               "data.max-eval=64 lora.rank=2")

@@ -12,10 +12,9 @@ from benchmarks.hostile_replies import forged_record
 from fl_medlego import wire
 from fl_medlego.cli.local_run import run_local_federation
 from fl_medlego.clients.new_task_app import app as new_task_site
+from fl_medlego.server.inprocess_grid import delivered_message as message
 from fl_medlego.server.new_task_app import main as new_task_main
 from fl_medlego.server.replies import read_curve_reply
-
-from flower_mocks import message
 
 CURVE = f"{MessageType.TRAIN}.{wire.CURVE_ACTION}"
 NODES = {"breast": 11}

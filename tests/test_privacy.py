@@ -35,11 +35,11 @@ from fl_medlego.privacy.coordinator import (
 )
 from fl_medlego.privacy.site import PrivateTraining
 from fl_medlego.results import read_events
+from fl_medlego.server.inprocess_grid import delivered_message as message
 from fl_medlego.site import load_site_data
 from fl_medlego.train import TrainConfig, fit, task_loss, to_model_input
 
 import message_federation
-from flower_mocks import message
 
 # Small private runs: two sites, 64 training images each, one epoch a round.
 PRIVATE = {"sites": "blood,pneumonia", "data.max-train": 64, "data.max-eval": 32, "train.local-epochs": 1,

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from fl_medlego.cli.flower_run import flwr_run, local_flower
 from fl_medlego.cli.local_run import run_local_federation
 from fl_medlego.scenario import load_scenario_config
-
-from flower_run import flwr_run, local_flower
 
 STORED = json.loads((Path(__file__).parent / "data" / "default_scenario_summary.json").read_text())
 # float32 training on the CPU: the same seed gives the same numbers up to summation order, which differs between

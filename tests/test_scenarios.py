@@ -4,9 +4,8 @@ import json
 
 import pytest
 
+from fl_medlego.cli.flower_run import flwr_run, local_flower
 from fl_medlego.scenario import load_scenario_config
-
-from flower_run import flwr_run, local_flower
 
 
 @pytest.mark.parametrize("scenario", ["cross_domain", "cross_modal", "in_domain", "new_task", "many_sites"])

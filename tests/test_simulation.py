@@ -5,9 +5,8 @@ import json
 import pytest
 
 from fl_medlego import wire
+from fl_medlego.cli.flower_run import flwr_run, local_flower
 from fl_medlego.crossmodal import metrics as cm
-
-from flower_run import flwr_run, local_flower
 
 pytestmark = pytest.mark.flower  # a real `flwr run` each (a minute or more on two cores)
 

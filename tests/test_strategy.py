@@ -7,14 +7,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
 
 from fl_medlego import wire
+from fl_medlego.cli.local_run import set_task_identity
 from fl_medlego.config import parse_run_config
 from fl_medlego.lora import Adapter
 from fl_medlego.merging import merge_adapters
 from fl_medlego.results import RunResults
+from fl_medlego.server.inprocess_grid import delivered_message as message
 from fl_medlego.server.strategy import SiteMergeStrategy
 
 from conftest import random_factors
-from flower_mocks import message, set_task_identity
 
 TEMPLATE = {"blocks.0.attn.qkv.q": (8, 6), "blocks.0.attn.qkv.v": (8, 6)}
 SITES = {"blood": 11, "breast": 12, "organa": 13}

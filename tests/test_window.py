@@ -6,9 +6,9 @@ from collections import Counter
 import pytest
 from flwr.app import Message, MessageType, RecordDict
 
+from fl_medlego.cli.local_run import set_task_identity
+from fl_medlego.server.inprocess_grid import delivered_message as message
 from fl_medlego.server.window import WindowedGrid
-
-from flower_mocks import message, set_task_identity
 
 
 class FakeGrid:
