@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .data import SiteData
 from .device import autocast, resolve_device, resolve_precision, to_device
+from .kinds.full import FullWeightKind
 from .models import SiteModel, shared_base
 from .train import evaluate, task_loss, to_model_input
 
@@ -44,7 +45,8 @@ def train_multitask(cfg: RunConfig, sites: dict[str, SiteData], progress: bool =
     size = cfg.image_size
     backbone, _ = shared_base(cfg.model_name, cfg.pretrained, cfg.seed)
     model = MultiTaskModel(backbone, {s: d.num_classes for s, d in sites.items()})
-    tc = cfg.kind_site("full").train_config()  # the same optimiser settings as full fine-tuning at a site
+    # The same optimiser settings as full fine-tuning at a site: that kind's, asked by its class, not a name.
+    tc = cfg.kind_site(FullWeightKind.name).train_config()
     device = resolve_device(tc.device)
     dtype = resolve_precision(tc.precision, device)
     model.to(device)
