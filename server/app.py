@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
 from fl_medlego.config import RunConfig, parse_run_config, settings_table
+from fl_medlego.errors import UserError
 from fl_medlego.memory import peak_rss_mb
 from fl_medlego.privacy.coordinator import coordinator_layers, privacy_summary
 from fl_medlego.report import summary_table
@@ -37,10 +38,15 @@ class Federation:
 
 
 def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = (),
-                   on_strategy: Callable[[SiteMergeStrategy], None] | None = None) -> Federation:
+                   on_strategy: Callable[[SiteMergeStrategy], None] | None = None,
+                   after_rounds: Callable[[Federation], None] | None = None) -> Federation:
     """Discover the sites, run the rounds with the configured merge (without `held_out` sites), write the summary.
 
-    on_strategy: called with the strategy once it is built (tests and in-process runs read its state)."""
+    held_out: sites kept out of the merge that the caller uses afterwards: the run fails before any round when
+    no node hosts one. on_strategy: called with the strategy once it is built (tests and in-process runs read
+    its state). after_rounds: called with the federation once its rounds completed and its summary is written,
+    while the run still holds its folder, for a scenario's own step that writes into it (new_task's curves);
+    after the summary, so that a failure of that step leaves the rounds' summary in place."""
     cfg = parse_run_config(context.run_config)  # fails before any training on a wrong strategy or option
     if cfg.resume:
         run_dir = Path(cfg.resume).expanduser().resolve()
@@ -49,7 +55,10 @@ def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = (),
     results = RunResults(run_dir, settings_table(cfg), resume=bool(cfg.resume), may_change=RESUMABLE_CHANGES,
                          run_id=context.run_id)
     try:  # the folder's lock must not outlive the run, however it ends
-        return _federate(grid, cfg, results, held_out, on_strategy)
+        fed = _federate(grid, cfg, results, held_out, on_strategy)
+        if after_rounds is not None:
+            after_rounds(fed)
+        return fed
     finally:
         results.release()
 
@@ -71,6 +80,10 @@ def _federate(grid: Grid, cfg: RunConfig, results: RunResults, held_out: tuple[s
         reference = update if reference is not None else None
         print(f"fl-medlego: resuming after round {done} of {cfg.num_rounds}", flush=True)
     site_nodes = discover_sites(grid, declared, cfg.node_wait_timeout, pinned=cfg.site_nodes)
+    unhosted = [s for s in held_out if s not in site_nodes]
+    if unhosted:  # its step after the rounds could not run: fail before any site trains
+        raise UserError(f"no node hosts the held-out site(s) {unhosted}: start a SuperNode with --node-config "
+                        f"\"site='{unhosted[0]}'\", or hold out a site that a node hosts ({sorted(site_nodes)})")
     merging = {s: n for s, n in site_nodes.items() if s not in held_out}
     merging_declared = [s for s in declared if s not in held_out]
     if cfg.num_rounds > done:  # no round can count: fail before any site trains

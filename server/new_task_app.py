@@ -27,9 +27,11 @@ def main(grid: Grid, context: Context) -> None:
     held = parse_run_config(context.run_config).new_task.site
     if not held:
         raise ConfigError("the new_task scenario needs new-task.site: the site whose task is held out of the merge")
-    fed = run_federation(grid, context, held_out=(held,))
-    if held not in fed.site_nodes:
-        raise RuntimeError(f"no node hosts the held-out site {held!r}")
+    run_federation(grid, context, held_out=(held,), after_rounds=lambda fed: held_out_curves(grid, fed, held))
+
+
+def held_out_curves(grid: Grid, fed: Federation, held: str) -> None:
+    """The held-out site's learning curves, written into the run folder (while the run still holds it)."""
     curves = learning_curves(grid, fed, held)
     write_text_atomic(fed.run_dir / "new_task.json", json.dumps({"site": held, "curves": curves}, indent=2))
     learning_curve_figure(held, curves, fed.run_dir / "new_task.png")

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from benchmarks.hostile_replies import forged_record
 from fl_medlego import wire
-from fl_medlego.cli.local_run import run_local_federation
+from fl_medlego.cli.local_run import run_local_federation, site_nodes
 from fl_medlego.clients.new_task_app import app as new_task_site
+from fl_medlego.errors import UserError
+from fl_medlego.results import RunResults
 from fl_medlego.server.inprocess_grid import delivered_message as message
 from fl_medlego.server.new_task_app import main as new_task_main
 from fl_medlego.server.replies import read_curve_reply
@@ -106,3 +108,38 @@ def _shortened_curve(reply):
 def test_a_malformed_curve_fails_the_run_with_its_reason_not_a_key_error(tmp_path):
     with pytest.raises(RuntimeError, match=r"learning curve .* is not usable: .*'test-acc' must be a list of 2"):
         _run(tmp_path, tamper={"breast": _shortened_curve})
+
+
+def test_the_curves_are_written_while_the_run_still_holds_its_folder(tmp_path, monkeypatch):
+    from fl_medlego.server import new_task_app
+
+    held = []
+
+    def figure_while_locked(site, curves, path):
+        with pytest.raises(UserError, match="is in use by a live run"):  # a second run is refused: still held
+            RunResults(path.parent, {}, resume=True)
+        held.append(path.name)
+        return draw(site, curves, path)
+
+    draw = new_task_app.learning_curve_figure
+    monkeypatch.setattr(new_task_app, "learning_curve_figure", figure_while_locked)
+    _run(tmp_path)
+    assert held == ["new_task.png"]
+    (run_dir,) = (tmp_path / "out").iterdir()
+    assert (run_dir / "new_task.json").is_file()
+    settings = json.loads((run_dir / "settings.json").read_text())
+    RunResults(run_dir, settings, resume=True).release()  # released once the run ended
+
+
+def test_a_held_out_site_without_a_node_fails_before_any_round(tmp_path):
+    config = {**TINY, "output-dir": str(tmp_path / "out"), "node-wait-timeout": 0.1}
+    unhosted = site_nodes(config)["breast"]
+
+    def without_the_held_out_node(grid, context):
+        del grid.nodes[unhosted]
+        return new_task_main(grid, context)
+
+    with pytest.raises(UserError, match=r"no node hosts the held-out site\(s\) \['breast'\]"):
+        run_local_federation(config, tmp_path / "state", client_app=new_task_site, main=without_the_held_out_node)
+    (run_dir,) = (tmp_path / "out").iterdir()
+    assert not list(run_dir.glob("round-*")) and not (tmp_path / "state").exists()  # no site trained
