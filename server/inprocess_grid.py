@@ -77,24 +77,28 @@ class InProcessGrid(Grid):
         return self.pull_messages(list(self.push_messages(messages)))
 
 
-def _reply_metadata(message: Message):
-    """The metadata of a reply to `message`: from its destination node back to the coordinator."""
+def _metadata(message_type: str, src: int, dst: int, *, run_id: int = 1, reply_to: str = "", group_id: str = "1",
+              created_at: float | None = None, ttl: float = 3600):
+    """Metadata as Flower's runtime sets it on a delivered message (a fresh message id, routing, timing)."""
     from flwr.app import Metadata
 
+    return Metadata(run_id=run_id, message_id=uuid4().hex, src_node_id=src, dst_node_id=dst,
+                    reply_to_message_id=reply_to, group_id=group_id,
+                    created_at=time.time() if created_at is None else created_at, ttl=ttl, message_type=message_type)
+
+
+def _reply_metadata(message: Message):
+    """The metadata of a reply to `message`: from its destination node back to the coordinator."""
     sent = message.metadata
-    return Metadata(run_id=sent.run_id, message_id=uuid4().hex, src_node_id=sent.dst_node_id, dst_node_id=0,
-                    reply_to_message_id=sent.message_id, group_id=sent.group_id, created_at=sent.created_at,
-                    ttl=sent.ttl, message_type=sent.message_type)
+    return _metadata(sent.message_type, sent.dst_node_id, 0, run_id=sent.run_id, reply_to=sent.message_id,
+                     group_id=sent.group_id, created_at=sent.created_at, ttl=sent.ttl)
 
 
 def delivered_message(content: RecordDict | None, message_type: str, src: int = 0, dst: int = 1,
                       error: str = "") -> Message:
     """A message as Flower's runtime delivers it (ids and routing set), for driving handlers and strategies
     directly: a site's reply (src: its node) or an error reply with `error` as its reason."""
-    from flwr.app import Metadata
-
-    metadata = Metadata(run_id=1, message_id=uuid4().hex, src_node_id=src, dst_node_id=dst, reply_to_message_id="",
-                        group_id="1", created_at=time.time(), ttl=3600, message_type=message_type)
+    metadata = _metadata(message_type, src, dst)
     if error:
         return make_message(metadata, error=Error(code=0, reason=error))
     return make_message(metadata, content)
