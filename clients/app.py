@@ -7,6 +7,7 @@ Written once over site kinds (`fl_medlego.kinds`): the kind says what is trained
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from logging import INFO
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -15,6 +16,7 @@ from flwr.common import log
 
 from fl_medlego import wire
 from fl_medlego.config import RunConfig, parse_run_config
+from fl_medlego.data import SiteData
 from fl_medlego.kinds import KindServer, KindSite
 from fl_medlego.privacy.site import PrivateTraining
 from fl_medlego.site import load_site_data, sites_for_node
@@ -29,11 +31,6 @@ app = ClientApp()
 def _parsed(run_config: tuple) -> tuple[RunConfig, dict]:
     cfg = parse_run_config(dict(run_config))
     return cfg, cfg.kind_server().template()
-
-
-def halves(cfg: RunConfig) -> tuple[KindSite, KindServer]:
-    """The run's kind's site half (training, evaluation) and its codec (the server half: the update's encoding)."""
-    return cfg.kind_site(), cfg.kind_server()
 
 
 def run_setup(context: Context) -> tuple[RunConfig, dict]:
@@ -52,6 +49,27 @@ def site_of(msg: Message, context: Context, cfg: RunConfig) -> str:
     if site not in hosted:
         raise ValueError(f"this node hosts sites {hosted}, not {site!r}: refusing the message")
     return site
+
+
+@dataclass
+class SiteCall:
+    """What a handler works with: the run's config and update template, the site the message is for, the kind's
+    site half (training, evaluation) and codec (its server half: the update's encoding), and the site's data."""
+
+    cfg: RunConfig
+    template: dict
+    site: str
+    trainer: KindSite
+    codec: KindServer
+    data: SiteData
+
+
+def open_site(msg: Message, context: Context) -> SiteCall:
+    """Every site handler opens its message the same way: the run's setup, the hosted site, its kind and data."""
+    cfg, template = run_setup(context)
+    site = site_of(msg, context, cfg)
+    return SiteCall(cfg, template, site, cfg.kind_site(), cfg.kind_server(),
+                    load_site_data(cfg, site, context.node_config))
 
 
 def _round_and_folder(msg: Message, context: Context) -> tuple[int, object]:
@@ -89,12 +107,11 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training from the federation's update (round 1: from the base)."""
-    cfg, template = run_setup(context)
-    site, (trainer, codec) = site_of(msg, context, cfg), halves(cfg)
-    data = load_site_data(cfg, site, context.node_config)
-    start = start_update(msg, codec, template)
+    call = open_site(msg, context)
+    cfg, site, trainer, codec, data = call.cfg, call.site, call.trainer, call.codec, call.data
+    start = start_update(msg, codec, call.template)
     server_round, folder = _round_and_folder(msg, context)
-    state = load_state(folder, site, server_round - 1, codec, template)
+    state = load_state(folder, site, server_round - 1, codec, call.template)
     if cfg.privacy.private:  # the privacy layer wraps the kind's training step
         private = PrivateTraining(cfg.privacy, cfg.num_rounds)
         result, ledger = private.train(trainer, data, start, state, load_ledger(folder, site), server_round,
@@ -110,14 +127,13 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Test metrics of the federation's update with this site's head, and of its own specialist."""
-    cfg, template = run_setup(context)
-    site, (trainer, codec) = site_of(msg, context, cfg), halves(cfg)
+    call = open_site(msg, context)
+    site, trainer, codec, data = call.site, call.trainer, call.codec, call.data
     server_round, folder = _round_and_folder(msg, context)
-    state = load_state(folder, site, server_round, codec, template)
+    state = load_state(folder, site, server_round, codec, call.template)
     if state is None:
         raise ValueError(f"site {site!r} has not trained yet: it has no head to evaluate with")
-    data = load_site_data(cfg, site, context.node_config)
-    update = codec.decode(msg.content[wire.ARRAYS].to_torch_state_dict(), template)
+    update = codec.decode(msg.content[wire.ARRAYS].to_torch_state_dict(), call.template)
     metrics = trainer.evaluate(data, update, state.head)
     if msg.content[wire.CONFIG].get(wire.WITH_SPECIALIST, False):
         own = trainer.evaluate(data, state.specialist, state.specialist_head)

@@ -11,9 +11,8 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fl_medlego import wire
-from fl_medlego.site import load_site_data
 
-from .app import evaluate, halves, progress, query, reply, run_setup, site_of, start_update, train
+from .app import evaluate, open_site, progress, query, reply, start_update, train
 
 app = ClientApp()
 app.query()(query)
@@ -24,9 +23,8 @@ app.evaluate()(evaluate)
 @app.train(wire.CURVE_ACTION)
 def learning_curve(msg: Message, context: Context) -> Message:
     """Validation and test ACC per epoch of learning this site's task from the message's start."""
-    cfg, template = run_setup(context)
-    site, (trainer, codec) = site_of(msg, context, cfg), halves(cfg)
-    data = load_site_data(cfg, site, context.node_config)
+    call = open_site(msg, context)
     epochs = int(msg.content[wire.CONFIG][wire.CURVE_EPOCHS])
-    curve = trainer.learning_curve(data, start_update(msg, codec, template), epochs, on_epoch=progress(site))
-    return reply(msg, {wire.NUM_EXAMPLES: float(len(data.train)), **curve}, {wire.SITE: site})
+    curve = call.trainer.learning_curve(call.data, start_update(msg, call.codec, call.template), epochs,
+                                        on_epoch=progress(call.site))
+    return reply(msg, {wire.NUM_EXAMPLES: float(len(call.data.train)), **curve}, {wire.SITE: call.site})

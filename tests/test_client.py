@@ -5,7 +5,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
 
 from fl_medlego import wire
-from fl_medlego.clients.app import evaluate, query, train
+from fl_medlego.clients.app import evaluate, open_site, query, train
+from fl_medlego.clients.new_task_app import learning_curve
 from fl_medlego.config import parse_run_config
 from fl_medlego.server.inprocess_grid import delivered_message as message
 
@@ -90,9 +91,18 @@ def test_train_then_evaluate_keeps_head_and_data_at_the_site(site_state_in_tmp):
     assert all(torch.equal(saved(root, "breast", 4, "specialist")[k], specialist[k]) for k in specialist)
 
 
-def test_a_node_refuses_a_site_it_does_not_host():
-    with pytest.raises(ValueError, match="not 'pneumonia'"):
-        train(request(MessageType.TRAIN, "pneumonia"), context(0))
+@pytest.mark.parametrize("handler,kind", [(train, MessageType.TRAIN), (evaluate, MessageType.EVALUATE),
+                                          (learning_curve, f"{MessageType.TRAIN}.{wire.CURVE_ACTION}")])
+def test_a_node_refuses_a_site_it_does_not_host(handler, kind):
+    with pytest.raises(ValueError, match="this node hosts sites \\['breast', 'blood'\\], not 'pneumonia'"):
+        handler(request(kind, "pneumonia", **{wire.CURVE_EPOCHS: 1}), context(0))
+
+
+def test_every_handler_opens_its_message_with_the_sites_own_data_and_the_runs_kind():
+    call = open_site(request(MessageType.TRAIN, "breast"), context(0))
+    assert call.site == "breast" and call.data.site.name == "breast" and len(call.data.train) == 32
+    assert call.cfg.site_names == ["breast", "pneumonia", "blood"] and call.trainer.kind is call.cfg.kind
+    assert call.codec.template().keys() == call.template.keys()
 
 
 def test_evaluate_before_training_is_a_clear_error():
