@@ -7,6 +7,7 @@ Every process is started through fl_medlego.cli.loopback, recorded with its pid,
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +58,14 @@ def test_authorized_sites_complete_a_run_and_intruders_are_refused(federation):
     assert set(summary["sites"]) == {"blood", "breast"}  # the run went on with the authorized sites
     assert sorted(summary["sites_missing"]) == ["organa", "pneumonia"]
     assert all(s["merged"]["round"] == 2 for s in summary["sites"].values())
+    # The same summary as in simulation: the same settings, the real apps in one process, the two sites alone
+    # (a site's data and training depend on the seed and its own name only).
+    local = local_summary(config.replace("pneumonia,organa", "").replace(",'", "'"), workdir / "local")
+    for site in ("blood", "breast"):
+        for part in ("specialist", "merged"):
+            expected = {k: v for k, v in local["sites"][site][part].items() if k != "round"}
+            got = {k: summary["sites"][site][part][k] for k in expected}
+            assert got == pytest.approx(expected, abs=1e-3, nan_ok=True), (site, part)
     # A real site's training progress goes to its SuperNode's log, where its IT team reads it.
     assert "site blood: epoch 1/1, train loss" in open(state["sites"]["blood"]["log"]).read()
 
@@ -70,3 +79,13 @@ def test_restarted_superlink_keeps_registered_sites(federation):
     loopback.start_superlink(workdir, state)
     after = {n["node-id"] for n in registered_nodes(state["flwr_home"], loopback.CONNECTION)}
     assert before == after
+
+
+def local_summary(run_config: str, folder: Path) -> dict:
+    """summary.json of the same run config run in this process (fl_medlego.cli.local_run), writing under `folder`."""
+    from fl_medlego.cli.local_run import run_local_federation
+    from fl_medlego.scenario import load_scenario_config
+
+    config = {**load_scenario_config(REPO / "scenarios" / "cross_domain", run_config), "output-dir": str(folder)}
+    federation = run_local_federation(config, folder / "state")
+    return json.loads((federation.run_dir / "summary.json").read_text())
