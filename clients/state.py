@@ -22,7 +22,6 @@ ledger only grows: a round trained again after a crash is counted again (it was 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from fl_medlego import wire
-from fl_medlego.files import read_tensors, replace_dir, write_text_atomic
+from fl_medlego.files import atomic_path, read_tensors, write_text_atomic
 from fl_medlego.kinds import KindServer, SiteState
 from fl_medlego.privacy import PrivacyLedger
 
@@ -54,15 +53,14 @@ def _rounds(folder: Path, site: str) -> list[int]:
 
 def _write(final: Path, tensors: dict[str, dict], also: Callable[[Path], object] | None = None) -> None:
     """The folder `final` with one safetensors file per entry of `tensors` (and whatever `also` writes into it),
-    complete or not at all."""
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, values in tensors.items():
-        save_file({k: v.contiguous() for k, v in values.items()}, str(tmp / f"{name}.safetensors"))
-    if also is not None:
-        also(tmp)
-    replace_dir(tmp, final)
+    complete or not at all (a unique temporary folder, removed if writing fails)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(final) as tmp:
+        tmp.mkdir()
+        for name, values in tensors.items():
+            save_file({k: v.contiguous() for k, v in values.items()}, str(tmp / f"{name}.safetensors"))
+        if also is not None:
+            also(tmp)
 
 
 def _adapter_writer(codec: KindServer, update: Update, base_fingerprint: str | None) -> Callable[[Path], object]:
@@ -73,14 +71,14 @@ def _adapter_writer(codec: KindServer, update: Update, base_fingerprint: str | N
 
 
 def _add_specialist_adapter(specialist: Path, codec: KindServer, update: Update, base_fingerprint: str | None) -> None:
-    """A specialist folder written before adapters were kept (only its safetensors files) gets its adapter folder."""
-    tmp = specialist.with_name("specialist-adapter.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _adapter_writer(codec, update, base_fingerprint)(tmp)
-    for written in tmp.iterdir():  # each complete before it is moved in (a rename: whole or absent)
-        os.replace(written, specialist / written.name)
-    shutil.rmtree(tmp, ignore_errors=True)
+    """A specialist folder written before adapters were kept (only its safetensors files) gets its adapter folder:
+    the folder is written anew, its files copied and the adapter added, and replaces the old one whole."""
+    def copy_and_add(tmp: Path) -> None:
+        for kept in specialist.iterdir():
+            shutil.copy2(kept, tmp / kept.name)
+        _adapter_writer(codec, update, base_fingerprint)(tmp)
+
+    _write(specialist, {}, also=copy_and_add)
 
 
 def specialist_adapter(folder: Path, site: str) -> Path:

@@ -3,11 +3,15 @@
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
+from safetensors.torch import save_file
 
 from fl_medlego import wire
 from fl_medlego.clients.app import evaluate, open_site, query, train
 from fl_medlego.clients.new_task_app import learning_curve
+from fl_medlego.clients.state import save_state
 from fl_medlego.config import parse_run_config
+from fl_medlego.files import read_tensors
+from fl_medlego.kinds import SiteState
 from fl_medlego.server.inprocess_grid import delivered_message as message
 
 RUN_CONFIG = {"sites": "breast,pneumonia,blood", "train.local-epochs": 1, "data.max-train": 32,
@@ -192,3 +196,47 @@ def test_a_node_process_parses_the_run_and_builds_the_template_once(site_state_i
                     run_config={**RUN_CONFIG, "lora.rank": 4})
     train(request(MessageType.TRAIN, "breast"), other)  # another run config is parsed on its own
     assert len(built) == 2
+
+
+class _Codec:
+    """A kind's codec that writes its adapter folder, or fails doing so (a full disk)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    def encode(self, update):
+        return {"w": torch.full((2,), float(update))}
+
+    def save(self, update, folder, base_fingerprint):
+        if self.fail:
+            raise OSError("no space left on device")
+        (folder / "adapter").mkdir()
+        (folder / "adapter" / "adapter_config.json").write_text(f'{{"base": "{base_fingerprint}"}}')
+
+
+def _site_state(value: float) -> SiteState:
+    return SiteState(head={"h": torch.full((1,), value)}, specialist=value, specialist_head={"h": torch.zeros(1)})
+
+
+def test_a_state_write_that_fails_leaves_no_folder_and_no_temporary(tmp_path):
+    with pytest.raises(OSError, match="no space left"):
+        save_state(tmp_path, "breast", 1, _Codec(fail=True), _site_state(1.0), update=1.0, base_fingerprint="00aa")
+    assert list((tmp_path / "breast").iterdir()) == []
+    save_state(tmp_path, "breast", 1, _Codec(), _site_state(1.0), update=1.0, base_fingerprint="00aa")
+    assert sorted(p.name for p in (tmp_path / "breast").iterdir()) == ["round-001", "specialist"]
+    assert sorted(p.name for p in (tmp_path / "breast" / "round-001").iterdir()) == ["adapter", "head.safetensors"]
+
+
+def test_an_old_specialist_folder_gets_its_adapter_whole_or_not_at_all(tmp_path):
+    specialist = tmp_path / "breast" / "specialist"
+    specialist.mkdir(parents=True)  # as sites wrote it before adapters were kept
+    save_file({"w": torch.ones(2)}, str(specialist / "specialist.safetensors"))
+    save_file({"h": torch.zeros(1)}, str(specialist / "specialist-head.safetensors"))
+    before = sorted(p.name for p in specialist.iterdir())
+    with pytest.raises(OSError, match="no space left"):
+        save_state(tmp_path, "breast", 2, _Codec(fail=True), _site_state(2.0), base_fingerprint="00aa")
+    assert sorted(p.name for p in specialist.iterdir()) == before
+    assert sorted(p.name for p in (tmp_path / "breast").iterdir()) == ["specialist"]  # no temporary left
+    save_state(tmp_path, "breast", 2, _Codec(), _site_state(2.0), base_fingerprint="00aa")
+    assert sorted(p.name for p in specialist.iterdir()) == ["adapter", *before]
+    assert torch.equal(read_tensors(specialist / "specialist.safetensors")["w"], torch.ones(2))  # kept, not rewritten
