@@ -121,7 +121,7 @@ KIND_FLAGS = [r"\bneeds_reference\b", r"\bkeeps_reference\b", r"\bchosen_explici
 
 
 @pytest.mark.parametrize("pattern", [r"['\"]vit_avg['\"]", r"kind(_name)?\s*==", r"\.name\s*==\s*['\"](full|adapter)",
-                                     *KIND_FLAGS])
+                                     r"\b(kind_site|kind_server|kind_context|get_kind)\(\s*['\"]", *KIND_FLAGS])
 def test_site_kinds_are_decided_only_inside_the_kinds(pattern):
     kinds = REPO / "fl_medlego" / "kinds"
     allowed = {REPO / "fl_medlego" / "privacy" / "site.py"} if "supports_privacy" in pattern else set()

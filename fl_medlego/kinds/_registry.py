@@ -60,6 +60,7 @@ class SiteKind(ABC):
     report: ClassVar[ReportColumns | None] = None
     untrained_rows: ClassVar[tuple[str, ...]] = ()  # compare rows of its untrained model (no update, no head)
     supports_privacy: ClassVar[bool] = False  # its training step may be wrapped in DP-SGD (fl_medlego.privacy)
+    saves_adapters: ClassVar[bool] = False  # its updates are SVD-LoRA adapter folders (`fl-medlego evaluate`)
     # Runs only when the run config names it (`kind`): its strategies are another kind's names too.
     chosen_explicitly: ClassVar[bool] = False
     site_type: ClassVar[type[KindSite]]
