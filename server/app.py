@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback
@@ -131,6 +132,25 @@ def federation_base(cfg: RunConfig) -> tuple[str, object | None]:
     return cfg.kind_server().federation_base(cfg.base_fingerprint)
 
 
+class RunRefused(RuntimeError):
+    """A run refused for the user's mistake (a setting, missing data, an absent site): the message names the
+    problem and the fix."""
+
+
+def refused_in_one_line(main: Callable[[Grid, Context], None]) -> Callable[[Grid, Context], None]:
+    """A ServerApp main whose UserError ends the run failed with one line: printed to the run's log stream,
+    and raised without the chain of our own frames (Flower still prints its own frames above it)."""
+    @functools.wraps(main)
+    def refusing(grid: Grid, context: Context) -> None:
+        try:
+            main(grid, context)
+        except UserError as err:
+            print(f"fl-medlego: the run was refused: {err}", flush=True)
+            raise RunRefused(str(err)) from None
+    return refusing
+
+
 @app.main()
+@refused_in_one_line
 def main(grid: Grid, context: Context) -> None:
     run_federation(grid, context)

@@ -15,7 +15,7 @@ from fl_medlego.errors import ConfigError
 from fl_medlego.files import write_text_atomic
 from fl_medlego.report import learning_curve_figure
 
-from .app import Federation, run_federation
+from .app import Federation, refused_in_one_line, run_federation
 from .replies import read_curve_reply
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ app = ServerApp()
 
 
 @app.main()
+@refused_in_one_line
 def main(grid: Grid, context: Context) -> None:
     held = parse_run_config(context.run_config).new_task.site
     if not held:
