@@ -18,11 +18,11 @@ from fl_medlego import wire
 from fl_medlego.config import RunConfig, parse_run_config
 from fl_medlego.data import SiteData
 from fl_medlego.kinds import KindServer, KindSite
-from fl_medlego.privacy.site import PrivateTraining
+from fl_medlego.privacy.site import PrivateTraining, load_ledger, save_ledger
 from fl_medlego.site import load_site_data, sites_for_node
 from fl_medlego.train import progress_line
 
-from .state import load_ledger, load_state, save_ledger, save_state, state_folder
+from .state import load_state, save_state, state_folder
 
 app = ClientApp()
 

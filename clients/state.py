@@ -27,12 +27,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from fl_medlego import wire
-from fl_medlego.files import atomic_path, read_tensors, write_text_atomic
+from fl_medlego.files import read_tensors, write_tensor_folder
 from fl_medlego.kinds import KindServer, SiteState
-from fl_medlego.privacy import PrivacyLedger
 
 DEFAULT_ROOT = Path.home() / ".cache" / "fl-medlego" / "site-state"
 Update = object  # a kind's own update (an Adapter, a backbone state dict, ...)
@@ -51,18 +48,6 @@ def _rounds(folder: Path, site: str) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def _write(final: Path, tensors: dict[str, dict], also: Callable[[Path], object] | None = None) -> None:
-    """The folder `final` with one safetensors file per entry of `tensors` (and whatever `also` writes into it),
-    complete or not at all (a unique temporary folder, removed if writing fails)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(final) as tmp:
-        tmp.mkdir()
-        for name, values in tensors.items():
-            save_file({k: v.contiguous() for k, v in values.items()}, str(tmp / f"{name}.safetensors"))
-        if also is not None:
-            also(tmp)
-
-
 def _adapter_writer(codec: KindServer, update: Update, base_fingerprint: str | None) -> Callable[[Path], object]:
     """Writes `update` into a folder as the kind saves it (adapter kinds: FOLDER/adapter/, self-describing)."""
     def write(folder: Path) -> None:
@@ -78,7 +63,7 @@ def _add_specialist_adapter(specialist: Path, codec: KindServer, update: Update,
             shutil.copy2(kept, tmp / kept.name)
         _adapter_writer(codec, update, base_fingerprint)(tmp)
 
-    _write(specialist, {}, also=copy_and_add)
+    write_tensor_folder(specialist, {}, also=copy_and_add)
 
 
 def specialist_adapter(folder: Path, site: str) -> Path:
@@ -119,30 +104,12 @@ def save_state(folder: Path, site: str, server_round: int, codec: KindServer, si
     """
     specialist = folder / site / "specialist"
     if not specialist.is_dir():
-        _write(specialist, {"specialist": codec.encode(site_state.specialist),
+        write_tensor_folder(specialist, {"specialist": codec.encode(site_state.specialist),
                             "specialist-head": site_state.specialist_head},
                also=_adapter_writer(codec, site_state.specialist, base_fingerprint))
     elif not any(p.name not in ("specialist.safetensors", "specialist-head.safetensors") for p in specialist.iterdir()):
         _add_specialist_adapter(specialist, codec, site_state.specialist, base_fingerprint)
     keep_update = _adapter_writer(codec, update, base_fingerprint) if update is not None else None
-    _write(folder / site / f"round-{server_round:03d}", {"head": site_state.head}, also=keep_update)
+    write_tensor_folder(folder / site / f"round-{server_round:03d}", {"head": site_state.head}, also=keep_update)
     for old in _rounds(folder, site)[:-KEEP_ROUNDS]:
         shutil.rmtree(folder / site / f"round-{old:03d}", ignore_errors=True)
-
-
-def load_ledger(folder: Path, site: str) -> PrivacyLedger | None:
-    """The site's privacy ledger for this run (None before its first private round)."""
-    path = folder / site / "privacy.json"
-    if not path.is_file():
-        return None
-    try:
-        return PrivacyLedger.from_json(path.read_text())
-    except (ValueError, TypeError) as err:
-        # Never start a fresh budget over a broken record: that would forget what was spent.
-        raise RuntimeError(f"site {site}: its privacy ledger {path.name} is unreadable ({err}); it will not train "
-                           "until the file is restored or the run is started anew") from err
-
-
-def save_ledger(folder: Path, site: str, ledger: PrivacyLedger) -> None:
-    (folder / site).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / site / "privacy.json", ledger.to_json())

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -66,6 +66,21 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return path
+
+
+def write_tensor_folder(final: str | Path, tensors: dict[str, dict[str, torch.Tensor]],
+                        also: Callable[[Path], object] | None = None) -> Path:
+    """The folder `final` with one safetensors file per entry of `tensors` (NAME.safetensors) and whatever
+    `also(folder)` writes into it, complete or not at all: the old folder stays until the new one is in place."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(final) as tmp:
+        tmp.mkdir()
+        for name, values in tensors.items():
+            save_file({k: v.contiguous() for k, v in values.items()}, str(tmp / f"{name}.safetensors"))
+        if also is not None:
+            also(tmp)
+    return final
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

@@ -9,6 +9,7 @@ from rich.table import Table
 from .files import atomic_path
 from .kinds import ReportColumns, get_kind, list_kinds
 from .metrics import MAJORITY_MARGIN, at_majority_rate
+from .privacy.coordinator import privacy_lines
 from .wire import MAJORITY_RATE, TEST_ACC, VAL_ACC
 
 
@@ -135,19 +136,6 @@ def summary_markdown(summary: dict) -> str:
     lines += privacy_lines(summary.get("privacy") or {})
     lines += ["", f"Wall time: {summary.get('wall_time_s')} s"]
     return "\n".join(lines) + "\n"
-
-
-def privacy_lines(privacy: dict) -> list[str]:
-    """The privacy section of summary.md: each DP-SGD site's (epsilon, delta) as it reported them."""
-    if privacy.get("mode", "none") == "none":
-        return ["", "Privacy: no differential privacy (privacy.mode = none): only what leaves a site is limited."]
-    lines = ["", f"Privacy: {privacy['mode']}, budget epsilon {privacy['epsilon_budget']:g} per site for the whole "
-             f"run, accountant {privacy['accountant']}, clipping bound {privacy['max_grad_norm']:g}. Spent, as each "
-             "site reported it with its last update:", "",
-             "| site | epsilon | delta | last round |", "|---|---|---|---|"]
-    for site, spent in sorted(privacy.get("sites", {}).items()):
-        lines.append(f"| {site} | {spent['epsilon']:.3f} | {spent['delta']:.2g} | {spent['round']} |")
-    return lines
 
 
 def summary_table(summary: dict) -> Table:

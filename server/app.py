@@ -132,9 +132,9 @@ def federation_base(cfg: RunConfig) -> tuple[str, object | None]:
     return cfg.kind_server().federation_base(cfg.base_fingerprint)
 
 
-class RunRefused(RuntimeError):
+class RunRefused(UserError):
     """A run refused for the user's mistake (a setting, missing data, an absent site): the message names the
-    problem and the fix."""
+    problem and the fix; raised by the ServerApps' main without the chain of the error it replaces."""
 
 
 def refused_in_one_line(main: Callable[[Grid, Context], None]) -> Callable[[Grid, Context], None]:

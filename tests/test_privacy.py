@@ -13,7 +13,7 @@ from flwr.app import MessageType, MetricRecord, RecordDict
 
 from fl_medlego import wire
 from fl_medlego.clients import app as client_app
-from fl_medlego.clients.state import load_ledger, save_ledger, state_folder
+from fl_medlego.clients.state import state_folder
 from fl_medlego.config import parse_run_config
 from fl_medlego.lora.layer import SVDLoRAUpdate
 from fl_medlego.privacy import (
@@ -33,7 +33,7 @@ from fl_medlego.privacy.coordinator import (
     REPORTED,
     SAMPLE_RATE,
 )
-from fl_medlego.privacy.site import PrivateTraining
+from fl_medlego.privacy.site import PrivateTraining, load_ledger, save_ledger
 from fl_medlego.results import read_events
 from fl_medlego.server.inprocess_grid import delivered_message as message
 from fl_medlego.site import load_site_data
@@ -349,8 +349,7 @@ def test_privacy_mode_none_trains_exactly_as_before_privacy_existed():
 
 
 def test_the_summary_states_each_sites_privacy():
-    from fl_medlego.privacy.coordinator import PrivacyCheck, coordinator_layers, summary_without_layer
-    from fl_medlego.report import privacy_lines
+    from fl_medlego.privacy.coordinator import PrivacyCheck, coordinator_layers, privacy_lines, summary_without_layer
 
     private = parse_run_config(PRIVATE)
     check = PrivacyCheck(private.privacy)

@@ -14,10 +14,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ..config import RunConfig, settings_table
-from ..files import atomic_path, read_tensors
+from ..files import read_tensors, write_tensor_folder
 
 # Settings (run config keys) that do not change what a specialist learns. num-rounds does under DP-SGD
 # (the site plans its noise over that many rounds), so a private specialist keeps it in its key.
@@ -48,14 +47,12 @@ class SpecialistCache:
     def write(entry: Path, tensors: dict[str, dict[str, torch.Tensor]], metrics: dict, extra=None) -> None:
         """Write into a temporary folder, then swap it with the old entry, if any: a crash or a failed write
         never leaves a half entry, and the old entry stays until the new one is in place."""
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(entry) as tmp:
-            tmp.mkdir()
-            for name, state in tensors.items():
-                save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
+        def rest(folder: Path) -> None:
             if extra is not None:
-                extra(tmp)
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))  # the folder is moved as a whole
+                extra(folder)
+            (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))  # the folder is moved as a whole
+
+        write_tensor_folder(entry, tensors, also=rest)
 
     @staticmethod
     def read(entry: Path, name: str) -> dict[str, torch.Tensor]:

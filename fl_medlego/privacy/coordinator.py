@@ -98,3 +98,16 @@ def privacy_summary(layers: list, settings: PrivacySettings) -> dict:
 def summary_without_layer(settings: PrivacySettings) -> dict:
     """What the summary says of privacy in a run that has none."""
     return {"mode": settings.mode}
+
+
+def privacy_lines(privacy: dict) -> list[str]:
+    """The privacy section of summary.md: each DP-SGD site's (epsilon, delta) as it reported them."""
+    if privacy.get("mode", "none") == "none":
+        return ["", "Privacy: no differential privacy (privacy.mode = none): only what leaves a site is limited."]
+    lines = ["", f"Privacy: {privacy['mode']}, budget epsilon {privacy['epsilon_budget']:g} per site for the whole "
+             f"run, accountant {privacy['accountant']}, clipping bound {privacy['max_grad_norm']:g}. Spent, as each "
+             "site reported it with its last update:", "",
+             "| site | epsilon | delta | last round |", "|---|---|---|---|"]
+    for site, spent in sorted(privacy.get("sites", {}).items()):
+        lines.append(f"| {site} | {spent['epsilon']:.3f} | {spent['delta']:.2g} | {spent['round']} |")
+    return lines

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import wire
 from ..errors import ConfigError
+from ..files import write_text_atomic
 from ..kinds import get_kind, list_kinds
 from .accountant import PrivacyLedger
 from .coordinator import DP_STEPS, EPSILON_SPENT, NOISE_MULTIPLIER, PRIVACY_DELTA, SAMPLE_RATE
@@ -73,3 +75,22 @@ def train_from_base(settings: PrivacySettings, num_rounds: int, site: KindSite, 
     if not settings.private:
         return site.train(data, None, None)
     return PrivateTraining(settings, num_rounds).train(site, data, None, None, None, server_round=1)[0]
+
+
+def load_ledger(folder: Path, site: str) -> PrivacyLedger | None:
+    """The site's privacy ledger for this run, kept with its state in `folder` (the node's state folder of the
+    run; None before its first private round)."""
+    path = folder / site / "privacy.json"
+    if not path.is_file():
+        return None
+    try:
+        return PrivacyLedger.from_json(path.read_text())
+    except (ValueError, TypeError) as err:
+        # Never start a fresh budget over a broken record: that would forget what was spent.
+        raise RuntimeError(f"site {site}: its privacy ledger {path.name} is unreadable ({err}); it will not train "
+                           "until the file is restored or the run is started anew") from err
+
+
+def save_ledger(folder: Path, site: str, ledger: PrivacyLedger) -> None:
+    (folder / site).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / site / "privacy.json", ledger.to_json())
