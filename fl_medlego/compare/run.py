@@ -28,9 +28,8 @@ from ..kinds import SiteKind, all_strategies, ceiling_kind, kind_for_strategy
 from ..metrics import majority_rate
 from ..models import create_backbone
 from ..multitask import MultiTaskModel, train_multitask
-from ..privacy import PrivacySettings
 from ..privacy.coordinator import EPSILON_SPENT, PRIVACY_DELTA
-from ..privacy.site import check_private_kind, train_from_base
+from ..privacy.site import train_from_base, trains_privately
 from ..site import load_site_data
 from ..train import evaluate
 from ..wire import MAJORITY_RATE
@@ -70,15 +69,9 @@ def _options_as_run_config(run_config: dict, options: dict) -> dict:
     return config
 
 
-def _trains_privately(privacy: PrivacySettings, strategy: str) -> bool:
+def _trains_privately(strategy: str) -> bool:
     """Whether the privacy layer can wrap a strategy's row (the multi-task reference trains centrally, without it)."""
-    if strategy == MULTITASK:
-        return False
-    try:
-        check_private_kind(privacy, kind_for_strategy(strategy), strategy)
-    except ConfigError:  # collected, so that one refusal names every such row
-        return False
-    return True
+    return strategy != MULTITASK and trains_privately(kind_for_strategy(strategy))
 
 
 def _test_metrics(cfg: RunConfig, sites: dict[str, SiteData], combined, heads: dict) -> dict[str, dict]:
@@ -103,7 +96,7 @@ class Comparison:
                              f"known: {', '.join(known)}")
         if cfg.privacy.private:
             # A comparison is only private if every row is: the rest would train without DP-SGD, or fail midway.
-            public = [s for s in strategies if not _trains_privately(cfg.privacy, s)]
+            public = [s for s in strategies if not _trains_privately(s)]
             if public:
                 raise ConfigError(f"privacy.mode={cfg.privacy.mode!r}: {public} cannot train with DP-SGD; "
                                  "leave them out of --strategies")
