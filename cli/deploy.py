@@ -84,13 +84,23 @@ def cmd_federation_up(args) -> int:
     with as_user_error(ValueError):  # reading the scenario only
         scenario = load_scenario_config(args.scenario)
     sites = args.sites.split(",") if args.sites else [s.name for s in parse_sites(scenario["sites"])]
+    datasets = dict(item.split("=", 1) for item in args.dataset)
+    if set(datasets) - set(sites):
+        raise UserError(f"--dataset names sites {sorted(set(datasets) - set(sites))} that are not among {sites}: "
+                        "add them to --sites")
     with as_user_error():  # a site whose data, or a workdir that is taken
-        state = up(args.workdir, sites, args.data_root)
+        state = up(args.workdir, sites, args.data_root, datasets)
     console.print(json.dumps(state, indent=2))
     console.print(f"\nrun the scenario against it:\n  FLWR_HOME={state['flwr_home']} flwr run {args.scenario} "
                   f"--stream --run-config \"sites='{','.join(sites)}'\"\nstop it:\n  fl-medlego federation down "
                   f"--workdir {args.workdir}")
     return 0
+
+
+def _site_dataset(text: str) -> str:
+    if "=" not in text or not all(part.strip() for part in text.split("=", 1)):
+        raise argparse.ArgumentTypeError(f"{text!r}: write SITE=NAME, e.g. smears=smears")
+    return text
 
 
 def cmd_federation_down(args) -> int:
@@ -137,6 +147,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     site_start.add_argument("config", help="the site's TOML configuration")
     site_start.add_argument("--dry-run", action="store_true", help="check and print the command only")
     site_start.set_defaults(func=cmd_site_start)
+    from . import site_data
+
+    site_data.add_commands(site, sub)
 
     federation = sub.add_parser("federation", help="a loopback federation for a dry run").add_subparsers(
         dest="action", required=True)
@@ -145,6 +158,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     fed_up.add_argument("--workdir", required=True, help="folder for keys, certificates, logs and pids")
     fed_up.add_argument("--sites", help="comma-separated (default: the scenario's sites)")
     fed_up.add_argument("--data-root", default="bundled", help="every site's data.root ('bundled': the sample)")
+    fed_up.add_argument("--dataset", action="append", default=[], type=_site_dataset,
+                        help="SITE=NAME: that site's node trains on NAME, registered here with `fl-medlego site data "
+                             "add` (repeatable)")
     fed_up.set_defaults(func=cmd_federation_up)
     fed_down = federation.add_parser("down", help="stop every process `up` started, by pid")
     fed_down.add_argument("--workdir", required=True, help="the folder `federation up` used")

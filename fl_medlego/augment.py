@@ -7,6 +7,7 @@ Used by pretraining (strong views) and, with train.augment='light', by site trai
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +18,10 @@ import torch.nn.functional as F
 LEFT_RIGHT_CLASSES = frozenset({"organamnist", "organcmnist", "organsmnist"})
 
 
-def flips_keep_labels(flag: str) -> bool:
-    return flag not in LEFT_RIGHT_CLASSES
+def flips_keep_labels(flag: str, class_names: tuple[str, ...] = ()) -> bool:
+    """False for the MedMNIST sets above and for any set (a hospital's own) whose class names say left or right."""
+    sided = any(re.search(r"\b(left|right)\b", name, re.IGNORECASE) for name in class_names)
+    return flag not in LEFT_RIGHT_CLASSES and not sided
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,15 @@ def _sites(text: str) -> tuple[SiteSpec, ...]:
 
 
 def _sites_text(sites: tuple[SiteSpec, ...]) -> str:
-    """The sites as a user writes them: one entry per modality, `name:N` for a modality split N ways."""
-    short = [(s.flag.removesuffix("mnist"), s.count) for s in sites if s.index == 0]
-    return ",".join(name if count == 1 else f"{name}:{count}" for name, count in short)
+    """The sites as a user writes them: one entry per modality, `name:N` for a modality split N ways, and
+    `name=SOURCE` for a site with its own images."""
+    def entry(site: SiteSpec) -> str:
+        if site.own_data:
+            return f"{site.name}={site.source}"
+        short = site.flag.removesuffix("mnist")
+        return short if site.count == 1 else f"{short}:{site.count}"
+
+    return ",".join(entry(s) for s in sites if s.index == 0)
 
 
 def _site_nodes(text: str) -> dict[str, int]:
@@ -85,8 +91,10 @@ class RunSettings:
     PREFIX: ClassVar[str] = ""
 
     sites: tuple[SiteSpec, ...] = setting("blood,breast,organa,pneumonia", "one site per modality; `name:N` "
-                                          "splits a modality across N sites", parse=_sites, show=_sites_text,
-                                          accepts="MedMNIST names, each once")
+                                          "splits a modality across N sites; a site with its own images: `cxr` (its "
+                                          "node names the dataset) or `cxr=folder:DIR` (README: Bring your own data)",
+                                          parse=_sites, show=_sites_text,
+                                          accepts="MedMNIST names or own-data sites (`cxr=folder:DIR`), each once")
     strategy: str = setting("medlego", "merge method (`fl-medlego merge --list`), or `vit_avg`: full fine-tuning "
                             "at the sites and weight averaging (site kind `full`)", check=_check_strategy,
                             accepts="a strategy of a site kind")
@@ -253,7 +261,7 @@ class RunConfig(RunSettings):
                            image_size=self.image_size, lora=self.lora, train=self.train,
                            settings=self.kind_groups.get(name),
                            site_ranks={s: self.rank_of(s) for s in self.site_names},
-                           site_flags=tuple(s.flag for s in self.sites))
+                           site_flags=tuple(s.flag for s in self.sites if s.flag))
 
     def kind_site(self, kind_name: str | None = None) -> KindSite:
         """The site half of the run's kind (or of another kind by name)."""

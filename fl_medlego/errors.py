@@ -24,7 +24,8 @@ class UnknownNameError(UserError):
     Every registry raises this one type, with the names it knows, so callers catch one thing.
     """
 
-    def __init__(self, what: str, name: object, known: Iterable[str]) -> None:
+    def __init__(self, what: str, name: object, known: Iterable[str], hint: str = "") -> None:
         self.what, self.name, self.known = what, name, sorted(known)
         plural = what[:-1] + "ies" if what.endswith("y") else what + "s"
-        super().__init__(f"unknown {what} {name!r}; known {plural}: {', '.join(self.known) or '(none)'}")
+        hint = f"; {hint}" if hint else ""
+        super().__init__(f"unknown {what} {name!r}; known {plural}: {', '.join(self.known) or '(none)'}{hint}")

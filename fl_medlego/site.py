@@ -28,12 +28,24 @@ def data_root_for_node(node_config: Mapping, scenario_root: str) -> str:
     return scenario_root
 
 
+def dataset_for_node(node_config: Mapping) -> str | None:
+    """The registered dataset a node names for its site (`--node-config "dataset='NAME'"`), if any."""
+    name = str(node_config.get(wire.NODE_DATASET, "")).strip()
+    return name or None
+
+
 def load_site_data(cfg: RunConfig, site_name: str, node_config: Mapping | None = None) -> SiteData:
-    """The site's private shards, from the data root the node names (or the scenario's)."""
-    d = cfg.data
-    root = data_root_for_node(node_config or {}, d.root)
-    return load_site(cfg.site(site_name), root, d.image_size, d.partition, d.dirichlet_alpha, d.max_train,
-                     d.max_eval, cfg.seed)
+    """The site's private shards: the dataset its node names, else its own images the sites spec names,
+    else its MedMNIST set from the data root the node names (or the scenario's)."""
+    d, site, node_config = cfg.data, cfg.site(site_name), node_config or {}
+    node_dataset = dataset_for_node(node_config)
+    if node_dataset or site.own_data:
+        from .data.own.site_data import load_own_site, record_for
+
+        return load_own_site(site, record_for(site, node_dataset), cfg.image_size, d.max_train, d.max_eval,
+                             cfg.seed)
+    root = data_root_for_node(node_config, d.root)
+    return load_site(site, root, d.image_size, d.partition, d.dirichlet_alpha, d.max_train, d.max_eval, cfg.seed)
 
 
 def sites_for_node(cfg: RunConfig, node_config: Mapping) -> list[str]:

@@ -55,6 +55,7 @@ NODE_SITE = "site"  # comma-separated site names this node hosts
 NODE_DATA_ROOT = "data-root"  # where this node's images are; wins over the run config's data.root when set
 NODE_PARTITION_ID = "partition-id"  # simulation
 NODE_NUM_PARTITIONS = "num-partitions"  # simulation
+NODE_DATASET = "dataset"  # the dataset registered at this node (`fl-medlego site data add`) its site trains on
 NODE_STATE_DIR = "state-dir"  # a node-local folder for its sites' state between rounds (default under ~/.cache)
 
 

@@ -104,7 +104,8 @@ def test_the_base_train_labels_its_metrics_by_name_whatever_the_kinds_order(monk
                              num_examples=50, steps=7)
     monkeypatch.setattr(site_half, "fit", lambda *args, **kwargs: fitted)
     site = _NoModelSite(SimpleNamespace(train_metrics=reordered), SimpleNamespace(train=TrainConfig(), seed=0))
-    data = SimpleNamespace(site=SimpleNamespace(name="blood", flag="blood"), train=None, val=None, task="multi-class")
+    data = SimpleNamespace(site=SimpleNamespace(name="blood", flag="blood"), train=None, val=None, task="multi-class",
+                           flips_keep_labels=True)
     result = site.train(data, None, None)
     assert result.metrics == {wire.NUM_EXAMPLES: 50.0, wire.BEST_EPOCH: 2.0, wire.TRAIN_LOSS: 0.4, wire.VAL_ACC: 0.9}
     assert list(result.metrics) == list(reordered) and result.steps == 7

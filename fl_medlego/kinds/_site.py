@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import wire
-from ..augment import flips_keep_labels
 from ..models import SiteModel
 from ..seeds import training_seed
 from ..train import EpochReport, PlainSteps, TrainConfig, evaluate, fit
@@ -65,7 +64,7 @@ class KindSite(ABC):
 
     def site_train_config(self, data: SiteData) -> TrainConfig:
         """The kind's training settings for this site's data (flips only where they keep the labels)."""
-        return dataclasses.replace(self.train_config(), flips=flips_keep_labels(data.site.flag))
+        return dataclasses.replace(self.train_config(), flips=data.flips_keep_labels)
 
     def head_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The site's own head (kept at the site between rounds; empty for a kind without one)."""
