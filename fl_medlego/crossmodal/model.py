@@ -67,6 +67,7 @@ class CrossModalModel(nn.Module):
         """Score against these prompts from now on (the union-of-labels and unseen-prompt tests swap them)."""
         if not prompts or (self.multi_label and len(prompts) % 2):
             raise ValueError(f"{len(prompts)} prompts: need at least one (pairs for a multi-label set)")
+        self.prompts = list(prompts)
         self._tokens = tokenize(prompts)
         self._cached: torch.Tensor | None = None
 

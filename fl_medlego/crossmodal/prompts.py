@@ -78,6 +78,9 @@ TEMPLATES: dict[str, Templates] = {
 NEGATION = "no {}"  # CT-CLIP's "not {pathology}" pair prompt, worded as a report would
 
 
+OWN_TEMPLATE = "a medical image of {}."  # a site's own classes, unless its registration sets a template
+
+
 def supported_flags() -> list[str]:
     return sorted(TEMPLATES)
 
@@ -122,8 +125,20 @@ def unseen_templates(flag: str) -> tuple[str, ...]:
     return _templates(flag).unseen
 
 
-def vocabulary(exclude: str) -> list[str]:
+def own_prompts(class_names: tuple[str, ...] | list[str], multi_label: bool, template: str = "") -> list[str]:
+    """A site with its own images: its class names in its own template (pairs with their negation when
+    multi-label), so that a hospital's vocabulary becomes the generalist's prompts."""
+    template = template or OWN_TEMPLATE
+    if template.count("{}") != 1:
+        raise ValueError(f"prompt template {template!r} must hold {{}} once, where the class name goes")
+    if multi_label:
+        return [template.format(text) for name in class_names for text in (name, NEGATION.format(name))]
+    return [template.format(name) for name in class_names]
+
+
+def vocabulary(exclude: str = "") -> list[str]:
     """Every other supported modality's class prompts: public negatives, so that a site's training also
-    pushes its images away from other modalities' classes (without them nothing separates modalities)."""
-    own = canonical_flag(exclude)
+    pushes its images away from other modalities' classes (without them nothing separates modalities).
+    A site with its own images (exclude="") gets every supported modality's."""
+    own = canonical_flag(exclude) if exclude else ""
     return [p for flag in supported_flags() if flag != own for p in class_prompts(flag)]

@@ -86,7 +86,8 @@ def evaluate_cross_modal(model: CrossModalModel, split: Split, task: str, flag: 
 
 def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_flags: list[str] | None,
               generalist: bool, calibration: Split | None) -> dict[str, float]:
-    images, own = image_embeddings(model, split), _text_embeddings(model, site_prompts(flag))
+    # The model's own prompts: its set's (flag) or, for a site with its own images (flag ""), its class names'.
+    images, own = image_embeddings(model, split), _text_embeddings(model, model.prompts)
     logits = _logits(model, images, own)
     out = _metrics(logits, split.labels, task)
     if not generalist:
@@ -95,6 +96,8 @@ def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_
         offset = _logits(model, image_embeddings(model, calibration), own).mean(dim=0)
         centred = _metrics(logits - offset, split.labels, task)
         out |= {CENTRED_PREFIX + name: centred[name] for name in ("acc", "auc", "f1")}
+    if not flag:  # a site's own classes have no held-out paraphrases, and no block in the union of MedMNIST labels
+        return out
     unseen = [_metrics(_logits(model, images, site_prompts(flag, t)), split.labels, task)
               for t in unseen_templates(flag)]
     for name in UNSEEN_METRICS:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..crossmodal import metrics
 from ..crossmodal.model import PROJECTION, CrossModalModel, FixedProjection
-from ..crossmodal.prompts import is_multi_label, site_prompts, vocabulary
+from ..crossmodal.prompts import is_multi_label, own_prompts, site_prompts, vocabulary
 from ..crossmodal.scoring import evaluate_cross_modal
 from ..crossmodal.settings import CrossModalSettings
 from ..crossmodal.text_tower import load_text_tower, text_tower_on_meta
@@ -32,6 +32,7 @@ from ..lora import (
     inject_svd_lora,
     set_adapter,
 )
+from ..metrics import MULTI_LABEL
 from ..models import create_backbone, shared_base
 from ..seeds import name_offset, site_seed
 from ._context import KindContext
@@ -112,12 +113,15 @@ class CrossModalSite(AdapterSite):
         projection = FixedProjection(image.num_features, _projection_seed(c))
         flag = data.site.flag
         own: CrossModalSettings = c.settings
-        negatives = vocabulary(flag) if own.negatives == "vocabulary" and not is_multi_label(flag) else None
+        # A MedMNIST site reads its set's prompts; a site with its own images, its class names in its template.
+        multi_label = is_multi_label(flag) if flag else data.task == MULTI_LABEL
+        prompts = site_prompts(flag) if flag else own_prompts(data.class_names, multi_label, data.prompt_template)
+        negatives = vocabulary(flag) if own.negatives == "vocabulary" and not multi_label else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(site_seed(c.seed, data.site.name))
             _inject(image, projection, text, c, c.rank_of(data.site.name))
-        model = CrossModalModel(image, projection, text, site_prompts(flag), own.logit_scale,
-                                is_multi_label(flag), negatives, c.image_size, base_fingerprint)
+        model = CrossModalModel(image, projection, text, prompts, own.logit_scale, multi_label, negatives,
+                                c.image_size, base_fingerprint)
         if update is not None:
             set_adapter(model, update)
         return model

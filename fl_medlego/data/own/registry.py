@@ -136,6 +136,9 @@ def build_record(name: str, source: str, path: str | Path, task: str | None = No
     """The record of a dataset (nothing written): its listing, each file's split and the counts."""
     from .decode import peek_channels
 
+    if prompt_template and prompt_template.count("{}") != 1:
+        raise UserError(f"--prompt-template {prompt_template!r} must hold {{}} once, where the class name goes, "
+                        "e.g. 'a chest x-ray showing {}.'")
     path = Path(path).expanduser().resolve()
     listing = describe(source, path, task)
     splits = assign_splits(listing.entries, fractions, seed)
