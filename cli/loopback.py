@@ -73,8 +73,9 @@ def start_superlink(workdir: Path, state: dict) -> None:
 
 
 def start_site(workdir: Path, state: dict, site: str, data_root: str, key: Path | None = None,
-               register: bool = True, with_ca: bool = True) -> dict:
-    """Keys (unless given), registration (unless register=False), the site config file, then its SuperNode."""
+               register: bool = True, with_ca: bool = True, dataset: str = "") -> dict:
+    """Keys (unless given), registration (unless register=False), the site config file, then its SuperNode.
+    dataset: the site's own images, registered at this machine (`fl-medlego site data add`), instead of data_root."""
     flwr_home = Path(state["flwr_home"])
     if key is None:
         key = workdir / "keys" / f"{site}_key"
@@ -84,7 +85,8 @@ def start_site(workdir: Path, state: dict, site: str, data_root: str, key: Path 
                 register_site(flwr_home, CONNECTION, public)
     config = SiteNodeConfig(site=site, data_root=data_root, superlink=f"127.0.0.1:{state['superlink']['port']}",
                             root_certificates=str(workdir / "tls" / "ca.crt"), private_key=str(key),
-                            port=free_port(), state_dir=str(workdir / "site-state"))  # removed with the workdir
+                            port=free_port(), state_dir=str(workdir / "site-state"),  # removed with the workdir
+                            dataset=dataset)
     source = check_site(config)
     command = supernode_command(config)
     if not with_ca:  # only for testing that a node without the federation's CA cannot connect
@@ -99,8 +101,10 @@ def start_site(workdir: Path, state: dict, site: str, data_root: str, key: Path 
     return entry
 
 
-def up(workdir: str | Path, sites: list[str], data_root: str = "bundled") -> dict:
-    """Bring up the SuperLink and one SuperNode per site; on any failure, stop what was started."""
+def up(workdir: str | Path, sites: list[str], data_root: str = "bundled", datasets: dict[str, str] | None = None
+       ) -> dict:
+    """Bring up the SuperLink and one SuperNode per site; on any failure, stop what was started.
+    datasets: site -> the registered dataset its node names (the other sites read data_root)."""
     workdir = Path(workdir).resolve()
     if (workdir / STATE_FILE).exists():
         raise UserError(f"{workdir} already holds a federation: run `fl-medlego federation down` first")
@@ -115,7 +119,7 @@ def up(workdir: str | Path, sites: list[str], data_root: str = "bundled") -> dic
         start_superlink(workdir, state)
         wait_for_stale_nodes(Path(state["flwr_home"]))
         for site in sites:
-            start_site(workdir, state, site, data_root)
+            start_site(workdir, state, site, data_root, dataset=(datasets or {}).get(site, ""))
         wait_for_active_nodes(workdir, state, sites)
     except BaseException:
         down(workdir)

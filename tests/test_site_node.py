@@ -47,3 +47,33 @@ def test_private_keys_are_never_overwritten(tmp_path):
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         create_site_keys(tmp_path, "breast")
     assert oct((tmp_path / "breast_key").stat().st_mode)[-3:] == "600"
+
+
+def test_a_site_config_names_its_registered_dataset_and_the_start_checks_it(tmp_path, monkeypatch, capsys):
+    """`dataset = "NAME"` instead of data-root: the SuperNode passes it on; the start refuses a dataset that is not
+    registered here, or whose files changed since it was."""
+    import os
+
+    monkeypatch.setenv("FL_MEDLEGO_DATASETS", str(tmp_path / "registry"))
+    path = write_config(tmp_path, site="smears")
+    path.write_text(path.read_text().replace('data-root = "bundled"', 'dataset = "smears"'))
+    config = SiteNodeConfig.from_file(path)
+    assert config.node_config() == {"site": "smears", "dataset": "smears"}  # no data-root: the dataset is its data
+    assert "dataset='smears'" in " ".join(supernode_command(config))
+    with pytest.raises(UserError, match="unknown registered dataset 'smears'"):
+        check_site(config)
+
+    assert main(["data", "export", "blood", "--to", str(tmp_path / "export")]) == 0
+    manifest = tmp_path / "export" / "manifest.csv"
+    assert main(["site", "data", "add", "smears", "--source", "manifest", "--path", str(manifest)]) == 0
+    assert "own manifest dataset: 1050 images, 8 classes" in check_site(config)
+    image = tmp_path / "export" / "images" / "train" / "000000.png"
+    os.utime(image, ns=(0, 0))  # changed since registration: the site must not train on it
+    capsys.readouterr()
+    assert main(["site", "start", str(path), "--dry-run"]) == 2
+    assert "changed since it was registered" in capsys.readouterr().out
+
+    both = path.read_text() + 'data-root = "bundled"\n'
+    path.write_text(both)
+    with pytest.raises(ValueError, match="either data-root .* or dataset"):
+        SiteNodeConfig.from_file(path)
