@@ -109,6 +109,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from fl_medlego.data.own.cache import decoded
+    from fl_medlego.data.own.registry import load_record, verify
+
+    record = load_record(args.name, args.registry)
+    verify(record)
+    cached = decoded(record, args.size, processes=args.processes, progress=_progress(f"decoding {record.name}"))
+    console.print(f"dataset {record.name}: {len(cached.images)} images at {args.size} px in {cached.folder}")
+    return 0
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     from fl_medlego.data.own.registry import remove_record
 
@@ -158,6 +169,13 @@ def add_commands(site: argparse._SubParsersAction, sub: argparse._SubParsersActi
     check.add_argument("name")
     check.add_argument("--min-per-class", type=int, default=2, help="fewer images of a class in a split warns")
     check.set_defaults(func=cmd_check)
+    cache = data.add_parser("cache", parents=[registry], help="decode a dataset into the node's cache now, "
+                            "instead of in the site's first round (a large dataset may take longer than a round)")
+    cache.add_argument("name")
+    cache.add_argument("--size", type=int, default=28, help="the model's input size (vit_medmnist_28: 28; "
+                       "vit_base_patch16_224: 224)")
+    cache.add_argument("--processes", type=int, default=1, help="processes decoding in parallel")
+    cache.set_defaults(func=cmd_cache)
     remove = data.add_parser("remove", parents=[registry], help="forget a dataset (its images are not touched)")
     remove.add_argument("name")
     remove.set_defaults(func=cmd_remove)

@@ -69,7 +69,20 @@ def open_site(msg: Message, context: Context) -> SiteCall:
     cfg, template = run_setup(context)
     site = site_of(msg, context, cfg)
     return SiteCall(cfg, template, site, cfg.kind_site(), cfg.kind_server(),
-                    load_site_data(cfg, site, context.node_config))
+                    load_site_data(cfg, site, context.node_config, progress=decoding_progress(site)))
+
+
+def decoding_progress(site: str):
+    """Log lines while a site's own images are decoded into its cache (first round only): every tenth."""
+    shown = set()
+
+    def report(done: int, total: int) -> None:
+        tenth = done * 10 // max(total, 1)
+        if tenth not in shown:
+            shown.add(tenth)
+            log(INFO, f"site {site}: decoding its images into the cache, {done}/{total}")
+
+    return report
 
 
 def _round_and_folder(msg: Message, context: Context) -> tuple[int, object]:

@@ -6,7 +6,7 @@ moves the kind's state in and out of the node's context and its updates in and o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from . import wire
@@ -34,16 +34,18 @@ def dataset_for_node(node_config: Mapping) -> str | None:
     return name or None
 
 
-def load_site_data(cfg: RunConfig, site_name: str, node_config: Mapping | None = None) -> SiteData:
+def load_site_data(cfg: RunConfig, site_name: str, node_config: Mapping | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> SiteData:
     """The site's private shards: the dataset its node names, else its own images the sites spec names,
-    else its MedMNIST set from the data root the node names (or the scenario's)."""
+    else its MedMNIST set from the data root the node names (or the scenario's).
+    progress: (done, total) while own images are decoded into the cache (their first pass only)."""
     d, site, node_config = cfg.data, cfg.site(site_name), node_config or {}
     node_dataset = dataset_for_node(node_config)
     if node_dataset or site.own_data:
         from .data.own.site_data import load_own_site, record_for
 
         return load_own_site(site, record_for(site, node_dataset), cfg.image_size, d.max_train, d.max_eval,
-                             cfg.seed)
+                             cfg.seed, progress)
     root = data_root_for_node(node_config, d.root)
     return load_site(site, root, d.image_size, d.partition, d.dirichlet_alpha, d.max_train, d.max_eval, cfg.seed)
 

@@ -55,11 +55,10 @@ def test_a_site_trained_from_an_export_matches_the_same_site_trained_from_the_np
         assert got[metric] == pytest.approx(expected[metric], abs=1e-6)
 
 
-def test_the_registered_export_is_read_from_the_cache_after_the_first_pass(own_data_env, monkeypatch):
+def test_a_dataset_decoded_ahead_by_site_data_cache_is_read_from_the_cache_alone(own_data_env, monkeypatch):
     manifest = _export(own_data_env / "blood-png", "png")
     assert main(["site", "data", "add", "smears", "--source", "manifest", "--path", str(manifest)]) == 0
-    cfg = parse_run_config({"sites": "smears", **SETTINGS})
-    first = load_site_data(cfg, "smears", {"dataset": "smears"})
+    assert main(["site", "data", "cache", "smears", "--size", "28", "--processes", "2"]) == 0  # two workers
     folders = list((own_data_env / "cache").iterdir())
     assert len(folders) == 1 and (folders[0] / "images.npy").is_file()
 
@@ -69,6 +68,8 @@ def test_the_registered_export_is_read_from_the_cache_after_the_first_pass(own_d
         raise AssertionError("a cached dataset must not be decoded again")
 
     monkeypatch.setattr(decode, "decode_image", no_decoding)
-    second = load_site_data(cfg, "smears", {"dataset": "smears"})
-    np.testing.assert_array_equal(first.train.images.numpy(), second.train.images.numpy())
-    assert len(first.train) == 600 and first.origin.startswith("own manifest dataset")
+    cfg = parse_run_config({"sites": "smears", **SETTINGS})
+    own = load_site_data(cfg, "smears", {"dataset": "smears"})
+    reference = load_site_data(parse_run_config({"sites": "blood", **SETTINGS}), "blood")
+    np.testing.assert_array_equal(own.train.images.numpy(), reference.train.images.numpy())
+    assert len(own.train) == 600 and own.origin == "own manifest dataset: 1050 images, 8 classes"

@@ -9,6 +9,7 @@ time (seed 0, 70/10/20, by patient when the data says who), so it too is never r
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +53,12 @@ def origin_text(record: DatasetRecord) -> str:
 
 
 def load_own_site(site: SiteSpec, record: DatasetRecord, size: int, max_train: int = 0, max_eval: int = 0,
-                  seed: int = 0) -> SiteData:
+                  seed: int = 0, progress: Callable[[int, int], None] | None = None) -> SiteData:
     """The site's train / val / test from the decoded cache, capped (0 = no cap) by seed like MedMNIST shards.
 
     Uncapped splits are views of the memory-mapped cache: training reads a batch at a time from disk."""
     verify(record)
-    cached = decoded(record, size)
+    cached = decoded(record, size, progress=progress)
     base_seed = data_seed(seed, site.data_key)
     shards = {}
     for s, split in enumerate(SPLIT_NAMES):
