@@ -62,7 +62,8 @@ def fitted_head(site_half, data, update, epochs: int, seed: int) -> dict | None:
 
 
 def score_adapter(run_config: dict, site: str, folder: Path, data_root: str | None = None,
-                  head_file: Path | None = None, head_epochs: int = HEAD_EPOCHS) -> dict[str, float]:
+                  head_file: Path | None = None, head_epochs: int = HEAD_EPOCHS, dataset: str | None = None
+                  ) -> dict[str, float]:
     """Test metrics (wire names: acc, auc, f1, loss) of the adapter in `folder` on `site`'s test split."""
     from fl_medlego import wire
     from fl_medlego.config import parse_run_config
@@ -76,6 +77,7 @@ def score_adapter(run_config: dict, site: str, folder: Path, data_root: str | No
     site_half, server = cfg.kind_site(), cfg.kind_server()
     update = read_site_adapter(Path(folder), server, cfg.kind_context())
     node_config = {wire.NODE_DATA_ROOT: data_root} if data_root else {}
+    node_config |= {wire.NODE_DATASET: dataset} if dataset else {}
     data = load_site_data(cfg, site, node_config)
     if head_file is not None:
         with as_user_error(ValueError):
@@ -96,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with as_user_error(ValueError):  # reading the scenario and the --run-config text only
         run_config = load_scenario_config(args.scenario, args.run_config or "")
     metrics = score_adapter(run_config, args.site, Path(args.adapter), args.data_root,
-                            Path(args.head) if args.head else None, args.head_epochs)
+                            Path(args.head) if args.head else None, args.head_epochs, args.dataset)
     head = (f"the head in {args.head}" if args.head
             else f"a head trained {args.head_epochs} epochs on the frozen adapter")
     console.print(f"{args.adapter} on site {args.site} (test split, {head}): "
@@ -113,6 +115,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                           "scenarios/cross_domain (its base, targets and sites)")
     evaluate.add_argument("--site", required=True, help="the site whose test split scores it")
     evaluate.add_argument("--data-root", help="the folder with the site's data (default: the scenario's data.root)")
+    evaluate.add_argument("--dataset", help="the site's own dataset, registered at this node (`fl-medlego site "
+                          "data add`), as its SuperNode names it (default: none: the scenario's sites spec decides)")
     evaluate.add_argument("--run-config", help="overrides of the scenario's knobs, as for flwr run (default: none)")
     evaluate.add_argument("--head", help="a head the site kept (round-NNN/head.safetensors in its state folder) "
                           "instead of training one (default: train one)")

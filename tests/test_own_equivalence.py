@@ -73,3 +73,21 @@ def test_a_dataset_decoded_ahead_by_site_data_cache_is_read_from_the_cache_alone
     reference = load_site_data(parse_run_config({"sites": "blood", **SETTINGS}), "blood")
     np.testing.assert_array_equal(own.train.images.numpy(), reference.train.images.numpy())
     assert len(own.train) == 600 and own.origin == "own manifest dataset: 1050 images, 8 classes"
+
+
+def test_evaluate_scores_an_adapter_on_a_registered_dataset_as_on_the_npz(own_data_env, capsys):
+    manifest = _export(own_data_env / "blood-dicom", "dicom")
+    assert main(["site", "data", "add", "smears", "--source", "manifest", "--path", str(manifest)]) == 0
+    cfg = parse_run_config({"sites": "blood", **SETTINGS})
+    data = load_site_data(cfg, "blood")
+    result = cfg.kind_site().train(data, None, None)
+    folder = cfg.kind_server().save(result.update, own_data_env / "adapter", result.base_fingerprint)
+    tiny = "train.local-epochs=1 train.batch-size=64 lora.rank=2 seed=3"
+    common = ["evaluate", str(folder), "--scenario", "scenarios/cross_domain", "--site", "blood", "--head-epochs", "1"]
+    capsys.readouterr()
+    assert main([*common, "--run-config", f"sites='blood' {tiny}"]) == 0
+    from_npz = capsys.readouterr().out
+    # the same site name, its data from the node's registered dataset (the DICOM export of the same images)
+    assert main([*common, "--run-config", f"sites='blood=node' {tiny}", "--dataset", "smears"]) == 0
+    from_dataset = capsys.readouterr().out
+    assert "ACC" in from_npz and from_npz.split(":", 1)[1] == from_dataset.split(":", 1)[1]
