@@ -90,7 +90,13 @@ def check_site(config: SiteNodeConfig, dry_run: bool = False) -> str:
             raise FileNotFoundError(f"site {config.site}: {label} {path} not found")
     if config.dataset:
         return check_dataset_of(config)
-    flag = modality_of(config.site)
+    try:
+        flag = modality_of(config.site)
+    except UserError as err:
+        raise UserError(f"site {config.site} reads its data from data-root, which holds MedMNIST sets only ({err}); "
+                        f"for the hospital's own images register them (`fl-medlego site data add {config.site} "
+                        f"--source folder --path DIR`) and write dataset = \"{config.site}\" instead of "
+                        "data-root in the site's TOML") from err
     # The same resolution as the ClientApp's: the node's data-root, which a site config always sets.
     root = data_root_for_node(config.node_config(), scenario_root="")
     try:

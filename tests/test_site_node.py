@@ -77,3 +77,9 @@ def test_a_site_config_names_its_registered_dataset_and_the_start_checks_it(tmp_
     path.write_text(both)
     with pytest.raises(ValueError, match="either data-root .* or dataset"):
         SiteNodeConfig.from_file(path)
+
+
+def test_a_site_that_is_no_medmnist_set_reading_a_data_root_is_told_to_register_its_images(tmp_path):
+    config = SiteNodeConfig.from_file(write_config(tmp_path, site="cxr"))
+    with pytest.raises(UserError, match="site cxr reads its data from data-root.*site data add cxr.*dataset = \"cxr\""):
+        check_site(config)

@@ -37,7 +37,13 @@ def record_for(site: SiteSpec, node_dataset: str | None = None) -> DatasetRecord
                         f"At a hospital: register the images (`fl-medlego site data add {site.name} --source folder "
                         f"--path DIR`) and start the SuperNode with --node-config \"dataset='{site.name}'\"; in a "
                         f"simulation: write the site as {site.name}=folder:DIR (or manifest:CSV) in `sites`")
-    return _in_place_record(site.name, source, where)
+    record = _in_place_record(site.name, source, where)
+    try:
+        verify(record)
+    except UserError:  # its files changed since this process listed them: list them again
+        _in_place_record.cache_clear()
+        record = _in_place_record(site.name, source, where)
+    return record
 
 
 @functools.lru_cache(maxsize=8)
