@@ -84,6 +84,18 @@ def test_a_truncated_file_is_an_error_by_its_relative_path(tmp_path):
     assert report.sizes == {"8x8": 13}
 
 
+def test_a_file_refused_for_a_reason_of_its_own_keeps_its_fix(tmp_path):
+    """A multi-frame file is no truncated copy: the finding says to choose a frame, as the decoder does."""
+    import tifffile
+
+    root = split_folder(tmp_path / "ds", BALANCED)
+    tifffile.imwrite(root / "train" / "a" / "stack.tif", np.zeros((3, 8, 8), np.uint8), photometric="minisblack")
+    finding = only(checked(list_folder(root)), "error", "1 file does not decode")
+    assert finding.detail == "train/a/stack.tif (it has 3 frames; register it with --frame K to use one frame, " \
+        "or export single frames)"
+    assert checked(list_folder(root), frame=0).ok  # the first frame of it, and of every single-frame file
+
+
 def test_many_unreadable_files_are_listed_up_to_twenty(tmp_path):
     root = split_folder(tmp_path / "ds", {"train/a": 15, "train/b": 15, "test/a": 1, "test/b": 1})
     for path in sorted(root.rglob("img*.png"))[:25]:

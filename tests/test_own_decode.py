@@ -343,6 +343,22 @@ def test_unreadable_image_survives_pickling():
                                                          "a/b.png: truncated: re-export it")
 
 
+def test_the_dicom_reader_is_its_own_module_loaded_only_for_dicom_files(tmp_path):
+    """read_pixels hands DICOM files to dicom.read_dicom; reading a PNG does not import pydicom."""
+    import subprocess
+    import sys
+
+    from fl_medlego.data.own import dicom
+
+    path = _write_dicom(tmp_path / "g.dcm", _grey8(4, 4))
+    np.testing.assert_array_equal(dicom.read_dicom(path, None, "g.dcm"), read_pixels(path))
+    assert dicom.dicom_channels(path) == peek_channels(path) == 1
+    Image.fromarray(_grey8(4, 4)).save(tmp_path / "g.png")
+    code = ("import sys; from fl_medlego.data.own.decode import read_pixels; read_pixels(sys.argv[1]); "
+            "sys.exit('pydicom' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path / "g.png")], timeout=60).returncode == 0
+
+
 def test_pydicom_reads_what_the_helper_writes(tmp_path):
     """The tests' DICOM writer makes files a plain dcmread accepts (so the DICOM tests test the decoder)."""
     ds = pydicom.dcmread(_write_dicom(tmp_path / "ok.dcm", _grey8(4, 4), WindowCenter=10, WindowWidth=20))

@@ -141,6 +141,18 @@ def test_a_symlink_loop_in_a_folder_is_an_error_naming_the_link(tmp_path):
         list_folder(root)
 
 
+def test_a_file_link_loop_in_a_folder_is_an_error_not_a_crash(tmp_path):
+    """os.DirEntry.is_dir raises ELOOP for a link to itself: the listing names it instead of failing with OSError."""
+    root = folder(tmp_path / "ds", {"a": 1, "b": 1})
+    os.symlink("self.png", root / "b" / "self.png")
+    with pytest.raises(DataSourceError, match=r"^b/self\.png: is a symlink loop; fix or remove the link$"):
+        list_folder(root)
+    os.unlink(root / "b" / "self.png")
+    os.symlink("top", root / "top")  # at the top, where class folders are listed
+    with pytest.raises(DataSourceError, match=r"^top: is a symlink loop"):
+        list_folder(root)
+
+
 def test_links_inside_a_folder_are_followed_but_not_out_of_it(tmp_path):
     root = folder(tmp_path / "ds", {"a": 1, "b": 1})
     os.symlink(root / "a" / "img0.png", root / "b" / "linked.png")
@@ -167,6 +179,8 @@ def test_resolve_inside_refuses_escapes_missing_files_and_loops(tmp_path):
     os.symlink("loop.png", root / "loop.png")
     with pytest.raises(DataSourceError, match="symlink loop"):
         resolve_inside(root, "loop.png")
+    with pytest.raises(DataSourceError, match=r"^row 3: path 'a/\\x00\.png' holds a NUL character; fix the path"):
+        resolve_inside(root, "a/\0.png", "row 3")  # os.path would raise ValueError
     assert issubclass(DataSourceError, UserError)
 
 
@@ -205,6 +219,15 @@ def test_a_manifest_with_integer_labels_and_a_class_list(images):
         list_manifest(text, classes=["cat", "dog"])
 
 
+def test_a_class_list_naming_a_class_twice_or_none_is_refused(images):
+    csv = write_csv(images / "labels.csv", "path,label\np1.png,cat\np2.png,dog\n")
+    with pytest.raises(DataSourceError, match=r"^the class list of labels.csv: names 'cat' twice; give each class"):
+        list_manifest(csv, classes=["cat", "dog", "cat"])
+    with pytest.raises(DataSourceError, match="class list of labels.csv: is empty"):
+        list_manifest(csv, classes=[])
+    assert list_manifest(csv, classes=[" dog", "cat "]).class_names == ("dog", "cat")
+
+
 def test_a_manifest_with_mixed_label_types_names_the_row(images):
     csv = write_csv(images / "labels.csv", "path,label\np1.png,0\np2.png,1\np3.png,normal\n")
     with pytest.raises(DataSourceError, match=r"labels.csv, row 4: label 'normal' mixes integer and text"):
@@ -224,11 +247,13 @@ def test_a_manifest_refuses_duplicate_rows(images):
     ("LINK", "is a link to .* outside the dataset folder"),
     ("missing.png", "does not exist"),
     ("notes.txt", "is not an image file"),
+    ("folder.png", "'folder.png' is not a regular file"),
     ("", "empty path"),
 ])
 def test_a_manifest_refuses_paths_it_must_not_read(images, tmp_path, path, message):
     outside = png(tmp_path / "x.png")
     (images / "notes.txt").write_text("notes")
+    (images / "folder.png").mkdir()
     os.symlink(outside, images / "link.png")
     path = {"ABSOLUTE": str(outside), "LINK": "link.png"}.get(path, path)
     csv = write_csv(images / "labels.csv", f"path,label\np1.png,a\n{path},b\n")
@@ -322,6 +347,23 @@ def test_a_datalist_names_its_mistakes(images, tmp_path, data, message):
     (images / "d.json").write_text(json.dumps(data))
     with pytest.raises(DataSourceError, match=message):
         list_datalist(images / "d.json")
+
+
+def test_a_datalist_too_deep_to_parse_is_a_data_source_error(images):
+    (images / "d.json").write_text("[" * 100_000 + "]" * 100_000)  # json.loads raises RecursionError
+    with pytest.raises(DataSourceError, match=r"^d\.json: nests lists or objects too deeply"):
+        list_datalist(images / "d.json")
+
+
+def test_the_list_readers_live_in_datalist_and_stay_importable_from_sources():
+    from fl_medlego.data.own import datalist, sources
+
+    assert sources.list_manifest is datalist.list_manifest is list_manifest
+    assert sources.list_datalist is datalist.list_datalist is list_datalist
+    assert sources.DATALIST_KEYS is datalist.DATALIST_KEYS
+    assert sources.SOURCES == {"folder": list_folder, "manifest": list_manifest, "datalist": list_datalist}
+    with pytest.raises(AttributeError, match="no attribute 'list_zip'"):
+        sources.list_zip  # noqa: B018
 
 
 def test_list_source_dispatches_by_name(images):

@@ -82,7 +82,7 @@ def _shown(names: Sequence[str]) -> str:
 
 def _read(listing: Listing, path: str, frame: int | None) -> tuple[str | None, tuple[int, ...] | None, str]:
     """A file's content hash (None if unreadable), its decoded shape (None if it does not decode) and why not."""
-    from .decode import read_pixels
+    from .decode import REEXPORT, UnreadableImage, read_pixels
 
     try:
         real = resolve_inside(listing.root, path)
@@ -91,8 +91,10 @@ def _read(listing: Listing, path: str, frame: int | None) -> tuple[str | None, t
         return None, None, str(err)
     try:
         return digest, tuple(read_pixels(real, frame=frame, label=path).shape), ""
+    except UnreadableImage as err:  # its own fix where it has one (a frame to choose, a decoder to install)
+        return digest, None, err.reason + ("" if err.fix == REEXPORT else f"; {err.fix}")
     except Exception as err:  # a corrupt file can fail inside any decoder in its own way: report it, never stop
-        return digest, None, getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
+        return digest, None, f"{type(err).__name__}: {err}"
 
 
 def check_dataset(listing: Listing, splits: Sequence[str], min_per_class: int = 2, frame: int | None = None,

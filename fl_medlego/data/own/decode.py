@@ -10,12 +10,8 @@ What a file becomes (the project's behaviour; other modules and the node cache r
 - Any other integer or float image without a window (16-bit PNG or TIFF, float TIFF) is scaled per image,
   min-max to [0, 255]: its darkest pixel becomes 0 and its brightest 255; a constant image becomes 0, and
   non-finite values become 0. Colour images with more than 8 bits are scaled over all channels together.
-- DICOM is read with pydicom (compressed transfer syntaxes through pylibjpeg when installed). Monochrome
-  pixels get the modality LUT (RescaleSlope / RescaleIntercept), then the first VOI LUT or window centre /
-  width where present, mapped linearly from the window's output range to [0, 255]. Without one, an 8-bit
-  unsigned image with slope 1 and intercept 0 is kept exactly as stored, anything else is scaled min-max.
-  MONOCHROME1 is inverted (255 - value) after that. RGB, YBR_* (converted to RGB) and palette-colour DICOMs
-  are colour. A multi-frame DICOM (or multi-page TIFF) is refused unless a 0-based `frame` names one frame.
+- DICOM is read with pydicom in `dicom` (see there: modality LUT, VOI LUT or window, MONOCHROME1 inverted).
+  A multi-frame DICOM (or multi-page TIFF) is refused unless a 0-based `frame` names one frame.
 - Resizing squashes the image to `size` x `size` (aspect ratio not kept, as MedMNIST's preprocessing) with
   Pillow's antialiased bilinear filter on float32 channels, then rounds with np.rint and clips to [0, 255].
 - Grey -> RGB repeats the grey; RGB -> grey is ITU-R 601 luma exactly as Pillow's convert("L") computes it.
@@ -30,14 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import tifffile
 from PIL import Image
-from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_voi_lut, get_decoder
-from pydicom.pixels.decoders.base import Decoder
-from pydicom.pixels.processing import apply_windowing, convert_color_space
-from pydicom.uid import UID
 
 from ...errors import UserError
 
@@ -47,7 +37,6 @@ REEXPORT = "re-export the file or remove it from the dataset"
 _TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
 _TIFF_PHOTOMETRICS = frozenset({0, 1, 2})  # MINISWHITE, MINISBLACK, RGB: what tifffile returns as pixels
 _GREY_MODES = frozenset({"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # Pillow modes read as grey
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _MAX_REASON = 160
 
 
@@ -97,7 +86,9 @@ def read_pixels(path: Path, frame: int | None = None, *, label: str | None = Non
         raise UnreadableImage(name, f"frame {frame} is negative", "frames are numbered from 0")
     suffix = path.suffix.lower()
     if is_dicom(path):
-        return _read_dicom(path, frame, name)
+        from .dicom import read_dicom  # pydicom is imported only when a dataset has DICOM files
+
+        return read_dicom(path, frame, name)
     if suffix not in IMAGE_SUFFIXES:
         known = ", ".join(sorted(IMAGE_SUFFIXES))
         raise UnreadableImage(name, f"unknown image type {suffix or '(no suffix)'!r}",
@@ -118,19 +109,27 @@ def peek_channels(path: Path, *, label: str | None = None) -> int:
     """The channel count `read_pixels` gives the file (1 grey, 3 colour), read from its header only."""
     path = Path(path)
     name = str(path) if label is None else label
+    if is_dicom(path):
+        from .dicom import dicom_channels  # outside the try: a reader that is not installed is not the file's fault
+
+        peek = dicom_channels
+    else:
+        peek = _image_channels
     try:
-        if is_dicom(path):
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            return 1 if str(ds.get("PhotometricInterpretation", "")).upper().startswith("MONOCHROME") else 3
-        if path.suffix.lower() in _TIFF_SUFFIXES:
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                if int(page.photometric) in _TIFF_PHOTOMETRICS:
-                    return 3 if page.samplesperpixel >= 3 else 1
-        with Image.open(path) as image:
-            return 1 if image.mode in _GREY_MODES else 3
+        return peek(path)
     except Exception as err:  # the same wide set of library errors as the readers below
         raise _unreadable(err, path, name) from err
+
+
+def _image_channels(path: Path) -> int:
+    """A TIFF's or Pillow image's channel count from its header."""
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if int(page.photometric) in _TIFF_PHOTOMETRICS:
+                return 3 if page.samplesperpixel >= 3 else 1
+    with Image.open(path) as image:
+        return 1 if image.mode in _GREY_MODES else 3
 
 
 def to_uint8_resized(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -278,88 +277,3 @@ def _read_tiff(path: Path, frame: int | None, name: str) -> np.ndarray | None:
     index = _frame_index(name, arr.shape[0], frame)
     pixels = _to_display(_colour_or_grey(arr[index or 0]))
     return 255.0 - pixels if photometric == 0 else pixels
-
-
-def _read_dicom(path: Path, frame: int | None, name: str) -> np.ndarray:
-    """A DICOM file's pixels for display: colour as RGB, monochrome through modality LUT, VOI and MONOCHROME1."""
-    # pydicom raises InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, RuntimeError ...
-    # on malformed files and headers; all of them are the file's problem here.
-    try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError:
-        raise UnreadableImage(name, "not a DICOM file (no 'DICM' file meta header)", REEXPORT) from None
-    except Exception as err:
-        raise _unreadable(err, path, name) from err
-    try:
-        if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
-            raise UnreadableImage(name, "has no pixel data (not an image: e.g. a structured report)",
-                                  "remove it from the dataset")
-        _check_pixels(name, int(ds.Rows) * int(ds.Columns))
-        index = _frame_index(name, int(ds.get("NumberOfFrames") or 1), frame)
-        arr, info = _decoder(ds, name).as_array(ds, index=index, as_rgb=True)
-        photometric = str(info.get("photometric_interpretation") or ds.PhotometricInterpretation).upper()
-        if photometric in ("YBR_FULL", "YBR_FULL_422"):  # the decoder left it: convert here
-            arr, photometric = convert_color_space(arr, photometric, "RGB"), "RGB"
-        if photometric == "PALETTE COLOR":
-            rgb = apply_color_lut(arr, ds)
-            return rgb.astype(np.float32) / 257.0 if rgb.dtype == np.uint16 else rgb.astype(np.float32)
-        if arr.ndim == 3:
-            return _to_display(_colour_or_grey(arr))
-        pixels = _dicom_grey(arr, ds)
-    except UnreadableImage:
-        raise
-    except Exception as err:
-        raise _unreadable(err, path, name) from err
-    return 255.0 - pixels if photometric == "MONOCHROME1" else pixels
-
-
-def _decoder(ds: pydicom.Dataset, name: str) -> Decoder:
-    """pydicom's decoder for the file's transfer syntax, refusing one whose plugins are not installed."""
-    uid = UID(ds.file_meta.get("TransferSyntaxUID") or "")
-    if not uid:
-        raise UnreadableImage(name, "has no transfer syntax in its file meta", REEXPORT)
-    try:
-        decoder = get_decoder(uid)
-    except NotImplementedError:
-        raise UnreadableImage(name, f"its transfer syntax {uid.name} cannot be decoded (video or private)",
-                              "export single frames as images") from None
-    if not decoder.is_available:
-        packages = ("pyjpegls" if "JPEG-LS" in uid.name else
-                    "pylibjpeg pylibjpeg-openjpeg" if "JPEG 2000" in uid.name else "pylibjpeg pylibjpeg-libjpeg")
-        raise UnreadableImage(name, f"no decoder is installed for its transfer syntax {uid.name}",
-                              f"pip install {packages}")
-    return decoder
-
-
-def _dicom_grey(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    """Monochrome stored values -> modality values -> [0, 255] by the first VOI LUT / window, else as stored
-    (8-bit unsigned, identity rescale) or min-max."""
-    values = apply_modality_lut(arr, ds)
-    item = _voi_lut(ds)
-    if item is not None:
-        entries, first = int(item.LUTDescriptor[0]) or 2**16, int(item.LUTDescriptor[1])
-        out = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0)
-        lut = apply_voi(np.arange(first, first + entries, dtype=np.int64), ds, 0)
-        lo, hi = float(lut.min()), float(lut.max())
-    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        out = apply_voi_lut(values, ds, index=0)
-        # The window's output range as pydicom defines it (from BitsStored and the rescale): its ends are
-        # what the window maps everything below and above it to.
-        lo, hi = (float(v) for v in apply_windowing(np.array([-np.inf, np.inf]), ds, 0))
-    else:
-        slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-        identity = (not ds.get("ModalityLUTSequence") and float(1 if slope is None else slope) == 1
-                    and float(0 if intercept is None else intercept) == 0)
-        return arr.astype(np.float32) if arr.dtype == np.uint8 and identity else _min_max(values)
-    if hi <= lo:
-        return np.zeros(out.shape, np.float32)
-    return np.clip((np.asarray(out, np.float64) - lo) / (hi - lo) * 255.0, 0.0, 255.0).astype(np.float32)
-
-
-def _voi_lut(ds: pydicom.Dataset) -> pydicom.Dataset | None:
-    """The first VOI LUT Sequence item when usable (pydicom prefers it to a window), else None."""
-    sequence = ds.get("VOILUTSequence")
-    if not sequence:
-        return None
-    item = sequence[0]
-    return item if item.get("LUTDescriptor") is not None and item.get("LUTData") is not None else None
