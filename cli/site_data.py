@@ -57,7 +57,9 @@ def cmd_add(args: argparse.Namespace) -> int:
     from fl_medlego.data.own.splits import parse_fractions
     from fl_medlego.errors import UserError
 
-    record_path(args.name, args.registry)  # a bad name is refused before any file is read
+    if record_path(args.name, args.registry).exists() and not args.replace:  # before any file is read
+        raise UserError(f"a dataset named {args.name!r} is registered already: pick another name, or add --replace "
+                        "to register it again")
     task = task_of(args.task) if args.task else None
     record, listing = build_record(args.name, args.source, args.path, task, parse_fractions(args.split), args.seed,
                                    args.frame, args.prompt_template)
@@ -96,15 +98,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from fl_medlego.data.own.registry import load_record, verify
+    from fl_medlego.errors import UserError
 
     record = load_record(args.name, args.registry)
     verify(record)
     report = _check(record, min_per_class=args.min_per_class)
     _print_report(report)
     if not report.ok:
-        console.print(f"dataset {record.name}: errors found (above); the site must not train on it until they are "
-                      "fixed", highlight=False)
-        return 1
+        raise UserError(f"dataset {record.name}: errors found (above); the site must not train on it until they are "
+                        "fixed (then run the check again)")
     console.print(f"dataset {record.name}: no errors ({len(record.files)} images)", highlight=False)
     return 0
 

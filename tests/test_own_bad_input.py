@@ -185,13 +185,9 @@ def test_a_bad_folder_is_refused_naming_the_file_and_nothing_is_written(env, cap
     refused(capsys, add("cxr", "folder", root), names, fix, env, root)
 
 
-# registry.build_record reads each file's channels with decode.peek_channels(path) without label=f.path, so a
-# file whose header does not open is named by its absolute path there (before the check, which names it right).
-_PEEK_LABEL = pytest.mark.xfail(strict=True, reason="registry.build_record: peek_channels without label=f.path")
-
-
-@pytest.mark.parametrize("case", [pytest.param(_header_only_png, marks=_PEEK_LABEL),
-                                  pytest.param(_text_named_png, marks=_PEEK_LABEL)],
+# registry.build_record reads each file's channels with decode.peek_channels before the check runs: a file whose
+# header does not open must be named by its path in the dataset there too.
+@pytest.mark.parametrize("case", [_header_only_png, _text_named_png],
                          ids=["header cut", "text named .png"])
 def test_a_file_whose_header_does_not_open_is_named_relative_to_the_dataset(env, capsys, case):
     root = folder(env / "cxr")
@@ -342,8 +338,6 @@ def test_a_bad_manifest_or_datalist_is_refused_naming_file_and_row(env, capsys, 
         assert "is outside the dataset folder" in line
 
 
-@pytest.mark.xfail(strict=True, reason="registry.manifest_classes reads classes.txt with read_text(): a file that is "
-                   "not UTF-8 raises UnicodeDecodeError (exit 1)")
 def test_a_class_list_that_is_not_utf8_is_refused(env, capsys):
     root = env / "cxr"
     csv = manifest(root, good_rows())
@@ -404,8 +398,6 @@ def test_check_of_a_dataset_changed_after_registration_names_the_fix(env, capsys
     assert "restore" in errors[0] and "site data add cxr --replace" in errors[0]
 
 
-@pytest.mark.xfail(strict=True, reason="cli/site_data.py cmd_check returns 1 when the check finds errors; bad data is "
-                   "the user's to fix: raise a UserError (exit 2)")
 def test_check_of_a_file_corrupted_in_place_is_a_user_error(env, capsys):
     """A file rewritten with its size and modification time kept passes verify; the check itself must refuse it."""
     root = folder(env / "cxr")

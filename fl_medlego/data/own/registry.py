@@ -115,9 +115,14 @@ def fingerprint(root: Path, files: Sequence[DatasetFile], class_names: Sequence[
 def manifest_classes(path: Path) -> list[str] | None:
     """The class order a manifest's `classes.txt` fixes (exports write one), else None (sorted labels)."""
     classes = path.parent / CLASSES_FILE
-    if path.is_file() and classes.is_file():
-        return [line.strip() for line in classes.read_text().splitlines() if line.strip()]
-    return None
+    if not (path.is_file() and classes.is_file()):
+        return None
+    try:
+        text = classes.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{CLASSES_FILE} beside {path.name}: cannot be read as text ({err}): save it as UTF-8, one "
+                        "class name per line") from err
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def describe(source: str, path: Path, task: str | None = None) -> Listing:
@@ -144,7 +149,7 @@ def build_record(name: str, source: str, path: str | Path, task: str | None = No
     splits = assign_splits(listing.entries, fractions, seed)
     files = [DatasetFile(e.path, s, tuple(e.labels), e.patient) for e, s in zip(listing.entries, splits)]
     root = Path(listing.root)
-    channels = max((peek_channels(resolve_inside(root, f.path)) for f in files), default=1)
+    channels = max((peek_channels(resolve_inside(root, f.path), label=f.path) for f in files), default=1)
     rule = ({"from": "data"} if all(e.split for e in listing.entries)
             else {"from": "made", "fractions": list(fractions), "seed": seed})
     record = DatasetRecord(
