@@ -1,10 +1,12 @@
-"""Scale: round time and server memory with 10, 100 and 1000 simulated sites (tiny shards).
+"""Scale: round time and server memory with 10 to 10,000 simulated sites (tiny shards).
 
     python -m benchmarks.scale --data-root PATH_TO_MEDMNIST [--sites 10,100,1000] [--repeats 3]
+    python -m benchmarks.scale --data-root PATH_TO_MEDMNIST --sites 1000,10000 --max-nodes 32 --output scale_10k
 
-Each run is one `flwr run scenarios/many_sites` round over organA split into N sites (16 training
-and 8 validation / test images per site, rank 4), on about sqrt(N) simulated nodes of about sqrt(N)
-sites each (`--sites-per-node K` fixes K instead). Round time and the ServerApp's peak RSS come from
+Each run is one `flwr run scenarios/many_sites` round over N organA sites (16 training and 8 validation /
+test images per site, each site's own draw from the whole split: `data.partition='sample'`; rank 4), on
+about sqrt(N) simulated nodes of about sqrt(N) sites each (`--sites-per-node K` fixes K instead,
+`--max-nodes M` caps the nodes). Round time and the ServerApp's peak RSS come from
 the run's metrics.jsonl ("round" event; its "train" events mark the end of the training phase).
 The sizes are run in turn, `--repeats` times (10, 100, 1000, 10, 100, 1000, ...), so that the
 machine's drift falls on every size alike; the table gives each repetition and the medians.
@@ -61,10 +63,19 @@ def state_round_trip_s(repeats: int = 3) -> float:
         return (time.perf_counter() - start) / repeats
 
 
-def one(n: int, data_root: str, sites_per_node: int, extra: str = "") -> dict:
+def node_count(n: int, sites_per_node: int = 0, max_nodes: int = 0) -> int:
+    """About sqrt(n) nodes (or n / sites_per_node), at most max_nodes (0: no cap)."""
     nodes = math.ceil(n / (sites_per_node or math.ceil(math.sqrt(n))))
+    return min(nodes, max_nodes) if max_nodes else nodes
+
+
+def one(n: int, data_root: str, sites_per_node: int, extra: str = "", max_nodes: int = 0) -> dict:
+    nodes = node_count(n, sites_per_node, max_nodes)
     with tempfile.TemporaryDirectory() as tmp:
+        # data.partition='sample': each site draws its own 16 / 8 / 8 images, so 10,000 sites all have a validation
+        # and a test split (organA's 6,491 validation images split 10,000 ways would leave a third of them none).
         config = (f"sites='organa:{n}' data.root='{data_root}' data.max-train=16 data.max-eval=8 num-rounds=1 "
+                  "data.partition='sample' "
                   f"train.local-epochs=1 lora.site-ranks='' output-dir='{tmp}/outputs' {extra}").strip()
         with local_flower(Path(tmp)) as env:
             result = flwr_run(env, "many_sites", config, timeout_s=5400,
@@ -108,12 +119,15 @@ def main() -> None:
     parser.add_argument("--output", default="scale", help="file names under benchmarks/results/: NAME.csv ...")
     parser.add_argument("--sites-per-node", type=int, default=0,
                         help="sites hosted by one simulated node (0: about sqrt(sites); 1: one node per site)")
+    parser.add_argument("--max-nodes", type=int, default=0,
+                        help="at most this many simulated nodes (0: no cap): Flower's scan for each node's next "
+                             "message grows with nodes x stored messages, so a fixed number keeps it flat in N")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sites.split(",")]
     root, rows = str(Path(args.data_root).resolve()), []
     for repeat in range(1, args.repeats + 1):
         for n in sizes:
-            rows.append({"repeat": repeat, **one(n, root, args.sites_per_node, args.run_config)})
+            rows.append({"repeat": repeat, **one(n, root, args.sites_per_node, args.run_config, args.max_nodes)})
             print(rows[-1], flush=True)
     summary = medians(rows)
     print("\n| sites | nodes | per-site round cost, median (min-max) (s) | training phase / site (s) "
@@ -124,8 +138,9 @@ def main() -> None:
               f"{r['per_site_max_s']:.3f}) | {r['train_phase_per_site_s']:.3f} | {r['evaluate_phase_per_site_s']:.3f} "
               f"| {r['server_peak_rss_mb']:.0f} |")
     by_size = {r["sites"]: r["per_site_s"] for r in summary}
-    if 100 in by_size and 1000 in by_size:
-        print(f"\nper-site cost, 1000 sites / 100 sites: {by_size[1000] / by_size[100]:.3f} (medians)")
+    for small, large in ((100, 1000), (1000, 10000)):
+        if small in by_size and large in by_size:
+            print(f"\nper-site cost, {large} sites / {small} sites: {by_size[large] / by_size[small]:.3f} (medians)")
     write_csv(f"{args.output}.csv", rows)
     write_csv(f"{args.output}_medians.csv", summary)
     plot(summary, args.output)

@@ -31,7 +31,7 @@ from .settings import check_group, default_table, group_table, parse_group, sett
 from .train import TrainConfig
 
 WEIGHTINGS = ("uniform", "examples")  # examples: weight each site by its number of training examples
-PARTITIONS = ("iid", "dirichlet")
+PARTITIONS = ("iid", "dirichlet", "sample")
 MEDMNIST_SIZES = (28, 64, 128, 224)
 GUARD_ACTIONS = ("clip", "reject")
 RENAMED = {"train.full-lr": "full.lr"}  # old key -> new key, named in the error for an old scenario file
@@ -135,8 +135,9 @@ class DataSettings:
                         "if set, else ~/.medmnist, downloading there the sets missing")
     image_size: int = setting(28, "the MedMNIST file size (images are resized to the model's input)",
                               choices=MEDMNIST_SIZES)
-    partition: str = setting("iid", "how a modality split across sites is divided (`dirichlet`: label skew)",
-                             choices=PARTITIONS)
+    partition: str = setting("iid", "how a modality split across sites is divided (`dirichlet`: label skew; "
+                             "`sample`: each site draws max-train / max-eval images of its own, sites may share "
+                             "images: for more sites than images, as in scale tests)", choices=PARTITIONS)
     dirichlet_alpha: float = setting(0.5, "label skew of `dirichlet` (smaller = stronger)", above=0)
     max_train: int = setting(0, "cap on training images per site (0 = all)", low=0,
                              accepts=">= 0 (0 = all)")
@@ -145,6 +146,9 @@ class DataSettings:
 
     def __post_init__(self) -> None:
         check_group(self)
+        if self.partition == "sample" and (self.max_train <= 0 or self.max_eval <= 0):
+            raise ConfigError("data.partition='sample' draws data.max-train and data.max-eval images per site: set "
+                              "both above 0 (e.g. data.max-train=16 data.max-eval=8)")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,18 @@ from .replies import read_evaluate_reply, read_train_reply
 
 log = logging.getLogger(__name__)
 
+# A read reply's arrays are dropped at once: the decoded update holds the same numbers, and Flower keeps
+# the round's replies until the round ends (10,000 sites' rank-4 factors are half a GB). Off only in
+# benchmarks.coordinator's before / after comparison.
+RELEASE_READ_REPLIES = True
+
+
+def release_arrays(msg: Message) -> None:
+    """Drop a read reply's update from the message Flower still holds (its metrics and identity stay)."""
+    content = msg.content
+    if wire.ARRAYS in content:
+        msg.content = RecordDict({key: value for key, value in content.items() if key != wire.ARRAYS})
+
 
 class RoundFailed(RuntimeError):
     """A round combined fewer sites than the run requires: the run must not look completed."""
@@ -130,6 +142,8 @@ class SiteMergeStrategy(Strategy):
         for msg in replies:
             try:
                 reply = read_train_reply(msg, self.site_nodes, self.kind, self.template, sent, optional=optional)
+                if RELEASE_READ_REPLIES:
+                    release_arrays(msg)
                 if reply.site in ledger.accepted:
                     raise wire.InvalidUpdate(f"site {reply.site}: a second reply in round {ledger.round}",
                                              site=reply.site)
@@ -219,7 +233,8 @@ class SiteMergeStrategy(Strategy):
         for site in sites:
             self.status[site] = {"state": "merged", "round": ledger.round, "reason": ""}
             reply = ledger.accepted[site]
-            ledger.event("train", site=site, data_source=reply.data_origin, **reply.metrics)
+            served = {"served_by": reply.served_by} if reply.served_by else {}  # which Ray node, in a simulation
+            ledger.event("train", site=site, data_source=reply.data_origin, **served, **reply.metrics)
         if self.reference is not None:
             self.reference = combined  # the next round's changes are measured from here
         mean = {k: _mean(ledger.accepted[s].metrics[k] for s in sites) for k in wire.ROUND_MEAN_METRICS}

@@ -125,3 +125,16 @@ def test_many_sites_readme_states_the_per_site_counts_of_its_scenario():
     assert (f"a blood, organA or pneumonia site has {span(blood['train'])} training, {span(blood['val'])} "
             f"validation and {span(blood['test'])} test images, a breast site {span(breast['train'])}, "
             f"{span(breast['val'])} and {span(breast['test'])}") in readme
+
+
+def test_sample_partition_gives_every_one_of_more_sites_than_images_its_own_draw():
+    from fl_medlego.config import parse_run_config
+
+    sites = parse_sites("breast:200")  # 78 validation images in the sample: a partition would leave sites empty
+    shards = [load_site(s, "bundled", scheme="sample", max_train=16, max_eval=8, seed=1) for s in sites[:50]]
+    assert all(len(d.train) == 16 and len(d.val) == 8 and len(d.test) == 8 for d in shards)
+    assert len({d.val.images.numpy().tobytes() for d in shards}) == 50  # each site its own draw
+    again = load_site(sites[3], "bundled", scheme="sample", max_train=16, max_eval=8, seed=1)
+    assert torch.equal(again.train.images, shards[3].train.images)  # reproducible by seed
+    with pytest.raises(ConfigError, match="data.max-train and data.max-eval"):
+        parse_run_config({"data.partition": "sample"})

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import ConfigError, UnknownNameError
 
-SCHEMES = ("iid", "dirichlet")
+SCHEMES = ("iid", "dirichlet")  # partitions; "sample" (each site's own draw, fl_medlego.data.sites) is not one
 
 
 def iid_partition(n: int, num_sites: int, seed: int) -> list[np.ndarray]:

@@ -27,6 +27,7 @@ from .medmnist_source import DOWNLOAD, SPLITS, LoadedSet, _medmnist_info, canoni
 from .partition import partition, subsample
 
 NODE = "node"  # a site's own data, named by its node
+SAMPLE = "sample"  # data.partition: each site draws its own images from the whole split (scale tests)
 OWN_SOURCES = ("folder", "manifest", "datalist", "dataset")
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -161,9 +162,13 @@ def load_site(site: SiteSpec, root: str, size: int = 28, scheme: str = "iid", al
     shards = {}
     for s, split in enumerate(SPLITS):
         arrays = loaded.splits[split]
-        parts = _parts_cached(site.flag, key, size, split, site.count, scheme, alpha, base_seed + s)
         cap = max_train if split == "train" else max_eval
-        idx = subsample(parts[site.index], cap, base_seed + 10 + s)
+        if scheme == SAMPLE:  # the site's own draw from the whole split: sites may share images
+            rng = np.random.default_rng([base_seed + 10 + s, site.index])
+            idx = np.sort(rng.choice(len(arrays.labels), size=min(cap, len(arrays.labels)), replace=False))
+        else:
+            parts = _parts_cached(site.flag, key, size, split, site.count, scheme, alpha, base_seed + s)
+            idx = subsample(parts[site.index], cap, base_seed + 10 + s)
         images = arrays.images[idx]
         if images.ndim == 3:  # grayscale: add the channel axis
             images = images[..., None]
