@@ -147,6 +147,9 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
+MAX_DRAWN_SITES = 24  # above it the figure shows distributions over the sites, not one bar or line per site
+
+
 def run_figure(summary: dict, evaluations: list[dict], path) -> None:
     """summary.png: `summary_figure`, saved."""
     import matplotlib.pyplot as plt
@@ -214,6 +217,9 @@ def _accuracy_bars(ax, summary: dict, sites: list[str]) -> None:
         ax.axis("off")
         ax.text(0.5, 0.5, "no site has test metrics", ha="center", va="center", transform=ax.transAxes)
         return
+    if len(sites) > MAX_DRAWN_SITES:
+        _accuracy_histogram(ax, summary, sites)
+        return
     x = np.arange(len(sites))
     for offset, model, label in ((-0.2, "specialist", "specialist"),
                                  (0.2, "merged", f"merged ({summary.get('strategy')})")):
@@ -226,6 +232,18 @@ def _accuracy_bars(ax, summary: dict, sites: list[str]) -> None:
     ax.legend()
 
 
+def _accuracy_histogram(ax, summary: dict, sites: list[str]) -> None:
+    """Many sites: how their specialists' and merged ACC are distributed, instead of a bar per site."""
+    label = f"merged ({summary.get('strategy')})"
+    for model, name in (("specialist", "specialist"), ("merged", label)):
+        values = [v for s in sites if _finite(v := summary["sites"][s][model].get("acc"))]
+        if values:
+            ax.hist(values, bins=20, range=(0, 1), alpha=0.6, label=f"{name}, {len(values)} sites")
+    ax.set_xlabel("test ACC")
+    ax.set_ylabel("sites")
+    ax.legend()
+
+
 def _round_curves(ax, curves: dict[str, list[tuple[int, float]]]) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -233,13 +251,30 @@ def _round_curves(ax, curves: dict[str, list[tuple[int, float]]]) -> None:
         ax.axis("off")
         ax.text(0.5, 0.5, "no round's merged model was evaluated", ha="center", va="center", transform=ax.transAxes)
         return
-    for site, points in curves.items():
-        ax.plot(*zip(*points), marker="o", label=site)
+    if len(curves) > MAX_DRAWN_SITES:  # one line per site would be unreadable, and slow to draw at 10,000 sites
+        _round_band(ax, curves)
+    else:
+        for site, points in curves.items():
+            ax.plot(*zip(*points), marker="o", label=site)
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole: no tick at round 1.5
     ax.set_ylabel("merged model test ACC")
     ax.set_ylim(0, 1)
     ax.legend()
+
+
+def _round_band(ax, curves: dict[str, list[tuple[int, float]]]) -> None:
+    """The median of the sites' merged ACC per round, with the band their 10th to 90th percentiles span."""
+    import numpy as np
+
+    by_round: dict[int, list[float]] = {}
+    for points in curves.values():
+        for round_, acc in points:
+            by_round.setdefault(round_, []).append(acc)
+    rounds = sorted(by_round)
+    low, median, high = (np.array([np.percentile(by_round[r], q) for r in rounds]) for q in (10, 50, 90))
+    ax.fill_between(rounds, low, high, alpha=0.3, label="10th-90th percentile of sites")
+    ax.plot(rounds, median, marker="o", label=f"median of {len(curves)} sites")
 
 
 def learning_curve_figure(site: str, curves: dict[str, dict[str, list[float]]], path) -> None:

@@ -70,6 +70,19 @@ def test_a_failed_run_with_some_metrics_draws_only_them_with_a_legend_entry_for_
     assert "failed" in fig._suptitle.get_text()
 
 
+def test_many_sites_are_drawn_as_distributions_not_a_bar_and_a_line_each():
+    sites = {f"organa-{i}": {"specialist": {"acc": i / 100}, "merged": {"acc": 0.5}, "normalized_acc": 1.0}
+             for i in range(1, 101)}
+    evaluations = [{"site": s, "round": r, "acc": 0.4 + r / 10} for s in sites for r in (1, 2)]
+    fig = summary_figure({"status": "completed", "strategy": "medlego", "sites": sites}, evaluations)
+    bars, curves = fig.axes
+    assert [t.get_text() for t in bars.get_legend().get_texts()] == ["specialist, 100 sites",
+                                                                    "merged (medlego), 100 sites"]
+    assert len(bars.patches) == 40  # two histograms of 20 bins, not 200 bars
+    assert len(curves.get_legend().get_texts()) == 2 and len(curves.lines) == 1  # the median, and its band
+    assert list(curves.lines[0].get_ydata()) == pytest.approx([0.5, 0.6])
+
+
 def test_render_run_writes_a_failed_runs_files(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps(_failed_summary()))
     md, png = render_run(tmp_path)
