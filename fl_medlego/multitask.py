@@ -17,7 +17,7 @@ from .data import SiteData
 from .device import autocast, resolve_device, resolve_precision, to_device
 from .kinds.full import FullWeightKind
 from .models import SiteModel, shared_base
-from .train import evaluate, task_loss, to_model_input
+from .train import evaluate, gather_rows, task_loss, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ def train_multitask(cfg: RunConfig, sites: dict[str, SiteData], progress: bool =
             site, batch = batches[i]
             d = sites[site]
             with autocast(device, dtype):
-                logits = model.heads[site](model.backbone(to_model_input(to_device(d.train.images[batch], device),
-                                                                         size)))
+                images = to_model_input(to_device(gather_rows(d.train.images, batch), device), size)
+                logits = model.heads[site](model.backbone(images))
             loss = task_loss(logits.float(), to_device(d.train.labels[batch], device), d.task)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
