@@ -7,6 +7,8 @@ Written once over site kinds (`fl_medlego.kinds`): the kind says what is trained
 from __future__ import annotations
 
 import functools
+import socket
+import sys
 from dataclasses import dataclass
 from logging import INFO
 
@@ -103,6 +105,16 @@ def start_update(msg: Message, codec: KindServer, template: dict):
     return codec.decode(tensors, template) if tensors else None
 
 
+def served_by() -> str:
+    """Which Ray node (and machine) runs this process, as "<Ray node id>@<host name>", when it is a simulation's
+    Ray worker ("" otherwise): on a cluster, the operator sees in metrics.jsonl where each site's round ran.
+    Ray is only looked up, never imported: a deployment's SuperNode does without it."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return f"{ray.get_runtime_context().get_node_id()}@{socket.gethostname()}"
+
+
 def reply(msg: Message, metrics: dict, info: dict, arrays: ArrayRecord | None = None) -> Message:
     content = {wire.METRICS: MetricRecord(metrics), wire.SITE_INFO: ConfigRecord(info)}
     if arrays is not None:
@@ -134,6 +146,8 @@ def train(msg: Message, context: Context) -> Message:
         result = trainer.train(data, start, state, on_epoch=progress(site), server_round=server_round)
     save_state(folder, site, server_round, codec, result.state, result.update, result.base_fingerprint)
     info = {wire.SITE: site, wire.BASE_FINGERPRINT: result.base_fingerprint, wire.DATA_SOURCE: data.origin}
+    if node := served_by():
+        info[wire.SERVED_BY] = node
     return reply(msg, result.metrics, info, ArrayRecord(codec.encode(result.update)))
 
 

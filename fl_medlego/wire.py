@@ -35,6 +35,7 @@ CURVE_ACTION = "curve"  # message type train.curve (new_task): learn from the gi
 CURVE_EPOCHS = "curve-epochs"
 BASE_FINGERPRINT = "base-fingerprint"
 DATA_SOURCE = "data-source"  # where the site's images came from (a description without paths, never the data)
+SERVED_BY = "served-by"  # simulation on Ray: "<Ray node id>@<host name>" of the process that ran the site's round
 
 # MetricRecord entries: site -> server
 NUM_EXAMPLES = "num-examples"

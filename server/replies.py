@@ -24,6 +24,7 @@ from fl_medlego import wire
 from fl_medlego.kinds import KindServer
 
 MAX_TEXT = 120  # characters of a site's own text (an error reason, a data description) that may be logged
+MAX_SERVED_BY = 160  # a Ray node id (56 hex digits), "@" and a host name (at most 64 characters by POSIX)
 _SCAN = 64 * MAX_TEXT  # of a longer text, its head and its tail are read (a traceback's cause is at its end)
 _DTYPES = {"<f4", "<f8", "<i4", "<i8"}  # little-endian float32/64, int32/64: what the kinds send
 # Terminal escape sequences (Ray colours its tracebacks) and other control characters: never logged.
@@ -117,6 +118,7 @@ class TrainReply:
     metrics: dict[str, float]  # the kind's declared train metrics, nothing else
     base_fingerprint: str
     data_origin: str  # bounded description, no paths
+    served_by: str = ""  # simulation on Ray: the site's "<Ray node id>@<host>", bounded; "" when not said
 
 
 @dataclass(frozen=True)
@@ -226,8 +228,9 @@ def read_train_reply(msg: Message, site_nodes: dict[str, int], kind: KindServer,
         base = info.get(wire.BASE_FINGERPRINT)
         if not isinstance(base, str) or not re.fullmatch(r"[0-9a-f]{1,64}", base):
             raise wire.InvalidUpdate("the reply's base-model fingerprint is missing or malformed")
-        origin = info.get(wire.DATA_SOURCE, "")
-        return TrainReply(site, update, metrics, base, bounded(origin if isinstance(origin, str) else "", 80))
+        origin, node = info.get(wire.DATA_SOURCE, ""), info.get(wire.SERVED_BY, "")
+        return TrainReply(site, update, metrics, base, bounded(origin if isinstance(origin, str) else "", 80),
+                          bounded(node, MAX_SERVED_BY) if isinstance(node, str) else "")
 
 
 def _decoded(kind: KindServer, tensors: dict, template: dict, site: str) -> object:
