@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -29,6 +30,7 @@ from fl_medlego.results import RoundLedger, RunResults
 
 from .guard import capped_examples, check_combined, guard_updates
 from .replies import read_evaluate_reply, read_train_reply
+from .window import WindowedGrid
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,15 @@ def release_arrays(msg: Message) -> None:
     content = msg.content
     if wire.ARRAYS in content:
         msg.content = RecordDict({key: value for key, value in content.items() if key != wire.ARRAYS})
+
+
+@dataclass
+class Arrivals:
+    """A train round's replies read as they arrived: the round's ledger, and which replies it holds."""
+
+    ledger: RoundLedger
+    sites: dict[int, str]  # id() of each message sent -> its site
+    read: set[int] = field(default_factory=set)  # id() of the replies read
 
 
 class RoundFailed(RuntimeError):
@@ -77,6 +88,7 @@ class SiteMergeStrategy(Strategy):
         self.status: dict[str, dict] = dict(state.get("status", {}))
         self.round_started = time.monotonic()
         self._sent: list[tuple[Message, str]] = []
+        self._arrivals: Arrivals | None = None
 
     @property
     def privacy(self) -> dict[str, dict]:
@@ -108,10 +120,16 @@ class SiteMergeStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.round_started = time.monotonic()
-        return self._messages(arrays, config, server_round + self.offset, MessageType.TRAIN)
+        messages = self._messages(arrays, config, server_round + self.offset, MessageType.TRAIN)
+        if isinstance(grid, WindowedGrid):  # read each reply as it arrives (see _read_arrived)
+            self._arrivals = Arrivals(RoundLedger(server_round + self.offset), {id(m): s for m, s in self._sent})
+            grid.on_reply = self._read_arrived
+        return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        if isinstance(grid, WindowedGrid):
+            grid.on_reply = None  # evaluation replies are metrics: read with the round's evaluation
         if len(arrays) == 0:  # nothing combined yet
             return []
         # A specialist does not change after its site's first training: each is evaluated once (a resumed
@@ -122,9 +140,11 @@ class SiteMergeStrategy(Strategy):
     # -- the round's pipeline ------------------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
                                                                                       MetricRecord | None]:
-        ledger = RoundLedger(server_round + self.offset)
+        arrivals, self._arrivals = self._arrivals, None
+        early = arrivals is not None and arrivals.ledger.round == server_round + self.offset
+        ledger = arrivals.ledger if early else RoundLedger(server_round + self.offset)
         try:
-            self._read(ledger, replies)
+            self._read(ledger, [m for m in replies if not early or id(m) not in arrivals.read])
             self._check(ledger)
             self._guard(ledger)
             self._require_quorum(ledger)
@@ -135,9 +155,20 @@ class SiteMergeStrategy(Strategy):
         finally:
             self.results.record_events(ledger)
 
-    def _read(self, ledger: RoundLedger, replies: Iterable[Message]) -> None:
-        """Every reply read at the trust boundary: into the ledger's accepted replies, or a rejection."""
-        sent = self._sent_sites()
+    def _read_arrived(self, reply: Message, request: Message) -> None:
+        """A train reply read as it arrives, into the round's ledger, its arrays dropped: a round of 10,000 sites
+        then holds each update once, decoded, instead of also as Flower's messages until the last one is in."""
+        arrivals = self._arrivals
+        if arrivals is None:
+            return
+        site = arrivals.sites.get(id(request))
+        self._read(arrivals.ledger, [reply], {request.metadata.message_id: site} if site else {})
+        arrivals.read.add(id(reply))
+
+    def _read(self, ledger: RoundLedger, replies: Iterable[Message], sent: dict[str, str] | None = None) -> None:
+        """Every reply read at the trust boundary: into the ledger's accepted replies, or a rejection.
+        sent: message id -> site of the messages the replies answer (default: every message of the round)."""
+        sent = self._sent_sites() if sent is None else sent
         optional = tuple(name for layer in self.layers for name in layer.reply_metrics)
         for msg in replies:
             try:

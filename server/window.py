@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -30,6 +30,10 @@ class WindowedGrid:
         if per_node < 1:
             raise ValueError(f"per_node must be >= 1, got {per_node}")
         self._grid, self.per_node = grid, per_node
+        # Called with each reply and the message it answers as it arrives (the strategy reads a train reply at
+        # once, so that a round's updates are never all held twice, as Flower's messages and as decoded
+        # tensors); None: nothing.
+        self.on_reply: Callable[[Message, Message], None] | None = None
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
@@ -43,7 +47,7 @@ class WindowedGrid:
         waiting: dict[int, deque[Message]] = defaultdict(deque)
         for msg in messages:
             waiting[msg.metadata.dst_node_id].append(msg)
-        in_flight: dict[str, int] = {}  # message id -> its node
+        in_flight: dict[str, Message] = {}  # message id -> the message
         per_node: dict[int, int] = defaultdict(int)
         replies: list[Message] = []
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -57,16 +61,18 @@ class WindowedGrid:
                 stored = set(self._grid.push_messages(batch))  # the grid sets each message's id as it pushes
                 for msg in batch:
                     if msg.metadata.message_id in stored:
-                        in_flight[msg.metadata.message_id] = msg.metadata.dst_node_id
+                        in_flight[msg.metadata.message_id] = msg
                     else:  # refused by the SuperLink: no reply will come, make room for the node's next
                         per_node[msg.metadata.dst_node_id] -= 1
             if not in_flight:
                 return replies
             for reply in self._grid.pull_messages(set(in_flight)):
-                node = in_flight.pop(reply.metadata.reply_to_message_id, None)
-                if node is not None:
-                    per_node[node] -= 1
+                request = in_flight.pop(reply.metadata.reply_to_message_id, None)
+                if request is not None:
+                    per_node[request.metadata.dst_node_id] -= 1
                     replies.append(reply)
+                    if self.on_reply is not None:
+                        self.on_reply(reply, request)
             if not in_flight and not any(waiting.values()):
                 return replies
             if deadline is not None and time.monotonic() >= deadline:

@@ -83,3 +83,44 @@ def test_everything_else_is_the_wrapped_grids():
     assert WindowedGrid(FakeGrid(), per_node=1).get_node_ids() == [1, 2, 3]
     with pytest.raises(ValueError, match="per_node"):
         WindowedGrid(FakeGrid(), per_node=0)
+
+
+def test_each_reply_is_handed_over_with_its_message_as_it_arrives():
+    grid = FakeGrid()
+    sent = messages({1: 3, 2: 2})
+    window = WindowedGrid(grid, per_node=1)
+    seen = []
+    window.on_reply = lambda reply, request: seen.append((reply, request, len(grid.pushed)))
+    replies = window.send_and_receive(sent, timeout=30)
+    assert [r for r, _, _ in seen] == replies
+    assert all(r.metadata.reply_to_message_id == m.metadata.message_id for r, m, _ in seen)
+    assert seen[0][2] < len(sent)  # the first reply came while messages were still waiting to be sent
+
+
+def test_a_round_reads_its_replies_as_they_arrive_and_drops_their_arrays(tmp_path):
+    """With the window (messages-per-node > 0) the strategy reads each train reply when it arrives: by the time
+    the round is combined, no reply Flower still holds carries its update."""
+    from flwr.app import MessageType as Type
+
+    from fl_medlego.cli.local_run import run_local_federation
+    from fl_medlego.clients.app import app as site_app
+    from fl_medlego.server import strategy as strategy_module
+    from fl_medlego.server.window import WindowedGrid as Window
+
+    held = []
+    original = Window.send_and_receive
+
+    def spy(self, messages, *, timeout=None):
+        replies = original(self, messages, timeout=timeout)
+        held.append([(r.metadata.message_type, strategy_module.wire.ARRAYS in r.content) for r in replies
+                     if not r.has_error()])
+        return replies
+
+    config = {"sites": "breast,pneumonia", "num-rounds": 1, "train.local-epochs": 1, "data.max-train": 24,
+              "data.max-eval": 24, "lora.rank": 2, "output-dir": str(tmp_path / "out")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Window, "send_and_receive", spy)
+        fed = run_local_federation(config, tmp_path / "state", client_app=site_app)
+    train_rounds = [r for r in held if r and r[0][0] == Type.TRAIN]
+    assert train_rounds and all(not has_arrays for round_ in train_rounds for _, has_arrays in round_)
+    assert (fed.run_dir / "summary.json").is_file()
