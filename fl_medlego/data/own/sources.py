@@ -148,8 +148,8 @@ def _check_task(task: str | None, count: int, where: str, multi_label: bool = Fa
 
 
 def _scan(folder: Path, rel: str) -> list[tuple[str, str, str]]:
-    """(name, path relative to the root, kind) of each entry of `folder`, sorted by name; kind is "dir", "file"
-    or "other" (links followed: a broken link is "other"). A link loop or an unreadable entry is an error."""
+    """(name, path relative to the root, entry type) of each entry of `folder`, sorted by name; the type is "dir",
+    "file" or "other" (links followed: a broken link is "other"). A link loop or an unreadable entry is an error."""
     where = rel or "the dataset folder"
     try:
         with os.scandir(folder) as found:
@@ -163,12 +163,12 @@ def _scan(folder: Path, rel: str) -> list[tuple[str, str, str]]:
             out.append((item.name, path, "hidden"))  # never followed: a hidden link may point anywhere
             continue
         try:
-            kind = "dir" if item.is_dir() else "file" if item.is_file() else "other"
+            entry_type = "dir" if item.is_dir() else "file" if item.is_file() else "other"
         except OSError as err:  # is_dir / is_file report a missing target as False, anything else raises
             if err.errno == errno.ELOOP:
                 raise DataSourceError(path, "is a symlink loop", "fix or remove the link") from None
             raise DataSourceError(path, f"cannot be read ({err.strerror})", "check its permissions") from None
-        out.append((item.name, path, kind))
+        out.append((item.name, path, entry_type))
     return out
 
 
@@ -179,12 +179,12 @@ def _walk(folder: Path, rel: str, ancestors: frozenset[str], files: list[str], i
     if real in ancestors:
         raise DataSourceError(rel, "is a symlink loop (a link to a folder it is inside)", "remove the link")
     ancestors = ancestors | {real}
-    for _, path, kind in _scan(folder, rel):
-        if kind == "hidden":
+    for _, path, entry_type in _scan(folder, rel):
+        if entry_type == "hidden":
             ignored.append(path)
-        elif kind == "dir":
+        elif entry_type == "dir":
             _walk(folder / PurePosixPath(path).name, path, ancestors, files, ignored)
-        elif kind == "file":
+        elif entry_type == "file":
             files.append(path)
         else:
             raise DataSourceError(path, "is a broken link or not a regular file", "remove it or fix its target")
@@ -193,10 +193,10 @@ def _walk(folder: Path, rel: str, ancestors: frozenset[str], files: list[str], i
 def _subfolders(folder: Path, rel: str, ignored: list[str]) -> list[str]:
     """The visible folders directly in `folder`; a visible file there is an error (it belongs to no class)."""
     names = []
-    for name, path, kind in _scan(folder, rel):
-        if kind == "hidden":
+    for name, path, entry_type in _scan(folder, rel):
+        if entry_type == "hidden":
             ignored.append(path)
-        elif kind == "dir":
+        elif entry_type == "dir":
             names.append(name)
         else:
             raise DataSourceError(path, "is not inside a class folder",
