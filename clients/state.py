@@ -22,6 +22,7 @@ ledger only grows: a round trained again after a crash is counted again (it was 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -32,13 +33,17 @@ from fl_medlego.files import read_tensors, write_tensor_folder
 from fl_medlego.kinds import KindServer, SiteState
 
 DEFAULT_ROOT = Path.home() / ".cache" / "fl-medlego" / "site-state"
+STATE_DIR_ENV = "FL_MEDLEGO_STATE_DIR"  # the default for every node of this machine (a Ray worker's shared folder)
 Update = object  # a kind's own update (an Adapter, a backbone state dict, ...)
 KEEP_ROUNDS = 2  # heads of the newest rounds kept (the one a resumed round starts from, and the last)
 
 
 def state_folder(node_config: dict, run_key: str) -> Path:
-    """Where this node keeps its sites' state for one run (node config `state-dir`, else under ~/.cache)."""
-    root = Path(str(node_config.get(wire.NODE_STATE_DIR) or DEFAULT_ROOT)).expanduser()
+    """Where this node keeps its sites' state for one run: node config `state-dir`, else $FL_MEDLEGO_STATE_DIR
+    (simulated nodes have no node config of their own: on a Ray cluster every worker sets it, at `ray start`, to
+    one shared folder, since Ray may run a site's next message on another machine), else under ~/.cache."""
+    root = Path(str(node_config.get(wire.NODE_STATE_DIR) or os.environ.get(STATE_DIR_ENV) or DEFAULT_ROOT))
+    root = root.expanduser()
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_key)[:200] or "run"
     return root / safe
 

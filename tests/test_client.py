@@ -240,3 +240,14 @@ def test_an_old_specialist_folder_gets_its_adapter_whole_or_not_at_all(tmp_path)
     save_state(tmp_path, "breast", 2, _Codec(), _site_state(2.0), base_fingerprint="00aa")
     assert sorted(p.name for p in specialist.iterdir()) == ["adapter", *before]
     assert torch.equal(read_tensors(specialist / "specialist.safetensors")["w"], torch.ones(2))  # kept, not rewritten
+
+
+def test_the_state_folder_is_the_nodes_state_dir_else_the_machines_shared_folder_else_the_cache(
+        tmp_path, monkeypatch, site_state_in_tmp):
+    from fl_medlego.clients.state import STATE_DIR_ENV, state_folder
+
+    monkeypatch.delenv(STATE_DIR_ENV, raising=False)
+    assert state_folder({}, "run-1") == site_state_in_tmp / "run-1"
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "shared"))  # a Ray worker started with it
+    assert state_folder({}, "run-1") == tmp_path / "shared" / "run-1"
+    assert state_folder({"state-dir": str(tmp_path / "node")}, "run-1") == tmp_path / "node" / "run-1"
