@@ -74,11 +74,14 @@ def one(n: int, data_root: str, sites_per_node: int, extra: str = "", max_nodes:
     with tempfile.TemporaryDirectory() as tmp:
         # data.partition='sample': each site draws its own 16 / 8 / 8 images, so 10,000 sites all have a validation
         # and a test split (organA's 6,491 validation images split 10,000 ways would leave a third of them none).
+        # The round's sites train on 2 cores one after the other: the default round-timeout (1800 s) cut a
+        # 10,000-site round off before its last sites replied (0.38 s a site here). Allow 2 s a site.
+        timeouts = f"round-timeout={max(1800, 2 * n)} node-wait-timeout={max(120, n // 10)} "
         config = (f"sites='organa:{n}' data.root='{data_root}' data.max-train=16 data.max-eval=8 num-rounds=1 "
-                  "data.partition='sample' "
+                  "data.partition='sample' " + timeouts +
                   f"train.local-epochs=1 lora.site-ranks='' output-dir='{tmp}/outputs' {extra}").strip()
         with local_flower(Path(tmp)) as env:
-            result = flwr_run(env, "many_sites", config, timeout_s=5400,
+            result = flwr_run(env, "many_sites", config, timeout_s=max(5400, 5 * n),
                               federation_config=f"num-supernodes={nodes} client-resources-num-cpus=1")
         status = result["run"].get("status")
         if status != "finished:completed":
