@@ -10,7 +10,7 @@ import functools
 import socket
 import sys
 from dataclasses import dataclass
-from logging import INFO
+from logging import ERROR, INFO
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -19,9 +19,10 @@ from flwr.common import log
 from fl_medlego import wire
 from fl_medlego.config import RunConfig, parse_run_config
 from fl_medlego.data import SiteData
+from fl_medlego.errors import UserError
 from fl_medlego.kinds import KindServer, KindSite
 from fl_medlego.privacy.site import PrivateTraining, load_ledger, save_ledger
-from fl_medlego.site import load_site_data, sites_for_node
+from fl_medlego.site import dataset_for_node, load_site_data, sites_for_node
 from fl_medlego.train import progress_line
 
 from .state import load_state, save_state, state_folder
@@ -70,8 +71,22 @@ def open_site(msg: Message, context: Context) -> SiteCall:
     """Every site handler opens its message the same way: the run's setup, the hosted site, its kind and data."""
     cfg, template = run_setup(context)
     site = site_of(msg, context, cfg)
-    return SiteCall(cfg, template, site, cfg.kind_site(), cfg.kind_server(),
-                    load_site_data(cfg, site, context.node_config, progress=decoding_progress(site)))
+    return SiteCall(cfg, template, site, cfg.kind_site(), cfg.kind_server(), site_data(cfg, site, context))
+
+
+def site_data(cfg: RunConfig, site: str, context: Context) -> SiteData:
+    """The site's data. A failure to read a hospital's own images names no file in what goes back: an error
+    raised here travels to the coordinator as the reply's reason, and a file's name (DOE_JOHN_1961/CR1.dcm)
+    must not leave the hospital. The full message, with the file and the fix, goes to the node's log."""
+    own = cfg.site(site).own_data or dataset_for_node(context.node_config)
+    try:
+        return load_site_data(cfg, site, context.node_config, progress=decoding_progress(site))
+    except UserError as err:
+        if not own:
+            raise
+        log(ERROR, f"site {site}: its data could not be read: {err}")
+        raise UserError(f"site {site}: its data could not be read ({type(err).__name__}); the reason, with the "
+                        "file and the fix, is in the node's log") from None
 
 
 def decoding_progress(site: str):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from . import wire
 from .data import SiteData, load_site
+from .errors import UserError
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -41,6 +42,14 @@ def load_site_data(cfg: RunConfig, site_name: str, node_config: Mapping | None =
     progress: (done, total) while own images are decoded into the cache (their first pass only)."""
     d, site, node_config = cfg.data, cfg.site(site_name), node_config or {}
     node_dataset = dataset_for_node(node_config)
+    if node_dataset and not site.own_data:
+        raise UserError(f"this node names its dataset {node_dataset!r}, but the run declares site {site.name!r} as "
+                        f"the MedMNIST set {site.flag}: a site with its own images must be declared so, e.g. "
+                        f"sites='{site.name}=node' (or a name that is no MedMNIST set)")
+    hosted = [s for s in str(node_config.get(wire.NODE_SITE, "")).split(",") if s.strip()]
+    if node_dataset and len(hosted) > 1:
+        raise UserError(f"this node names one dataset ({node_dataset!r}) for several sites ({', '.join(hosted)}): "
+                        "one SuperNode per own-data site")
     if node_dataset or site.own_data:
         from .data.own.site_data import load_own_site, record_for
 

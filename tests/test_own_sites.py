@@ -59,3 +59,47 @@ def test_a_site_without_data_says_how_to_give_it_some(monkeypatch):
     cfg = parse_run_config({"sites": "blood,cxr"})
     with pytest.raises(UserError, match="site 'cxr' has no data here.*site data add cxr.*cxr=folder:DIR"):
         load_site_data(cfg, "cxr")
+
+
+def test_a_nodes_dataset_is_only_for_a_site_declared_as_its_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("FL_MEDLEGO_DATASETS", str(tmp_path / "registry"))
+    cfg = parse_run_config({"sites": "blood,cxr"})
+    with pytest.raises(UserError, match="declares site 'blood' as the MedMNIST set bloodmnist.*'blood=node'"):
+        load_site_data(cfg, "blood", {"site": "blood", "dataset": "smears"})
+    with pytest.raises(UserError, match="one dataset .* for several sites"):
+        load_site_data(cfg, "cxr", {"site": "blood,cxr", "dataset": "smears"})
+
+
+def test_what_a_site_sends_back_about_unreadable_own_images_names_no_file(tmp_path, monkeypatch, caplog):
+    """An error in a site's handler is the reply's reason at the coordinator: the file stays in the node's log."""
+    from flwr.app import ConfigRecord, Context, MessageType, RecordDict
+
+    from fl_medlego.cli.local_run import set_task_identity
+    from fl_medlego.clients.app import open_site
+    from fl_medlego.server.inprocess_grid import delivered_message
+
+    monkeypatch.setenv("FL_MEDLEGO_CACHE", str(tmp_path / "cache"))
+    _folder(tmp_path / "ct", {"a": 5, "b": 5})
+    (tmp_path / "ct" / "a" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # DOE_JOHN's scan, say
+    run_config = {"sites": f"ct=folder:{tmp_path / 'ct'}"}
+    set_task_identity()
+    msg = delivered_message(RecordDict({"config": ConfigRecord({"site": "ct"})}), MessageType.TRAIN, src=0, dst=1)
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 1}, state=RecordDict(),
+                      run_config=run_config)
+    with pytest.raises(UserError) as refused:
+        open_site(msg, context)
+    assert "3.png" not in str(refused.value) and str(tmp_path) not in str(refused.value)
+    assert "node's log" in str(refused.value)
+
+
+def test_a_spreadsheets_column_names_are_read_whatever_their_case(tmp_path):
+    from fl_medlego.data.own.datalist import list_manifest
+
+    _folder(tmp_path / "d", {"a": 2, "b": 2})
+    rows = "".join(f"{c}/{i}.png,{c},P{i}\n" for c in "ab" for i in range(2))
+    (tmp_path / "d" / "m.csv").write_text("Path,Label,PatientID\n" + rows)
+    listing = list_manifest(tmp_path / "d" / "m.csv")
+    assert listing.class_names == ("a", "b") and [e.patient for e in listing.entries] == ["P0", "P1", "P0", "P1"]
+    (tmp_path / "d" / "semi.csv").write_text("path;label\na/0.png;a\n")
+    with pytest.raises(UserError, match="separated by ';'"):
+        list_manifest(tmp_path / "d" / "semi.csv")

@@ -114,9 +114,9 @@ def _pool(processes: int):
 
 def open_cache(folder: Path) -> CachedSet:
     meta = json.loads((folder / "meta.json").read_text())
-    # mode "c" (copy on write): pages are read from disk as batches touch them, and the arrays are writable
-    # for torch without a copy; nothing is ever written back.
-    images = np.load(folder / "images.npy", mmap_mode="c")
+    # Read-only: pages are read from disk as batches touch them. (A private copy-on-write map, mode "c", is
+    # counted against memory: a cache larger than RAM and swap could not be opened.)
+    images = np.load(folder / "images.npy", mmap_mode="r")
     labels = np.load(folder / "labels.npy")
     start, slices = 0, {}
     for split in ("train", "val", "test"):

@@ -33,6 +33,10 @@ _IMAGES_ONLY = "list image files only (PNG, JPEG, TIFF, DICOM)"
 # ----- CSV manifests ---------------------------------------------------------------------------------------
 
 
+RESERVED_COLUMNS = {"path": "path", "label": "label", "split": "split", "patient": "patient",
+                    "patient_id": "patient", "patientid": "patient", "patient id": "patient"}
+
+
 def _read_csv(csv_path: Path) -> list[list[str]]:
     name = csv_path.name
     if not csv_path.is_file():
@@ -150,12 +154,16 @@ def list_manifest(csv_path: Path, task: str | None = None, classes: Sequence[str
     root, name = csv_path.parent, csv_path.name
     classes = _class_list(classes, name)
     rows = _read_csv(csv_path)
-    header = [h.strip() for h in rows[0]]
+    # The reserved columns are matched whatever their case, with the usual names of a patient column
+    # (a spreadsheet's "Patient" or "PatientID" must not be read as a finding, nor leave patients unnamed).
+    header = [RESERVED_COLUMNS.get(h.strip().lower(), h.strip()) for h in rows[0]]
 
     def where(row: int) -> str:
         return f"{name}, row {row}"
 
     if "path" not in header:
+        if len(rows[0]) == 1 and ";" in rows[0][0]:
+            raise DataSourceError(where(1), "is separated by ';', not ','", "save it as comma-separated CSV")
         raise DataSourceError(where(1), "no 'path' column", "name the column of image paths 'path'")
     if len(set(header)) != len(header):
         raise DataSourceError(where(1), "a column name appears twice", "give every column its own name")

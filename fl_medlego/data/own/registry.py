@@ -4,10 +4,11 @@ A record is what a site needs to train on a dataset again and again without look
 where it is, its task and class names in index order, the split of every file (made once, never
 reshuffled), counts per split and class, and a fingerprint of the files. The fingerprint covers each
 file's relative path, size and modification time with its label and split: cheap to recompute at every
-start, so that a file changed, added to a split or removed after registration is noticed before training.
+start, so that a registered file changed or removed after registration is noticed before training (a file
+added to the folder is not: it is not in the record, and is not trained on until the dataset is registered again).
 
 The register lives in $FL_MEDLEGO_DATASETS, else ~/.local/share/fl-medlego/datasets. Nothing in it leaves
-the node; the coordinator learns a site's number of classes (and, for the cross-modal kind, its class names).
+the node; the coordinator learns a site's number of images and classes (`site_data.origin_text`).
 """
 
 from __future__ import annotations

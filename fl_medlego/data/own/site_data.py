@@ -9,6 +9,7 @@ time (seed 0, 70/10/20, by patient when the data says who), so it too is never r
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,10 +73,13 @@ def load_own_site(site: SiteSpec, record: DatasetRecord, size: int, max_train: i
         cap = max_train if split == "train" else max_eval
         idx = subsample(np.arange(rows.start, rows.stop), cap, base_seed + 10 + s)
         if len(idx) == rows.stop - rows.start:
-            images = cached.images[rows]  # a view: nothing is read yet
+            images = cached.images[rows]  # a view of the read-only map: nothing is read yet
         else:
             images = np.ascontiguousarray(cached.images[idx])
-        shards[split] = Split(torch.from_numpy(images), torch.from_numpy(np.ascontiguousarray(cached.labels[idx])))
+        with warnings.catch_warnings():  # a read-only map: nothing writes to a site's images (batches are copies)
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensor = torch.from_numpy(images)
+        shards[split] = Split(tensor, torch.from_numpy(np.ascontiguousarray(cached.labels[idx])))
     source = f"own {record.source} dataset {record.name!r} at {record.path}"
     return SiteData(site, record.task, record.num_classes, source, origin_text(record), shards["train"],
                     shards["val"], shards["test"], tuple(record.class_names), record.prompt_template)
