@@ -115,6 +115,21 @@ def section_lines(summary: dict, section: ReportColumns) -> list[str]:
             *("| " + " | ".join(row) + " |" for row in rows)]
 
 
+def headline_lines(summary: dict) -> list[str]:
+    """Each kind's per-site headline metric of the merged models (the cross-modal kind's share of images routed to
+    their own modality): its mean over the sites that reported it, then each site's value."""
+    lines = []
+    for section in kind_sections():
+        for metric, label in section.per_site:
+            values = {site: s["merged"][metric] for site, s in summary["sites"].items()
+                      if _finite(s["merged"].get(metric))}
+            if values:
+                each = ", ".join(f"{site} {value:.2f}" for site, value in values.items())
+                lines.append(f"{label}, merged model: {sum(values.values()) / len(values):.3f} on average over "
+                             f"{len(values)} sites ({each})")
+    return lines
+
+
 def summary_markdown(summary: dict) -> str:
     lines = [f"# Run summary: strategy `{summary.get('strategy')}`", "", status_line(summary), ""]
     if summary["sites"]:
@@ -129,6 +144,8 @@ def summary_markdown(summary: dict) -> str:
         lines += ["| " + " | ".join(row) + " |" for row in summary_rows(summary)]
     else:
         lines.append("No test metrics: no site evaluated a merged model before the run ended.")
+    for line in headline_lines(summary):
+        lines += ["", line[0].upper() + line[1:] + "."]
     lines += caution_lines(summary)
     lines += site_status_lines(summary)
     for section in kind_sections():
@@ -139,7 +156,8 @@ def summary_markdown(summary: dict) -> str:
 
 
 def summary_table(summary: dict) -> Table:
-    table = Table(title=f"fl-medlego: strategy {summary.get('strategy')}")
+    table = Table(title=f"fl-medlego: strategy {summary.get('strategy')}",
+                  caption="\n".join(headline_lines(summary)) or None, caption_justify="left")
     for name in HEADER:
         table.add_column(name, justify="left" if name == "site" else "right")
     for row in summary_rows(summary):

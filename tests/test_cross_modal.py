@@ -111,6 +111,21 @@ def test_the_adapter_spans_both_towers_and_is_exactly_zero_at_init(cfg, blood):
     assert not any("head" in n for n, _ in model.named_parameters() if not n.startswith("image."))
 
 
+@pytest.mark.parametrize(("towers", "adapted"), [("image", {"image", "projection"}), ("text", {"text"})])
+def test_one_side_adapts_and_the_other_stays_as_it_was(blood, towers, adapted):
+    """cross-modal.towers: the frozen side has no matrices in the template or the update and no parameter the
+    optimiser may move (with the text tower frozen, every site scores against one prompt space)."""
+    cfg = parse_run_config({**TINY, "cross-modal.towers": towers})
+    trainer = cfg.kind_site()
+    assert {name.split(".")[0] for name in cfg.kind_server().template()} == adapted
+    model = trainer.build_model(blood, None, None)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == adapted and {n.split(".")[0] for n in adapter_updates(model)} == adapted
+    result = trainer.train(blood, None, None)
+    assert {name.split(".")[0] for name in result.update.factors} == adapted
+    assert all(torch.count_nonzero(f.E) for f in result.update.factors.values())  # the adapted side learned
+
+
 def test_a_site_trains_without_a_head_and_its_state_holds_none(cfg, blood, tmp_path):
     from fl_medlego.clients.state import load_state, save_state
 

@@ -1,5 +1,8 @@
 """A site with its own images in the cross-modal kind: its class names, in the template it registered, are its
-prompts (what the coordinator never needs: prompts are built at the site); the MedMNIST-only tests are left out."""
+prompts (what the coordinator never needs: prompts are built at the site); held-out paraphrases are left out,
+the union of labels counts it (the run's MedMNIST blocks and its own)."""
+
+import csv
 
 import pytest
 
@@ -11,23 +14,32 @@ from fl_medlego.site import load_site_data
 TINY = {"kind": "cross-modal", "data.max-train": 24, "data.max-eval": 24, "train.local-epochs": 1,
         "train.batch-size": 12, "lora.rank": 2}
 TEMPLATE = "a peripheral blood smear showing a {}."
+SYNONYMS = {"basophil": "basophilic granulocyte", "eosinophil": "eosinophilic granulocyte",
+            "erythroblast": "nucleated red blood cell", "lymphocyte": "lymphoid cell",
+            "monocyte": "mononuclear phagocyte", "neutrophil": "segmented neutrophil granulocyte",
+            "platelet": "thrombocyte"}
 
 
 def test_a_cross_modal_site_reads_its_own_class_names_in_its_own_template(tmp_path, monkeypatch):
     monkeypatch.setenv("FL_MEDLEGO_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FL_MEDLEGO_DATASETS", str(tmp_path / "registry"))
     assert main(["data", "export", "blood", "--to", str(tmp_path / "export")]) == 0
-    classes = tmp_path / "export" / "classes.txt"
-    renamed = ["segmented neutrophil granulocyte" if c == "neutrophil" else c for c in classes.read_text().split("\n")]
-    classes.write_text("\n".join(renamed))  # the hospital's own word for a class: its manifest says it too
-    manifest = tmp_path / "export" / "manifest.csv"
-    manifest.write_text(manifest.read_text().replace(",neutrophil,", ",segmented neutrophil granulocyte,"))
+    # The hospital's own words for blood's classes (synonyms, not MedMNIST's names): classes.txt and manifest.
+    classes, manifest = tmp_path / "export" / "classes.txt", tmp_path / "export" / "manifest.csv"
+    names = classes.read_text().splitlines()
+    classes.write_text("\n".join(SYNONYMS.get(name, name) for name in names) + "\n")
+    with manifest.open(newline="") as f:
+        rows = [{**row, "label": SYNONYMS.get(row["label"], row["label"])} for row in csv.DictReader(f)]
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     assert main(["site", "data", "add", "smears", "--source", "manifest", "--path", str(manifest),
                  "--prompt-template", TEMPLATE]) == 0
 
     cfg = parse_run_config({**TINY, "sites": "blood,smears"})
     data = load_site_data(cfg, "smears", {"dataset": "smears"})
-    assert "segmented neutrophil granulocyte" in data.class_names and data.prompt_template == TEMPLATE
+    assert set(SYNONYMS.values()) <= set(data.class_names) and data.prompt_template == TEMPLATE
     trainer = cfg.kind_site()
     model = trainer.build_model(data, None, None)
     assert model.prompts == [TEMPLATE.format(name) for name in data.class_names]
@@ -36,8 +48,11 @@ def test_a_cross_modal_site_reads_its_own_class_names_in_its_own_template(tmp_pa
     assert result.state.head == {}
     scores = trainer.evaluate(data, result.update, None)
     assert set(scores) >= {"acc", "auc", "f1", "loss"} and 0 <= scores["acc"] <= 1
-    # held-out paraphrases and the union of MedMNIST labels exist for MedMNIST sets only
-    assert metrics_of.UNION_ACC not in scores and metrics_of.UNSEEN_PREFIX + "acc" not in scores
+    # held-out paraphrases exist for MedMNIST sets only; the union test counts the site: blood's 8 prompts and
+    # its own 8 at once. Its own class on top implies its own block on top, and its own prompts on top.
+    assert metrics_of.UNSEEN_PREFIX + "acc" not in scores
+    assert 0 <= scores[metrics_of.UNION_ACC] <= scores[metrics_of.MODALITY_SHARE] <= 1
+    assert scores[metrics_of.UNION_ACC] <= scores["acc"] + 1e-6  # float32 against float64
 
 
 def test_a_template_without_a_place_for_the_name_is_refused(tmp_path, monkeypatch, capsys):
@@ -51,3 +66,24 @@ def test_a_template_without_a_place_for_the_name_is_refused(tmp_path, monkeypatc
     assert main(["site", "data", "add", "us", "--source", "manifest", "--path", str(tmp_path / "export" /
                  "manifest.csv"), "--prompt-template", "a breast ultrasound", "--no-check"]) == 2
     assert "--prompt-template" in capsys.readouterr().out and not (tmp_path / "registry").exists()
+
+
+def test_the_union_of_labels_finds_each_images_block_and_class(monkeypatch):
+    """Prompts embedded as one-hot directions: an image equal to a prompt's direction tops that prompt. The own
+    block may be anywhere (a MedMNIST site's place in the run, or last for a site with its own images)."""
+    import torch
+
+    from fl_medlego.crossmodal import scoring
+
+    blocks = [["a0", "a1", "a2"], ["b0", "b1"], ["own0", "own1"]]
+    prompts = [p for block in blocks for p in block]
+    directions = torch.eye(len(prompts))
+    monkeypatch.setattr(scoring, "_text_embeddings", lambda model, ps: directions[[prompts.index(p) for p in ps]])
+    # four images of the own block (labels 0, 1, 1, 0): tops own0 (right), own1 (right), own0 (wrong class,
+    # right block), a2 (wrong block)
+    images = directions[[5, 6, 5, 2]]
+    labels = torch.tensor([0, 1, 1, 0])
+    scores = scoring.union_of_labels(None, images, labels, blocks, own=2)
+    assert scores == {metrics_of.UNION_ACC: 0.5, metrics_of.MODALITY_SHARE: 0.75}
+    # the same images read as block b's (own=1): prompts 3 and 4 are b's, so none is inside it
+    assert scoring.union_of_labels(None, images, labels, blocks, own=1)[metrics_of.MODALITY_SHARE] == 0.0

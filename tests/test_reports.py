@@ -51,6 +51,29 @@ def test_a_completed_runs_summary_keeps_its_table_first_and_says_completed():
     assert md.index("| site | specialist ACC") < md.index("| site | state | round | reason |")
 
 
+def test_the_right_modality_share_of_a_cross_modal_run_is_in_its_summary_table_and_file():
+    """summary.json held it per site; the printed table's caption and summary.md say it, on average and per site."""
+    from rich.console import Console
+
+    from fl_medlego.crossmodal.metrics import MODALITY_SHARE
+    from fl_medlego.report import summary_table
+
+    sites = {"blood": _site(0.9, 0.8, 0.2), "organa": _site(0.8, 0.4, 0.2), "cxr": _site(0.7, 0.6, 0.5)}
+    sites["blood"]["merged"][MODALITY_SHARE] = 1.0
+    sites["organa"]["merged"][MODALITY_SHARE] = 0.03
+    sites["cxr"]["merged"][MODALITY_SHARE] = math.nan  # not measured: not counted in the mean
+    summary = {"strategy": "medlego", "wall_time_s": 1.0, "mean_normalized_acc": 0.7, "status": "completed",
+               "sites": sites}
+    line = "right modality, merged model: 0.515 on average over 2 sites (blood 1.00, organa 0.03)"
+    assert "R" + line[1:] + "." in summary_markdown(summary)
+    console = Console(width=200, record=True)
+    console.print(summary_table(summary))
+    assert line in console.export_text()
+    for site in sites.values():
+        site["merged"].pop(MODALITY_SHARE, None)
+    assert "right modality" not in summary_markdown(summary)  # a head-based run has no such line
+
+
 def test_a_failed_run_without_metrics_draws_its_reason_not_empty_axes():
     fig = summary_figure(_failed_summary(), [])
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]

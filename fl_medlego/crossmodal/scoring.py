@@ -8,7 +8,9 @@ generalist tests cost a text encoding each, not another pass of the image tower.
   metrics averaged over the templates (unseen-acc, unseen-auc, unseen-f1);
 - union of labels: every site's class prompts at once (23 for the four default sites); union-acc is the
   share of images whose top prompt is their own class, modality-share the share whose top prompt is one
-  of their own modality's. Single-label sites only: a multi-label site's score is per finding;
+  of their own modality's. Single-label sites only: a multi-label site's score is per finding. A site with
+  its own images scores the run's MedMNIST blocks plus its own class prompts as one more block (another
+  hospital's class names never leave that hospital, so no site sees them);
 - centred scores (with a calibration split, the site's validation images): each class's logit minus its
   mean over those images, labels unused. A merge that shrinks every update moves all images towards the
   same prompt; centring undoes that shift at the site, with C numbers that never leave it.
@@ -96,22 +98,27 @@ def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_
         offset = _logits(model, image_embeddings(model, calibration), own).mean(dim=0)
         centred = _metrics(logits - offset, split.labels, task)
         out |= {CENTRED_PREFIX + name: centred[name] for name in ("acc", "auc", "f1")}
-    if not flag:  # a site's own classes have no held-out paraphrases, and no block in the union of MedMNIST labels
+    if not flag:  # a site's own classes have no held-out paraphrases; in the union they are one more block
+        if union_flags and task != MULTI_LABEL:
+            blocks = [class_prompts(f) for f in union_flags]
+            out |= union_of_labels(model, images, split.labels[:, 0], [*blocks, list(model.prompts)], len(blocks))
         return out
     unseen = [_metrics(_logits(model, images, site_prompts(flag, t)), split.labels, task)
               for t in unseen_templates(flag)]
     for name in UNSEEN_METRICS:
         out[UNSEEN_PREFIX + name] = float(np.nanmean([m[name] for m in unseen]))
     if union_flags and task != MULTI_LABEL and flag in union_flags:
-        out |= union_of_labels(model, images, split.labels[:, 0], flag, union_flags)
+        blocks = [class_prompts(f) for f in union_flags]
+        out |= union_of_labels(model, images, split.labels[:, 0], blocks, union_flags.index(flag))
     return out
 
 
-def union_of_labels(model: CrossModalModel, images: torch.Tensor, labels: torch.Tensor, flag: str,
-                    flags: list[str]) -> dict[str, float]:
-    blocks = {f: class_prompts(f) for f in flags}
-    offset = sum(len(blocks[f]) for f in flags[:flags.index(flag)])
-    prompts = [p for f in flags for p in blocks[f]]
+def union_of_labels(model: CrossModalModel, images: torch.Tensor, labels: torch.Tensor, blocks: list[list[str]],
+                    own: int) -> dict[str, float]:
+    """Score every block's prompts at once; `own` is the block of the images' own modality (their labels index it).
+    union-acc: the top prompt is the image's own class; modality-share: it is in the own block."""
+    offset = sum(len(block) for block in blocks[:own])
+    prompts = [p for block in blocks for p in block]
     top = _similarity(images, _text_embeddings(model, prompts)).argmax(dim=1).cpu()
-    own = (top >= offset) & (top < offset + len(blocks[flag]))
-    return {UNION_ACC: float((top == labels + offset).float().mean()), MODALITY_SHARE: float(own.float().mean())}
+    inside = (top >= offset) & (top < offset + len(blocks[own]))
+    return {UNION_ACC: float((top == labels + offset).float().mean()), MODALITY_SHARE: float(inside.float().mean())}

@@ -8,6 +8,7 @@ from typing import ClassVar
 from ..settings import check_group, setting
 
 NEGATIVES = ("vocabulary", "none")
+TOWERS = ("both", "image", "text")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class CrossModalSettings:
         tower's lora.init-std, 0.09 ~ 1/sqrt(128), is for width 128).
     logit_scale: the fixed inverse temperature of the cosine similarities (not trained: it would be one
         more tensor to merge, and a per-site temperature does not survive a merge).
+    towers: which side adapts. "both" (MedCT-VLM's design); "image": the image tower and the projection, the
+        text tower frozen, so every site scores against one shared prompt space; "text": the text tower only.
     negatives: "vocabulary" also scores each training image against every other supported modality's
         class prompts (public label names), so that training separates modalities; "none" ranks only
         the site's own prompts (then nothing tells a blood smear from a chest x-ray).
@@ -35,6 +38,8 @@ class CrossModalSettings:
                                    "(~1/sqrt(384), its width)", above=0)
     logit_scale: float = setting(30.0, "cross-modal sites: fixed inverse temperature of the image-prompt cosine "
                                  "similarities", above=0)
+    towers: str = setting(TOWERS[0], "cross-modal sites: which side gets SVD-LoRA ('image' = image tower and "
+                          "projection, text tower frozen; 'text' = text tower only)", choices=TOWERS)
     negatives: str = setting(NEGATIVES[0], "cross-modal sites: other modalities' class prompts as training "
                              "negatives ('none' = off)", choices=NEGATIVES)
 

@@ -51,11 +51,19 @@ def _projection_seed(context: KindContext) -> int:
 
 
 def _inject(image: nn.Module, projection: nn.Module, text: nn.Module, context: KindContext, rank: int) -> None:
+    """SVD-LoRA in the sides `cross-modal.towers` names; the others stay frozen (their matrices are not in the
+    adapter, so neither the update nor the template holds them)."""
     lora = dataclasses.replace(context.lora, rank=rank)
-    inject_svd_lora(image, lora)
-    inject_svd_lora(projection, SVDLoRAConfig(rank, lora.alpha, ("map",), lora.init_std, lora.orth_weight))
     own: CrossModalSettings = context.settings
-    inject_svd_lora(text, SVDLoRAConfig(rank, lora.alpha, own.text_targets, own.text_init_std, lora.orth_weight))
+    if own.towers in ("both", "image"):
+        inject_svd_lora(image, lora)
+        inject_svd_lora(projection, SVDLoRAConfig(rank, lora.alpha, ("map",), lora.init_std, lora.orth_weight))
+    if own.towers in ("both", "text"):
+        inject_svd_lora(text, SVDLoRAConfig(rank, lora.alpha, own.text_targets, own.text_init_std,
+                                            lora.orth_weight))
+    for side in (image, projection, text):  # inject_svd_lora froze the sides it adapted; freeze the rest too
+        if not adapter_updates(side):
+            side.requires_grad_(False)
 
 
 class _Towers(nn.Module):
@@ -94,9 +102,9 @@ class CrossModalServer(AdapterServer):
         return f"{self.context.model_name}+{TEXT_TOWER_NAME}"
 
     def save(self, update: Adapter, directory: Path, base_fingerprint: str | None) -> Path:
-        text_targets = list(self.context.settings.text_targets)
+        own: CrossModalSettings = self.context.settings
         update = Adapter(update.factors, update.scale, {**update.metadata, "kind": self.kind.name,
-                                                        "text_targets": text_targets})
+                                                        "towers": own.towers, "text_targets": list(own.text_targets)})
         return super().save(update, directory, base_fingerprint)
 
 
