@@ -14,6 +14,7 @@ when the README's table is not `fl-medlego settings --markdown`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -264,7 +265,7 @@ class RunConfig(RunSettings):
         return KindContext(model_name=self.model_name, pretrained=self.pretrained, seed=self.seed,
                            image_size=self.image_size, lora=self.lora, train=self.train,
                            settings=self.kind_groups.get(name),
-                           site_ranks={s: self.rank_of(s) for s in self.site_names},
+                           site_ranks=dict(self._ranks),
                            site_flags=tuple(s.flag for s in self.sites if s.flag))
 
     def kind_site(self, kind_name: str | None = None) -> KindSite:
@@ -275,12 +276,17 @@ class RunConfig(RunSettings):
         """The server half of the run's kind (or of another kind by name)."""
         return get_kind(kind_name or self.kind_name).server(self.kind_context(kind_name))
 
+    @functools.cached_property
+    def _ranks(self) -> dict[str, int]:
+        """Every site's adapter rank by name, worked out once: each message asks for the whole run's, and a
+        search of the site list per site made that quadratic (seconds a message with 10,000 sites)."""
+        if not self.site_ranks:
+            return {s.name: self.lora.rank for s in self.sites}
+        return {s.name: self.site_ranks[i % len(self.site_ranks)] for i, s in enumerate(self.sites)}
+
     def rank_of(self, site: str) -> int:
         """Adapter rank of a site: lora.rank unless lora.site-ranks is set (then by the site's position)."""
-        names = self.site_names
-        if not self.site_ranks or site not in names:
-            return self.lora.rank
-        return self.site_ranks[names.index(site) % len(self.site_ranks)]
+        return self._ranks.get(site, self.lora.rank)
 
     def required_sites(self, server_round: int, declared: int) -> int:
         """How many sites must be combined for round N to count (min-sites; 0: all, then half)."""
