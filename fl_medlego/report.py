@@ -123,10 +123,12 @@ def headline_lines(summary: dict) -> list[str]:
         for metric, label in section.per_site:
             values = {site: s["merged"][metric] for site, s in summary["sites"].items()
                       if _finite(s["merged"].get(metric))}
-            if values:
-                each = ", ".join(f"{site} {value:.2f}" for site, value in values.items())
-                lines.append(f"{label}, merged model: {sum(values.values()) / len(values):.3f} on average over "
-                             f"{len(values)} sites ({each})")
+            if not values:
+                continue
+            each = (", ".join(f"{site} {value:.2f}" for site, value in values.items())
+                    if len(values) <= MAX_DRAWN_SITES else f"{min(values.values()):.2f} to {max(values.values()):.2f}")
+            lines.append(f"{label}, merged model: {sum(values.values()) / len(values):.3f} on average over "
+                         f"{len(values)} sites ({each})")
     return lines
 
 

@@ -54,6 +54,7 @@ def discover_sites(grid: Grid, declared: list[str], wait_s: float, poll_s: float
         raise ValueError(f"site-nodes binds sites {undeclared} that the scenario does not declare ({declared})")
     deadline = time.monotonic() + wait_s
     site_nodes: dict[str, int] = {}
+    known = set(declared)  # each claimed site is looked up: a list made that quadratic with 10,000 sites
     asked: set[int] = set()
     next_report = time.monotonic()
     while True:
@@ -65,7 +66,7 @@ def discover_sites(grid: Grid, declared: list[str], wait_s: float, poll_s: float
                 node = reply.metadata.src_node_id
                 asked.add(node)
                 for site in _claimed_sites(reply):
-                    _assign(site, node, declared, pinned, site_nodes)
+                    _assign(site, node, known, pinned, site_nodes)
         missing = [s for s in declared if s not in site_nodes]
         if not missing or time.monotonic() >= deadline:
             break
@@ -98,7 +99,7 @@ def require_quorum(site_nodes: dict[str, int], declared: list[str], required: in
         f"(or min-sites={len(hosted)})")
 
 
-def _assign(site: str, node: int, declared: list[str], pinned: dict[str, int], site_nodes: dict[str, int]) -> None:
+def _assign(site: str, node: int, declared: set[str], pinned: dict[str, int], site_nodes: dict[str, int]) -> None:
     if site not in declared:
         log.warning("node %d hosts site %s, which the scenario does not declare: ignored", node, bounded(site, 40))
     elif site in pinned:

@@ -121,9 +121,23 @@ def test_one_side_adapts_and_the_other_stays_as_it_was(blood, towers, adapted):
     model = trainer.build_model(blood, None, None)
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == adapted and {n.split(".")[0] for n in adapter_updates(model)} == adapted
+    model.train()  # a frozen side stays in eval mode (no dropout) and the frozen text tower encodes once
+    assert all(not getattr(model, side).training for side in {"image", "projection", "text"} - adapted)
+    if towers == "image":
+        assert model._prompt_embeddings() is model._prompt_embeddings()
     result = trainer.train(blood, None, None)
     assert {name.split(".")[0] for name in result.update.factors} == adapted
     assert all(torch.count_nonzero(f.E) for f in result.update.factors.values())  # the adapted side learned
+
+
+def test_an_adapter_is_loaded_only_by_a_run_that_adapts_the_same_towers(cfg, tmp_path):
+    image_only = parse_run_config({**TINY, "cross-modal.towers": "image"})
+    fingerprint = image_only.kind_server().shared_base()[1]
+    update = _random_update(image_only, 3)
+    image_only.kind_server().save(update, tmp_path / "site", fingerprint)
+    assert set(image_only.kind_server().load(tmp_path / "site", fingerprint).factors) == set(update.factors)
+    with pytest.raises(ValueError, match="cross-modal.towers='image'"):
+        cfg.kind_server().load(tmp_path / "site", fingerprint)
 
 
 def test_a_site_trains_without_a_head_and_its_state_holds_none(cfg, blood, tmp_path):

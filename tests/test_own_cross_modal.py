@@ -87,3 +87,18 @@ def test_the_union_of_labels_finds_each_images_block_and_class(monkeypatch):
     assert scores == {metrics_of.UNION_ACC: 0.5, metrics_of.MODALITY_SHARE: 0.75}
     # the same images read as block b's (own=1): prompts 3 and 4 are b's, so none is inside it
     assert scoring.union_of_labels(None, images, labels, blocks, own=1)[metrics_of.MODALITY_SHARE] == 0.0
+
+
+def test_a_prompt_shared_word_for_word_with_a_medmnist_set_counts_as_the_sites_own():
+    """The README's example template is ChestMNIST's training template; an own class named like a MedMNIST class
+    gives the same prompt, which must not sit in two blocks (the tie would go to the MedMNIST block)."""
+    from fl_medlego.crossmodal.prompts import class_prompts, own_prompts
+    from fl_medlego.crossmodal.scoring import own_site_blocks
+
+    blood = class_prompts("blood")
+    mine = own_prompts(["neutrophil", "blast"], False, "a blood cell microscopy image, cell type: {}.")
+    assert mine[0] in blood  # the same words as blood's neutrophil prompt
+    blocks = own_site_blocks(["blood", "breast"], mine)
+    assert blocks[-1] == mine and mine[0] not in blocks[0] and len(blocks[0]) == len(blood) - 1
+    assert blocks[1] == class_prompts("breast")
+    assert sum(map(len, blocks)) == len({p for block in blocks for p in block})  # every prompt once

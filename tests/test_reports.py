@@ -69,6 +69,11 @@ def test_the_right_modality_share_of_a_cross_modal_run_is_in_its_summary_table_a
     console = Console(width=200, record=True)
     console.print(summary_table(summary))
     assert line in console.export_text()
+    many = {f"site-{i}": _site(0.8, 0.5, 0.2) for i in range(30)}  # above MAX_DRAWN_SITES: the range, no names
+    for i, site in enumerate(many.values()):
+        site["merged"][MODALITY_SHARE] = i / 29
+    assert "right modality, merged model: 0.500 on average over 30 sites (0.00 to 1.00)." in summary_markdown(
+        {**summary, "sites": many}).replace("Right", "right")
     for site in sites.values():
         site["merged"].pop(MODALITY_SHARE, None)
     assert "right modality" not in summary_markdown(summary)  # a head-based run has no such line

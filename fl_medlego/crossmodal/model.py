@@ -74,13 +74,23 @@ class CrossModalModel(nn.Module):
     def train(self, mode: bool = True) -> CrossModalModel:
         # A new epoch (train) or an evaluation (eval) starts: text embeddings computed before are stale.
         self._cached, self._negatives = None, None
-        return super().train(mode)
+        super().train(mode)
+        for side in self._frozen_sides():  # a side without adapters is fixed: no dropout, one encoding
+            side.eval()
+        return self
+
+    def _frozen_sides(self) -> list[nn.Module]:
+        return [side for side in (self.image, self.projection, self.text)
+                if not any(p.requires_grad for p in side.parameters())]
+
+    def _text_trains(self) -> bool:
+        return self.training and any(p.requires_grad for p in self.text.parameters())
 
     def embed_images(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projection(self.image(x)), dim=-1)
 
     def _prompt_embeddings(self) -> torch.Tensor:
-        if self.training:  # the text tower trains: its prompts are encoded again at every step
+        if self._text_trains():  # its prompts are encoded again at every step (a frozen tower's once)
             return sentence_embeddings(self.text, self._tokens)
         if self._cached is None:
             with torch.no_grad():

@@ -100,8 +100,8 @@ def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_
         out |= {CENTRED_PREFIX + name: centred[name] for name in ("acc", "auc", "f1")}
     if not flag:  # a site's own classes have no held-out paraphrases; in the union they are one more block
         if union_flags and task != MULTI_LABEL:
-            blocks = [class_prompts(f) for f in union_flags]
-            out |= union_of_labels(model, images, split.labels[:, 0], [*blocks, list(model.prompts)], len(blocks))
+            blocks = own_site_blocks(union_flags, model.prompts)
+            out |= union_of_labels(model, images, split.labels[:, 0], blocks, len(blocks) - 1)
         return out
     unseen = [_metrics(_logits(model, images, site_prompts(flag, t)), split.labels, task)
               for t in unseen_templates(flag)]
@@ -111,6 +111,14 @@ def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_
         blocks = [class_prompts(f) for f in union_flags]
         out |= union_of_labels(model, images, split.labels[:, 0], blocks, union_flags.index(flag))
     return out
+
+
+def own_site_blocks(union_flags: list[str], prompts: list[str]) -> list[list[str]]:
+    """The union's blocks for a site with its own class prompts: the run's MedMNIST sets', then its own, last.
+    A prompt it shares word for word with a MedMNIST set (the same template and class name) counts as its own:
+    left in both, the tie would go to the block scored first."""
+    mine = set(prompts)
+    return [*([p for p in class_prompts(f) if p not in mine] for f in union_flags), list(prompts)]
 
 
 def union_of_labels(model: CrossModalModel, images: torch.Tensor, labels: torch.Tensor, blocks: list[list[str]],

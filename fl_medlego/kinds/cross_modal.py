@@ -107,6 +107,14 @@ class CrossModalServer(AdapterServer):
                                                         "towers": own.towers, "text_targets": list(own.text_targets)})
         return super().save(update, directory, base_fingerprint)
 
+    def load(self, directory: Path, base_fingerprint: str | None) -> Adapter:
+        update = super().load(directory, base_fingerprint)
+        saved, here = update.metadata.get("towers", "both"), self.context.settings.towers
+        if saved != here:  # the matrix lists differ; say which setting, not only which matrices
+            raise ValueError(f"the adapter in {directory} adapts cross-modal.towers={saved!r}, this run {here!r}: "
+                             f"run with --run-config \"cross-modal.towers='{saved}'\"")
+        return update
+
 
 class CrossModalSite(AdapterSite):
     """Both towers adapted; a site scores its images against its own class prompts (no head)."""
