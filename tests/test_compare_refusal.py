@@ -48,3 +48,19 @@ def test_the_command_line_refuses_in_one_line(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert code == 2 and "error:" in out and "(differing: data.max-train)" in out
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(("strategy", "options"), [("task_arithmetic", {"lam": 1.0, "rank": None}),
+                                                   ("medlego", {"energy": 0.8, "max_rank": None}),
+                                                   ("ties", {"density": 0.5, "lam": 0.7, "rank": None})])
+def test_one_shot_options_with_none_become_a_federated_rows_run_config(strategy, options):
+    """A federated row runs with the options the one-shot tuning chose; an option chosen as None (keep every
+    component) is left at its default, not written as 'null', which no run config parses."""
+    from fl_medlego.compare.run import _options_as_run_config
+    from fl_medlego.config import parse_run_config
+
+    run_config = {**load_scenario_config(SCENARIO), "strategy": strategy}
+    config = _options_as_run_config(run_config, options)
+    assert "null" not in config["merge.options"]
+    chosen = parse_run_config({**run_config, **config}).merge.options
+    assert {k: getattr(chosen, k) for k in options} == options

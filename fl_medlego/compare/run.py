@@ -61,7 +61,9 @@ def _options_as_run_config(run_config: dict, options: dict) -> dict:
     """The run config keys that make a run's merge use `options` (as the one-shot tuning chose them)."""
     shared = {"energy": "merge.energy", "max_rank": "merge.max-rank"}
     config = {shared[k]: (0 if v is None else v) for k, v in options.items() if k in shared}
-    others = {k: v for k, v in options.items() if k not in shared}
+    # None is no TOML value: such an option is left at its default (None for every option that may be None;
+    # the round trip below refuses any other)
+    others = {k: v for k, v in options.items() if k not in shared and v is not None}
     config["merge.options"] = " ".join(f"{k}={json.dumps(v)}" for k, v in others.items())
     chosen = parse_run_config({**run_config, **config}).merge.options if options else None
     if options and dataclasses.asdict(chosen) != options:
