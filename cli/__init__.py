@@ -167,6 +167,23 @@ def cmd_combine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _named_folder(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=FOLDER, e.g. today=outputs/compare-both")
+    return name, Path(folder)
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    from fl_medlego.compare.variants import render_variants
+
+    with as_user_error():
+        paths = render_variants(dict(args.variants), args.baseline, Path(args.output))
+    console.print(paths[0].read_text())
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     from fl_medlego.config import setting_groups
     from fl_medlego.settings import describe, markdown_table
@@ -229,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     combine.add_argument("parts", nargs="+", help="comparison folders (results.json)")
     combine.add_argument("-o", "--output", required=True, help="folder for the combined comparison")
     combine.set_defaults(func=cmd_combine)
+
+    variants = sub.add_parser("variants", help="comparisons run with different settings, paired by seed")
+    variants.add_argument("variants", nargs="+", type=_named_folder, help="NAME=FOLDER of a `compare -o FOLDER`, "
+                          "one per variant (same sites and seeds, settings differing)")
+    variants.add_argument("--baseline", required=True, help="the NAME the others are paired with (no default)")
+    variants.add_argument("-o", "--output", required=True, help="folder for variants.md and variants.csv "
+                          "(no default)")
+    variants.set_defaults(func=cmd_variants)
 
     scaling = sub.add_parser("scaling", help="mean normalized ACC against the number of specialists, every strategy")
     scaling.add_argument("scenario", help="cross_domain (subsets of its modalities) or in_domain (one modality "

@@ -149,6 +149,13 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
+def auxiliary_loss(model: nn.Module) -> torch.Tensor | None:
+    """A term the model's last training forward computed beside its logits (a cross-modal site's anchors),
+    taken once; None for models without one."""
+    take = getattr(model, "take_auxiliary_loss", None)
+    return take() if take is not None else None
+
+
 class PlainSteps:
     """Shuffled batches and AdamW steps: ordinary local training."""
 
@@ -165,6 +172,9 @@ class PlainSteps:
         return self.model(images)
 
     def step(self, loss: torch.Tensor) -> None:
+        extra = auxiliary_loss(self.model)
+        if extra is not None:
+            loss = loss + extra
         if self.cfg.orth_weight > 0:
             loss = loss + self.cfg.orth_weight * orthogonality_penalty(self.model)
         self.optimizer.zero_grad(set_to_none=True)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..train import to_model_input
+from .anchors import Anchors
 from .text_tower import TEXT_WIDTH, sentence_embeddings, tokenize
 
 PROJECTION = "projection"  # the module name of the fixed projection; its adapter matrix is `projection.map`
@@ -49,12 +51,15 @@ class CrossModalModel(nn.Module):
 
     prompts: the site's own (one per class; for multi-label sets the finding / negation pairs);
     negatives: other prompts scored in training only (their logits follow the site's classes, so class
-    indices stay the same and a cross-entropy target never points at one).
+    indices stay the same and a cross-entropy target never points at one);
+    anchors: other modalities' public images (anchors.py), scored in training against the same prompts and
+    pulled towards their own modality, with weight `anchor_weight` and batches drawn from `anchor_seed`.
     """
 
     def __init__(self, image: nn.Module, projection: nn.Module, text: nn.Module, prompts: list[str],
                  logit_scale: float, multi_label: bool = False, negatives: list[str] | None = None,
-                 image_size: int = 28, base_fingerprint: str = "") -> None:
+                 image_size: int = 28, base_fingerprint: str = "", anchors: Anchors | None = None,
+                 anchor_weight: float = 1.0, anchor_seed: int = 0) -> None:
         super().__init__()
         self.image, self.projection, self.text = image, projection, text
         self.logit_scale, self.multi_label = float(logit_scale), multi_label
@@ -62,6 +67,11 @@ class CrossModalModel(nn.Module):
         self.use_prompts(prompts)
         self._negative_tokens = tokenize(negatives) if negatives else None
         self._negatives: torch.Tensor | None = None
+        if anchors is not None and self._negative_tokens is None:
+            raise ValueError("anchors are scored against the vocabulary negatives: they need negatives")
+        self.anchors, self.anchor_weight = anchors, float(anchor_weight)
+        self._anchor_draws = torch.Generator().manual_seed(anchor_seed)
+        self._anchor_loss: torch.Tensor | None = None
 
     def use_prompts(self, prompts: list[str]) -> None:
         """Score against these prompts from now on (the union-of-labels and unseen-prompt tests swap them)."""
@@ -114,4 +124,20 @@ class CrossModalModel(nn.Module):
         logits = self.logit_scale * similarity
         if self.training and self._negative_tokens is not None:
             logits = torch.cat([logits, self.logit_scale * (images @ self._negative_embeddings().T)], dim=1)
+            if self.anchors is not None:
+                self._anchor_loss = self.anchor_weight * self._anchor_term(len(x), x.device)
         return logits
+
+    def _anchor_term(self, count: int, device: torch.device) -> torch.Tensor:
+        """Cross-entropy of `count` anchors over modalities, each modality's score the log-sum-exp of its prompts'."""
+        rows = torch.randint(len(self.anchors.targets), (count,), generator=self._anchor_draws)
+        embedded = self.embed_images(to_model_input(self.anchors.images[rows].to(device), self.image_size))
+        prompts = torch.cat([self._prompt_embeddings(), self._negative_embeddings()])
+        logits = self.logit_scale * (embedded @ prompts.T)
+        modality = torch.stack([logits[:, a:b].logsumexp(dim=1) for a, b in self.anchors.spans], dim=1)
+        return F.cross_entropy(modality.float(), self.anchors.targets[rows].to(device))
+
+    def take_auxiliary_loss(self) -> torch.Tensor | None:
+        """The anchor term of the last training forward, once (the training step adds it to the task loss)."""
+        loss, self._anchor_loss = self._anchor_loss, None
+        return loss

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..errors import ConfigError
 from ..settings import check_group, setting
 
 NEGATIVES = ("vocabulary", "none")
@@ -27,6 +28,10 @@ class CrossModalSettings:
     negatives: "vocabulary" also scores each training image against every other supported modality's
         class prompts (public label names), so that training separates modalities; "none" ranks only
         the site's own prompts (then nothing tells a blood smear from a chest x-ray).
+    anchors: "none", "bundled" or a folder of MedMNIST-layout npz files: public images of the other
+        modalities that each MedMNIST site also trains on, pulled towards their own modality's prompts
+        (anchors.py says why: without them every site claims every image). Needs the vocabulary negatives.
+    anchor_weight: the weight of that term beside the site's own cross-entropy.
     """
 
     PREFIX: ClassVar[str] = "cross-modal."
@@ -43,5 +48,13 @@ class CrossModalSettings:
     negatives: str = setting(NEGATIVES[0], "cross-modal sites: other modalities' class prompts as training "
                              "negatives ('none' = off)", choices=NEGATIVES)
 
+    anchors: str = setting("none", "cross-modal sites: public images of other modalities trained towards their "
+                           "own modality ('bundled', a folder of MedMNIST <flag>.npz files, or 'none')", nonempty=True)
+    anchor_weight: float = setting(1.0, "cross-modal sites: weight of the anchor term beside the site's own loss",
+                                   above=0)
+
     def __post_init__(self) -> None:
         check_group(self)
+        if self.anchors != "none" and self.negatives != "vocabulary":
+            raise ConfigError(f"cross-modal.anchors={self.anchors!r} scores the anchors against the vocabulary "
+                             "negatives: set cross-modal.negatives='vocabulary' or cross-modal.anchors='none'")

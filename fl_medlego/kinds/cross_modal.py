@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..crossmodal import metrics
+from ..crossmodal.anchors import load_anchors
 from ..crossmodal.model import PROJECTION, CrossModalModel, FixedProjection
 from ..crossmodal.prompts import is_multi_label, own_prompts, site_prompts, vocabulary
 from ..crossmodal.scoring import evaluate_cross_modal
@@ -133,11 +134,13 @@ class CrossModalSite(AdapterSite):
         multi_label = is_multi_label(flag) if flag else data.task == MULTI_LABEL
         prompts = site_prompts(flag) if flag else own_prompts(data.class_names, multi_label, data.prompt_template)
         negatives = vocabulary(flag) if own.negatives == "vocabulary" and not multi_label else None
+        anchors = load_anchors(own.anchors, flag, len(prompts)) if negatives else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(site_seed(c.seed, data.site.name))
             _inject(image, projection, text, c, c.rank_of(data.site.name))
         model = CrossModalModel(image, projection, text, prompts, own.logit_scale, multi_label, negatives,
-                                c.image_size, base_fingerprint)
+                                c.image_size, base_fingerprint, anchors, own.anchor_weight,
+                                site_seed(c.seed, data.site.name) + name_offset("anchors"))
         if update is not None:
             set_adapter(model, update)
         return model

@@ -1,0 +1,110 @@
+"""`fl-medlego variants`: comparisons run with different settings, set side by side, paired by seed.
+
+    fl-medlego variants today=cm_both image=cm_image anchors=cm_image_anchors --baseline today -o variants/
+
+Each folder is a `fl-medlego compare` of the same sites and seeds whose settings differ (a design choice,
+e.g. `cross-modal.towers`). For every row the folders share (a merge, one-shot or after R rounds) and each
+metric, the table gives the mean over sites and seeds, and each variant's difference to the baseline's
+same row, paired by seed (mean over sites per seed, then a 95 % Student interval over the seeds and the
+paired t-test's p): a variant wins only where the interval excludes 0. Writes variants.md and variants.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..files import atomic_path, write_text_atomic
+from .table import format_paired, paired_test
+
+METRICS = {"modality-share": "right modality", "union-acc": "union ACC", "acc": "own-prompt ACC", "auc": "AUC"}
+
+
+def _load(folder: Path) -> dict:
+    path = Path(folder) / "results.json"
+    if not path.is_file():
+        raise UserError(f"{folder} holds no results.json: name folders written by `fl-medlego compare -o`")
+    return json.loads(path.read_text())
+
+
+def _differing(settings: list[dict]) -> list[str]:
+    keys = set().union(*settings) - {"seed"}
+    return sorted(k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1)
+
+
+def site_means(results: dict, row: str, metric: str) -> dict[str, float]:
+    """seed -> the metric's mean over the row's sites (seeds where a site lacks it are left out)."""
+    out = {}
+    for seed, entry in results["rows"].get(row, {}).items():
+        values = [site.get(metric) for site in entry.get("test", {}).values()]
+        if values and all(v is not None for v in values):
+            out[seed] = float(np.mean(values))
+    return out
+
+
+def variant_rows(variants: dict[str, dict], baseline: str) -> list[dict]:
+    """One record per (row, variant): each metric's mean over sites and seeds and its paired difference to the
+    baseline's same row."""
+    shared = [row for row in variants[baseline]["rows"] if all(row in v["rows"] for v in variants.values())]
+    records = []
+    for row in shared:
+        for name, results in variants.items():
+            record = {"row": row, "variant": name}
+            for metric in METRICS:
+                mine = site_means(results, row, metric)
+                record[metric] = float(np.mean(list(mine.values()))) if mine else None
+                record[f"{metric} seeds"] = len(mine)
+                if name != baseline:
+                    record[f"{metric} vs {baseline}"] = paired_test(mine, site_means(variants[baseline], row, metric))
+            records.append(record)
+    return records
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    return format_paired(value) if isinstance(value, dict) else f"{value:.3f}"
+
+
+def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path) -> list[Path]:
+    if baseline not in folders:
+        raise UserError(f"--baseline {baseline!r} is none of the variants ({', '.join(folders)})")
+    variants = {name: _load(folder) for name, folder in folders.items()}
+    sites = {name: tuple(v["sites"]) for name, v in variants.items()}
+    if len(set(sites.values())) > 1:
+        raise UserError(f"the comparisons score different sites: {sites}")
+    records = variant_rows(variants, baseline)
+    differing = _differing([v["settings"] for v in variants.values()])
+    lines = [f"Variants of {', '.join(variants[baseline]['sites'])}; settings that differ: "
+             f"{', '.join(differing) or 'none'}.", ""]
+    for name, results in variants.items():
+        lines.append(f"- `{name}`: " + ", ".join(f"{k}={results['settings'].get(k)}" for k in differing)
+                     + f" ({len(results.get('seeds', []))} seeds: {results.get('seeds')})")
+    header = ["row", "variant", *METRICS.values(), *(f"{label} vs {baseline}" for label in
+                                                      ("right modality", "own-prompt ACC"))]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        cells = [r["row"], r["variant"], *(_cell(r[m]) for m in METRICS),
+                 *(_cell(r.get(f"{m} vs {baseline}")) if r["variant"] != baseline else "" for m in
+                   ("modality-share", "acc"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Means over the sites and seeds. `vs {baseline}`: the variant's mean over sites minus the "
+              f"baseline's, paired by seed, 95 % interval and paired t-test p (* below 0.05)."]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / "variants.md"
+    write_text_atomic(markdown, "\n".join(lines) + "\n")
+    table = out_dir / "variants.csv"
+    with atomic_path(table) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "variant", *(m for m in METRICS), *(f"{m} seeds" for m in METRICS),
+                         *(f"{m} vs {baseline} {k}" for m in METRICS for k in ("mean", "low", "high", "p"))])
+        for r in records:
+            paired = [(r.get(f"{m} vs {baseline}") or {}).get(k, "") for m in METRICS
+                      for k in ("mean", "low", "high", "p")]
+            writer.writerow([r["row"], r["variant"], *(r[m] for m in METRICS), *(r[f"{m} seeds"] for m in METRICS),
+                             *paired])
+    return [markdown, table]

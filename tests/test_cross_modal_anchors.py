@@ -1,0 +1,102 @@
+"""Anchors: public images of other modalities that a cross-modal site trains towards their own modality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fl_medlego.config import parse_run_config
+from fl_medlego.crossmodal import anchors as anchors_of
+from fl_medlego.crossmodal.prompts import class_prompts, vocabulary
+from fl_medlego.crossmodal.scoring import _text_embeddings
+from fl_medlego.errors import ConfigError
+from fl_medlego.site import load_site_data
+from fl_medlego.train import to_model_input
+
+TINY = {"kind": "cross-modal", "sites": "blood,pneumonia", "data.max-train": 24, "data.max-eval": 24,
+        "train.local-epochs": 1, "train.batch-size": 12, "lora.rank": 2, "cross-modal.towers": "image",
+        "cross-modal.anchors": "bundled"}
+
+
+def test_each_anchor_points_at_its_own_modalitys_prompts_among_the_training_logits():
+    anchors = anchors_of.load_anchors("bundled", "organamnist", 11)
+    spans = anchors_of.training_spans("organamnist", 11)
+    # the site's own prompts first, then the vocabulary in its order: the spans tile the training logits
+    assert list(spans)[0] == "organamnist" and spans["organamnist"] == (0, 11)
+    assert max(end for _, end in spans.values()) == 11 + len(vocabulary("organamnist"))
+    order = list(spans)
+    counts = {order[t]: n for t, n in enumerate(torch.bincount(anchors.targets, minlength=len(order)).tolist()) if n}
+    assert counts == {"bloodmnist": 128, "breastmnist": 128, "pneumoniamnist": 128}  # never its own modality
+    for flag in counts:
+        start, end = anchors.spans[order.index(flag)]
+        assert vocabulary("organamnist")[start - 11:end - 11] == class_prompts(flag)
+    assert anchors.images.dtype == torch.uint8 and anchors.images.shape[1:] == (28, 28, 3)  # grey repeated
+
+
+def test_no_anchors_when_off_or_for_a_site_with_its_own_images():
+    assert anchors_of.load_anchors("none", "bloodmnist", 8) is None
+    assert anchors_of.load_anchors("bundled", "", 3) is None
+
+
+def test_a_named_folder_is_read_and_a_wrong_one_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "dermamnist.npz", train_images=rng.integers(0, 255, (300, 28, 28, 3), dtype=np.uint8))
+    np.savez(tmp_path / "notes.npz", train_images=np.zeros((2, 28, 28), np.uint8))  # not a supported set: ignored
+    anchors = anchors_of.load_anchors(str(tmp_path), "bloodmnist", 8)
+    assert len(anchors.targets) == anchors_of.PER_MODALITY  # 300 drawn down to 128
+    with pytest.raises(ValueError, match="no such folder"):
+        anchors_of.load_anchors(str(tmp_path / "missing"), "bloodmnist", 8)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no <flag>.npz of a supported set"):
+        anchors_of.load_anchors(str(empty), "bloodmnist", 8)
+
+
+def test_anchors_need_the_vocabulary_negatives():
+    with pytest.raises(ConfigError, match="cross-modal.negatives='vocabulary'"):
+        parse_run_config({**TINY, "cross-modal.negatives": "none"})
+
+
+def test_the_anchor_term_trains_the_image_side_and_is_taken_once():
+    cfg = parse_run_config(TINY)
+    blood = load_site_data(cfg, "blood")
+    model = cfg.kind_site().build_model(blood, None, None)
+    assert model.anchors is not None and len(model.anchors.targets) == 3 * 128
+    model.train()
+    x = torch.zeros(4, 3, 28, 28)
+    model(x)
+    term = model.take_auxiliary_loss()
+    assert term is not None and term.ndim == 0 and torch.isfinite(term) and term > 0
+    assert model.take_auxiliary_loss() is None  # one step adds it once
+    term.backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
+    assert any(g is not None and torch.count_nonzero(g) for g in grads)
+    model.eval()
+    model(x)
+    assert model.take_auxiliary_loss() is None  # evaluation never scores anchors
+    off = parse_run_config({**TINY, "cross-modal.anchors": "none"}).kind_site().build_model(blood, None, None)
+    off.train()
+    off(x)
+    assert off.anchors is None and off.take_auxiliary_loss() is None
+
+
+@pytest.mark.training
+def test_a_site_trained_with_anchors_claims_fewer_foreign_images():
+    """The point of anchors, on a small scale: a blood site trained with them sends fewer of the other
+    modalities' anchor images to its own prompts than one trained without (same seed, same data)."""
+    shares = {}
+    for source in ("none", "bundled"):
+        cfg = parse_run_config({**TINY, "cross-modal.anchors": source, "data.max-train": 96,
+                                "train.local-epochs": 2, "train.batch-size": 16, "lora.rank": 4})
+        blood = load_site_data(cfg, "blood")
+        site = cfg.kind_site()
+        model = site.build_model(blood, site.train(blood, None, None).update, None)
+        foreign = anchors_of.load_anchors("bundled", "bloodmnist", 8)
+        model.eval()
+        with torch.no_grad():
+            embedded = model.embed_images(to_model_input(foreign.images, 28))
+            prompts = class_prompts("bloodmnist") + vocabulary("bloodmnist")
+            top = (embedded @ _text_embeddings(model, prompts).T).argmax(dim=1)
+        shares[source] = float((top < 8).float().mean())
+    assert shares["bundled"] < shares["none"] - 0.2, shares
