@@ -17,8 +17,9 @@ from fl_medlego.lora import adapter_updates
 from fl_medlego.merging import list_merges
 from fl_medlego.site import load_site_data
 
+# Both towers adapted (MedCT-VLM's design; the default adapts the image side only): these tests cover every part.
 TINY = {"kind": "cross-modal", "sites": "blood,pneumonia", "data.max-train": 24, "data.max-eval": 24,
-        "train.local-epochs": 1, "train.batch-size": 12, "lora.rank": 2}
+        "train.local-epochs": 1, "train.batch-size": 12, "lora.rank": 2, "cross-modal.towers": "both"}
 
 
 @pytest.fixture(scope="module")

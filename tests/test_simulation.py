@@ -59,13 +59,14 @@ def test_a_private_flower_simulation_states_each_sites_epsilon(tmp_path):
 
 
 def test_a_cross_modal_flower_simulation_is_head_free_and_reports_the_generalist_tests(tmp_path):
-    """scenarios/cross_modal in a real `flwr run`: both towers' factors travel and merge, each site scores with
-    prompts; the merged adapter saved by the server spans the image tower, the projection and the text tower."""
+    """scenarios/cross_modal in a real `flwr run`: the image side's factors travel and merge (the default
+    cross-modal.towers='image'), each site scores with prompts; the merged adapter saved by the server spans the
+    image tower and the projection, and the text tower stays the shared frozen one."""
     run_dir, summary = _tiny_run(tmp_path, "", scenario="cross_modal", timeout_s=480)
     assert set(summary["sites"]) == {"breast", "pneumonia"}
     assert_summary_reports_what_the_sites_evaluated(run_dir, summary,
                                                     ("acc", cm.MODALITY_SHARE, cm.UNSEEN_PREFIX + "acc"))
     config_file = json.loads((run_dir / "round-002" / "adapter" / "adapter_config.json").read_text())
     assert config_file["base_model_name_or_path"] == "vit_medmnist_28+all-MiniLM-L6-v2"
-    assert {name.split(".")[0] for name in config_file["ranks"]} == {"image", "projection", "text"}
+    assert {name.split(".")[0] for name in config_file["ranks"]} == {"image", "projection"}
     assert "right modality" in (run_dir / "summary.md").read_text()

@@ -53,13 +53,14 @@ class CrossModalModel(nn.Module):
     negatives: other prompts scored in training only (their logits follow the site's classes, so class
     indices stay the same and a cross-entropy target never points at one);
     anchors: other modalities' public images (anchors.py), scored in training against the same prompts and
-    pulled towards their own modality, with weight `anchor_weight` and batches drawn from `anchor_seed`.
+    pulled towards their own modality, with weight `anchor_weight`; each step's anchors are drawn from the
+    process's generator, which local training seeds from (run seed, site, round) as it does for dropout.
     """
 
     def __init__(self, image: nn.Module, projection: nn.Module, text: nn.Module, prompts: list[str],
                  logit_scale: float, multi_label: bool = False, negatives: list[str] | None = None,
                  image_size: int = 28, base_fingerprint: str = "", anchors: Anchors | None = None,
-                 anchor_weight: float = 1.0, anchor_seed: int = 0) -> None:
+                 anchor_weight: float = 1.0) -> None:
         super().__init__()
         self.image, self.projection, self.text = image, projection, text
         self.logit_scale, self.multi_label = float(logit_scale), multi_label
@@ -70,7 +71,6 @@ class CrossModalModel(nn.Module):
         if anchors is not None and self._negative_tokens is None:
             raise ValueError("anchors are scored against the vocabulary negatives: they need negatives")
         self.anchors, self.anchor_weight = anchors, float(anchor_weight)
-        self._anchor_draws = torch.Generator().manual_seed(anchor_seed)
         self._anchor_loss: torch.Tensor | None = None
 
     def use_prompts(self, prompts: list[str]) -> None:
@@ -130,7 +130,7 @@ class CrossModalModel(nn.Module):
 
     def _anchor_term(self, count: int, device: torch.device) -> torch.Tensor:
         """Cross-entropy of `count` anchors over modalities, each modality's score the log-sum-exp of its prompts'."""
-        rows = torch.randint(len(self.anchors.targets), (count,), generator=self._anchor_draws)
+        rows = torch.randint(len(self.anchors.targets), (count,))
         embedded = self.embed_images(to_model_input(self.anchors.images[rows].to(device), self.image_size))
         prompts = torch.cat([self._prompt_embeddings(), self._negative_embeddings()])
         logits = self.logit_scale * (embedded @ prompts.T)

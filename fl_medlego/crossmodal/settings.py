@@ -23,8 +23,9 @@ class CrossModalSettings:
         tower's lora.init-std, 0.09 ~ 1/sqrt(128), is for width 128).
     logit_scale: the fixed inverse temperature of the cosine similarities (not trained: it would be one
         more tensor to merge, and a per-site temperature does not survive a merge).
-    towers: which side adapts. "both" (MedCT-VLM's design); "image": the image tower and the projection, the
-        text tower frozen, so every site scores against one shared prompt space; "text": the text tower only.
+    towers: which side adapts. "image" (the default): the image tower and the projection, the text tower frozen,
+        so every site scores against one shared prompt space; "both" (MedCT-VLM's design); "text": the text
+        tower only.
     negatives: "vocabulary" also scores each training image against every other supported modality's
         class prompts (public label names), so that training separates modalities; "none" ranks only
         the site's own prompts (then nothing tells a blood smear from a chest x-ray).
@@ -43,12 +44,12 @@ class CrossModalSettings:
                                    "(~1/sqrt(384), its width)", above=0)
     logit_scale: float = setting(30.0, "cross-modal sites: fixed inverse temperature of the image-prompt cosine "
                                  "similarities", above=0)
-    towers: str = setting(TOWERS[0], "cross-modal sites: which side gets SVD-LoRA ('image' = image tower and "
+    towers: str = setting("image", "cross-modal sites: which side gets SVD-LoRA ('image' = image tower and "
                           "projection, text tower frozen; 'text' = text tower only)", choices=TOWERS)
     negatives: str = setting(NEGATIVES[0], "cross-modal sites: other modalities' class prompts as training "
                              "negatives ('none' = off)", choices=NEGATIVES)
 
-    anchors: str = setting("none", "cross-modal sites: public images of other modalities trained towards their "
+    anchors: str = setting("bundled", "cross-modal sites: public images of other modalities trained towards their "
                            "own modality ('bundled', a folder of MedMNIST <flag>.npz files, or 'none')", nonempty=True)
     anchor_weight: float = setting(1.0, "cross-modal sites: weight of the anchor term beside the site's own loss",
                                    above=0)

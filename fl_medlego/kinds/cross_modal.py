@@ -139,8 +139,7 @@ class CrossModalSite(AdapterSite):
             torch.manual_seed(site_seed(c.seed, data.site.name))
             _inject(image, projection, text, c, c.rank_of(data.site.name))
         model = CrossModalModel(image, projection, text, prompts, own.logit_scale, multi_label, negatives,
-                                c.image_size, base_fingerprint, anchors, own.anchor_weight,
-                                site_seed(c.seed, data.site.name) + name_offset("anchors"))
+                                c.image_size, base_fingerprint, anchors, own.anchor_weight)
         if update is not None:
             set_adapter(model, update)
         return model
