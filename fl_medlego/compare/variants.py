@@ -22,6 +22,7 @@ from ..files import atomic_path, write_text_atomic
 from .table import format_paired, paired_test
 
 METRICS = {"modality-share": "right modality", "union-acc": "union ACC", "acc": "own-prompt ACC", "auc": "AUC"}
+PAIRED_COLUMNS = ("modality-share", "union-acc", "acc")  # the paired differences variants.md shows (the csv: all)
 
 
 def _load(folder: Path) -> dict:
@@ -82,15 +83,14 @@ def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path) -> l
     lines = [f"Variants of {', '.join(variants[baseline]['sites'])}; settings that differ: "
              f"{', '.join(differing) or 'none'}.", ""]
     for name, results in variants.items():
+        measured = sorted({int(seed) for row in results["rows"].values() for seed in row})
         lines.append(f"- `{name}`: " + ", ".join(f"{k}={results['settings'].get(k)}" for k in differing)
-                     + f" ({len(results.get('seeds', []))} seeds: {results.get('seeds')})")
-    header = ["row", "variant", *METRICS.values(), *(f"{label} vs {baseline}" for label in
-                                                      ("right modality", "own-prompt ACC"))]
+                     + f" (rows measured on seeds {measured}; each row's seeds are in variants.csv)")
+    header = ["row", "variant", *METRICS.values(), *(f"{METRICS[m]} vs {baseline}" for m in PAIRED_COLUMNS)]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         cells = [r["row"], r["variant"], *(_cell(r[m]) for m in METRICS),
-                 *(_cell(r.get(f"{m} vs {baseline}")) if r["variant"] != baseline else "" for m in
-                   ("modality-share", "acc"))]
+                 *(_cell(r.get(f"{m} vs {baseline}")) if r["variant"] != baseline else "" for m in PAIRED_COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Means over the sites and seeds. `vs {baseline}`: the variant's mean over sites minus the "
               f"baseline's, paired by seed, 95 % interval and paired t-test p (* below 0.05)."]
