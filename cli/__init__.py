@@ -177,9 +177,13 @@ def _named_folder(text: str) -> tuple[str, Path]:
 def cmd_variants(args: argparse.Namespace) -> int:
     from fl_medlego.compare.variants import render_variants
 
+    names = [name for name, _ in args.variants]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"variant names {repeated} are given twice: each NAME=FOLDER needs its own NAME")
     with as_user_error():
         paths = render_variants(dict(args.variants), args.baseline, Path(args.output))
-    console.print(paths[0].read_text())
+    console.print(paths[0].read_text(), markup=False)
     console.print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -100,3 +100,35 @@ def test_a_site_trained_with_anchors_claims_fewer_foreign_images():
             top = (embedded @ _text_embeddings(model, prompts).T).argmax(dim=1)
         shares[source] = float((top < 8).float().mean())
     assert shares["bundled"] < shares["none"] - 0.2, shares
+
+
+def test_sets_of_the_same_modality_are_never_a_sites_anchors(tmp_path):
+    """organA/C/S are views of the same CT volumes, chest and pneumonia both chest x-rays: a site of one must not
+    learn to disown the others' images."""
+    rng = np.random.default_rng(0)
+    for flag in ("organcmnist", "organsmnist", "chestmnist", "bloodmnist"):
+        np.savez(tmp_path / f"{flag}.npz", train_images=rng.integers(0, 255, (8, 28, 28), dtype=np.uint8))
+    order = list(anchors_of.training_spans("organamnist", 11))
+    anchors = anchors_of.load_anchors(str(tmp_path), "organamnist", 11)
+    assert {order[t] for t in anchors.targets.tolist()} == {"chestmnist", "bloodmnist"}
+    order = list(anchors_of.training_spans("pneumoniamnist", 2))
+    anchors = anchors_of.load_anchors(str(tmp_path), "pneumonia", 2)
+    assert {order[t] for t in anchors.targets.tolist()} == {"organcmnist", "organsmnist", "bloodmnist"}
+
+
+def test_a_blank_anchor_source_is_refused():
+    with pytest.raises(ConfigError, match="cross-modal.anchors"):
+        parse_run_config({**TINY, "cross-modal.anchors": " "})
+
+
+def test_dp_sgd_steps_refuse_a_model_with_an_auxiliary_loss():
+    from fl_medlego.privacy.dpsgd import PrivateSteps
+
+    class WithTerm(torch.nn.Module):
+        def take_auxiliary_loss(self):
+            return torch.tensor(1.0)
+
+    steps = PrivateSteps.__new__(PrivateSteps)  # only the check before any Opacus state is reached
+    steps.model = WithTerm()
+    with pytest.raises(ValueError, match="auxiliary loss"):
+        steps.step(torch.tensor(0.0))

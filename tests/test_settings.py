@@ -18,7 +18,7 @@ KEYS = [s.key for s in SETTINGS]
 # Values a setting's own check refuses, for the settings whose allowed values a check decides (not a range).
 REFUSED_BY_CHECK = {
     "sites": "bloood", "strategy": "medlgo", "kind": "crossmodal", "site-nodes": "blood:12",
-    "model.name": "nonexistent_model", "train.device": "gpu", "guard.norm-factor": 0.5,
+    "model.name": "nonexistent_model", "train.device": "gpu", "guard.norm-factor": 0.5, "cross-modal.anchors": " ",
 }
 
 

@@ -48,3 +48,10 @@ def test_different_sites_or_an_unknown_baseline_are_refused(tmp_path):
         render_variants({"a": base, "b": other}, "c", tmp_path / "out")
     with pytest.raises(UserError, match="holds no results.json"):
         render_variants({"a": base, "b": tmp_path}, "a", tmp_path / "out")
+
+
+def test_a_name_given_twice_is_refused(tmp_path, capsys):
+    base = comparison(tmp_path / "a", "both", {0: (0.4, 0.6)})
+    assert main(["variants", f"a={base}", f"a={base}", "--baseline", "a", "-o", str(tmp_path / "out")]) == 2
+    printed = capsys.readouterr()
+    assert "given twice" in printed.err + printed.out

@@ -71,6 +71,11 @@ def _cell(value) -> str:
     return format_paired(value) if isinstance(value, dict) else f"{value:.3f}"
 
 
+def _mean_cell(value: float | None, seeds: int, most: int) -> str:
+    """A mean, with its number of seeds where it has fewer than the table's best-measured rows."""
+    return _cell(value) + (f" ({seeds} seed{'s' if seeds > 1 else ''})" if value is not None and seeds < most else "")
+
+
 def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path) -> list[Path]:
     if baseline not in folders:
         raise UserError(f"--baseline {baseline!r} is none of the variants ({', '.join(folders)})")
@@ -88,11 +93,13 @@ def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path) -> l
                      + f" (rows measured on seeds {measured}; each row's seeds are in variants.csv)")
     header = ["row", "variant", *METRICS.values(), *(f"{METRICS[m]} vs {baseline}" for m in PAIRED_COLUMNS)]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    most = max((r[f"{m} seeds"] for r in records for m in METRICS), default=0)
     for r in records:
-        cells = [r["row"], r["variant"], *(_cell(r[m]) for m in METRICS),
+        cells = [r["row"], r["variant"], *(_mean_cell(r[m], r[f"{m} seeds"], most) for m in METRICS),
                  *(_cell(r.get(f"{m} vs {baseline}")) if r["variant"] != baseline else "" for m in PAIRED_COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Means over the sites and seeds. `vs {baseline}`: the variant's mean over sites minus the "
+    lines += ["", "Means over the sites and seeds (a mean over fewer seeds than the others says how many). "
+              f"`vs {baseline}`: the variant's mean over sites minus the "
               f"baseline's, paired by seed, 95 % interval and paired t-test p (* below 0.05)."]
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "variants.md"

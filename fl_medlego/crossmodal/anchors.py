@@ -12,8 +12,9 @@ routing from the same public images, so the merge adds pulls that agree. Class l
 Sources (`cross-modal.anchors`): "none"; "bundled" (128 MedMNIST training images of blood, breast, organA
 and pneumonia shipped in `anchors/`, none a test image); or a folder of MedMNIST-layout `<flag>.npz` files
 (`train_images`), e.g. a MedMNIST root, from which 128 images of each set are drawn with a fixed seed.
-A site never uses anchors of its own modality; a site with its own images trains without anchors (its
-modality is not named, and anchors of its own modality would teach it to disown its images).
+A site never uses anchors of its own modality (nor of a set of the same modality: organA/C/S, chest and
+pneumonia); a site with its own images trains without anchors (its modality is not named, and anchors of
+its own modality would teach it to disown its images), and so does a multi-label site (it has no negatives).
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ from .prompts import class_prompts, supported_flags
 NONE, BUNDLED = "none", "bundled"
 BUNDLED_FOLDER = Path(__file__).parent / "anchors"
 PER_MODALITY = 128  # images drawn from each set of a folder the user names (the bundled files hold 128)
+# Sets that show the same modality: a site of one never uses the others' images as anchors (it would learn to
+# disown images like its own). organA/C/S are views of the same CT volumes; ChestMNIST and PneumoniaMNIST
+# are both chest x-rays.
+SAME_MODALITY = ({"organamnist", "organcmnist", "organsmnist"}, {"chestmnist", "pneumoniamnist"})
+
+
+def own_modality(flag: str) -> set[str]:
+    """The sets whose images are of the same modality as `flag`'s, `flag` included."""
+    return next((group for group in SAME_MODALITY if flag in group), {flag})
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ def load_anchors(source: str, own_flag: str, own_prompts: int) -> Anchors | None
     if source == NONE or not own_flag:
         return None
     own = canonical_flag(own_flag)
-    images = {f: a for f, a in _read(_folder(source)).items() if f != own}
+    images = {f: a for f, a in _read(_folder(source)).items() if f not in own_modality(own)}
     if not images:
         return None  # the folder holds this site's own modality only
     spans = training_spans(own, own_prompts)

@@ -83,7 +83,7 @@ class CrossModalModel(nn.Module):
 
     def train(self, mode: bool = True) -> CrossModalModel:
         # A new epoch (train) or an evaluation (eval) starts: text embeddings computed before are stale.
-        self._cached, self._negatives = None, None
+        self._cached, self._negatives, self._anchor_loss = None, None, None
         super().train(mode)
         for side in self._frozen_sides():  # a side without adapters is fixed: no dropout, one encoding
             side.eval()
@@ -133,9 +133,9 @@ class CrossModalModel(nn.Module):
         rows = torch.randint(len(self.anchors.targets), (count,))
         embedded = self.embed_images(to_model_input(self.anchors.images[rows].to(device), self.image_size))
         prompts = torch.cat([self._prompt_embeddings(), self._negative_embeddings()])
-        logits = self.logit_scale * (embedded @ prompts.T)
+        logits = self.logit_scale * (embedded @ prompts.T).float()  # log-sum-exp in float32 under bf16 autocast
         modality = torch.stack([logits[:, a:b].logsumexp(dim=1) for a, b in self.anchors.spans], dim=1)
-        return F.cross_entropy(modality.float(), self.anchors.targets[rows].to(device))
+        return F.cross_entropy(modality, self.anchors.targets[rows].to(device))
 
     def take_auxiliary_loss(self) -> torch.Tensor | None:
         """The anchor term of the last training forward, once (the training step adds it to the task loss)."""

@@ -9,6 +9,11 @@ from ..errors import ConfigError
 from ..settings import check_group, setting
 
 NEGATIVES = ("vocabulary", "none")
+
+
+def _not_blank(value: str) -> None:
+    if not value.strip():  # a blank path would read whatever <flag>.npz files the working folder holds
+        raise ValueError("give 'bundled', 'none' or a folder of MedMNIST <flag>.npz files")
 TOWERS = ("both", "image", "text")
 
 
@@ -50,7 +55,8 @@ class CrossModalSettings:
                              "negatives ('none' = off)", choices=NEGATIVES)
 
     anchors: str = setting("bundled", "cross-modal sites: public images of other modalities trained towards their "
-                           "own modality ('bundled', a folder of MedMNIST <flag>.npz files, or 'none')", nonempty=True)
+                           "own modality ('bundled', a folder of MedMNIST <flag>.npz files, or 'none')",
+                           check=_not_blank)
     anchor_weight: float = setting(1.0, "cross-modal sites: weight of the anchor term beside the site's own loss",
                                    above=0)
 

@@ -164,9 +164,12 @@ class CrossModalSite(AdapterSite):
 @register_kind
 class CrossModalKind(AdapterKind):
     name = "cross-modal"
-    summary = "SVD-LoRA in the image and the text tower of a CLIP-style pair; classes are text prompts, no head"
+    summary = ("SVD-LoRA in a CLIP-style pair (the image side by default, cross-modal.towers); classes are text "
+               "prompts, no head")
     specialist_label = "cross-modal SVD-LoRA"
-    supports_privacy = False  # the text tower's gradients are over prompts, not over a site's examples
+    # A text tower's gradients are over prompts, not over a site's examples, and the anchors' term is over public
+    # images: per-example clipping of a site's images would bound neither.
+    supports_privacy = False
     # The union and unseen-prompt tests (crossmodal/scoring.py), and the test split's majority-class rate.
     evaluate_metrics = (*metrics.GENERALIST_METRICS, *AdapterKind.evaluate_metrics)
     metric_schema = metrics.SCHEMA

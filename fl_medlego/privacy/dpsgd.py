@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..lora import orthogonality_penalty
-from ..train import TrainConfig
+from ..train import TrainConfig, auxiliary_loss
 from .accountant import PrivacyLedger
 from .settings import PrivacySettings
 
@@ -55,6 +55,8 @@ class PrivateSteps:
         return self.wrapped(images)
 
     def step(self, loss: torch.Tensor) -> None:
+        if auxiliary_loss(self.model) is not None:  # per-example clipping would not bound it: never train so
+            raise ValueError("DP-SGD cannot train a model with an auxiliary loss (cross-modal anchors)")
         self.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():  # the images need no gradient: Opacus's hooks only read the layers'
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
