@@ -74,6 +74,8 @@ def test_every_2d_medmnist_set_has_prompts(flag):
     site = prompts.site_prompts(flag)
     assert len(site) == len(names) * (2 if prompts.is_multi_label(flag) else 1) and len(set(site)) == len(site)
     assert prompts.unseen_templates(flag) and prompts.TEMPLATES[flag].train not in prompts.unseen_templates(flag)
+    assert prompts.ensemble_templates(flag)[0] == prompts.TEMPLATES[flag].train
+    assert "{}" not in prompts.modality_prompt(flag)
     assert not set(prompts.class_prompts(flag)) & set(prompts.vocabulary(flag))  # negatives are other modalities'
 
 
@@ -169,6 +171,44 @@ def test_centred_scores_shift_each_class_and_keep_a_two_class_ranking(cfg):
     assert set(metrics_of.CENTRED_METRICS) <= set(metrics)
     assert metrics[metrics_of.CENTRED_PREFIX + "auc"] == pytest.approx(metrics["auc"], abs=1e-9)
     assert not set(metrics_of.CENTRED_METRICS) & set(cfg.kind_site().evaluate(pneumonia, update, {}, "val"))
+    # one factor on two logits keeps a two-class ranking too; the loss is the one at the validation's best factor
+    assert metrics[metrics_of.TEMPERED_PREFIX + "auc"] == pytest.approx(metrics["auc"], abs=1e-9)
+    assert set(metrics_of.GENERALIST_METRICS) <= set(metrics)
+
+
+def test_the_temperature_is_the_grid_factor_with_the_lowest_validation_loss():
+    """Confident right logits want the largest factor, logits unrelated to the labels the smallest."""
+    from fl_medlego.crossmodal.scoring import TEMPERATURE_GRID, best_temperature
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(3, (200, 1), generator=g)
+    right = torch.nn.functional.one_hot(labels[:, 0], 3).float() * 0.5  # small, so no factor saturates the loss
+    assert best_temperature(right, labels, "multi-class") == max(TEMPERATURE_GRID)
+    noise = torch.randn(200, 3, generator=g) * 5.0
+    assert best_temperature(noise, labels, "multi-class") == min(TEMPERATURE_GRID)
+    assert 1.0 in TEMPERATURE_GRID  # the untempered scores are a candidate
+    # a mix: mostly right with some confident mistakes has its best factor inside the grid
+    mixed = right.clone()
+    mixed[:40] = mixed[:40].roll(1, dims=1)
+    assert min(TEMPERATURE_GRID) < best_temperature(mixed, labels, "multi-class") < max(TEMPERATURE_GRID)
+
+
+def test_a_prompt_ensemble_is_each_class_averaged_over_the_sets_templates(monkeypatch):
+    from fl_medlego.crossmodal import scoring
+
+    seen = []
+
+    def embed(model, ps):  # one direction per template, the same for every class of it
+        seen.append(ps)
+        templates = prompts.ensemble_templates("breast")
+        first = prompts.class_names("breast")[0]
+        template = next(i for i, t in enumerate(templates) if ps[0] == t.format(first))
+        return torch.eye(4)[[template] * len(ps)]
+
+    monkeypatch.setattr(scoring, "_text_embeddings", embed)
+    ensemble = scoring.ensemble_embeddings(None, "breast")
+    assert len(seen) == len(prompts.ensemble_templates("breast")) == 3
+    assert torch.allclose(ensemble, torch.tensor([[1, 1, 1, 0]] * 2) / 3 ** 0.5)
 
 
 def test_scores_stay_float32_under_bf16_autocast(cfg, blood):

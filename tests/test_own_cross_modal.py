@@ -3,6 +3,7 @@ prompts (what the coordinator never needs: prompts are built at the site); held-
 the union of labels counts it (the run's MedMNIST blocks and its own)."""
 
 import csv
+from types import SimpleNamespace
 
 import pytest
 
@@ -78,15 +79,44 @@ def test_the_union_of_labels_finds_each_images_block_and_class(monkeypatch):
     blocks = [["a0", "a1", "a2"], ["b0", "b1"], ["own0", "own1"]]
     prompts = [p for block in blocks for p in block]
     directions = torch.eye(len(prompts))
-    monkeypatch.setattr(scoring, "_text_embeddings", lambda model, ps: directions[[prompts.index(p) for p in ps]])
+    # the modality names of two-stage routing: own's points at own0 only, so an image like own1 is named "a"
+    # (all names score 0 for it: the first wins)
+    names = {"name-a": directions[:3].sum(0) / 3 ** 0.5, "name-b": directions[3:5].sum(0) / 2 ** 0.5,
+             "name-own": directions[5]}
+    monkeypatch.setattr(scoring, "_text_embeddings",
+                        lambda model, ps: torch.stack([names[p] if p in names else directions[prompts.index(p)]
+                                                       for p in ps]))
     # four images of the own block (labels 0, 1, 1, 0): tops own0 (right), own1 (right), own0 (wrong class,
     # right block), a2 (wrong block)
     images = directions[[5, 6, 5, 2]]
     labels = torch.tensor([0, 1, 1, 0])
-    scores = scoring.union_of_labels(None, images, labels, blocks, own=2)
-    assert scores == {metrics_of.UNION_ACC: 0.5, metrics_of.MODALITY_SHARE: 0.75}
+    model = SimpleNamespace(logit_scale=30.0)
+    scores = scoring.union_of_labels(model, images, labels, blocks, own=2)
+    # pooled routing picks the block of each image's top prompt here (one prompt at 30, the rest at 0), and the
+    # class inside the own block is right for images 0 and 1 only
+    assert scores == {metrics_of.UNION_ACC: 0.5, metrics_of.MODALITY_SHARE: 0.75,
+                      "pooled-route-share": 0.75, "pooled-route-acc": 0.5}
+    named = scoring.union_of_labels(model, images, labels, blocks, own=2, names=list(names))
+    assert named["named-route-share"] == 0.5 and named["named-route-acc"] == 0.25  # images 0, 2 named own; 0 right
     # the same images read as block b's (own=1): prompts 3 and 4 are b's, so none is inside it
-    assert scoring.union_of_labels(None, images, labels, blocks, own=1)[metrics_of.MODALITY_SHARE] == 0.0
+    b = scoring.union_of_labels(model, images, labels, blocks, own=1)
+    assert b[metrics_of.MODALITY_SHARE] == 0.0 and b["pooled-route-share"] == 0.0
+
+
+def test_pooled_routing_can_choose_a_block_whose_prompts_agree_over_a_single_top_prompt(monkeypatch):
+    """Two-stage routing's pooled score is a log-sum-exp per block: a block whose prompts all score high beats a
+    block with one slightly higher prompt, which the flat union's argmax would pick."""
+    import torch
+
+    from fl_medlego.crossmodal import scoring
+
+    blocks = [["a0", "a1", "a2"], ["b0"]]
+    cosine = {"a0": 0.9, "a1": 0.9, "a2": 0.9, "b0": 0.92}  # of the one image with each prompt
+    monkeypatch.setattr(scoring, "_text_embeddings", lambda model, ps: torch.tensor([[cosine[p]] for p in ps]))
+    scores = scoring.union_of_labels(SimpleNamespace(logit_scale=30.0), torch.ones(1, 1), torch.tensor([0]), blocks,
+                                     own=0)
+    assert scores[metrics_of.MODALITY_SHARE] == 0.0  # the flat argmax: b0
+    assert scores["pooled-route-share"] == 1.0 and scores["pooled-route-acc"] == 1.0  # 30*0.9 + log 3 > 30*0.92
 
 
 def test_a_prompt_shared_word_for_word_with_a_medmnist_set_counts_as_the_sites_own():

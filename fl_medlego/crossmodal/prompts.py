@@ -42,38 +42,51 @@ CLEAN_LABELS: dict[str, dict[str, str]] = {
 class Templates:
     train: str  # the one prompt template sites train with
     unseen: tuple[str, ...]  # paraphrases never seen in training (the unseen-prompt test)
+    modality: str  # the modality's public name as a prompt (the first stage of two-stage routing)
 
 
 # "{}" is the cleaned label. The modality word is in every template: it is what tells modalities apart.
 TEMPLATES: dict[str, Templates] = {
     "bloodmnist": Templates("a blood cell microscopy image, cell type: {}.",
                             ("a peripheral blood smear showing this cell: {}.",
-                             "stained blood cell under a microscope: {}.")),
+                             "stained blood cell under a microscope: {}."),
+                            "a blood cell microscopy image."),
     "breastmnist": Templates("a breast ultrasound image of {}.",
-                             ("breast sonography showing {}.", "an ultrasound scan of the breast with {}.")),
+                             ("breast sonography showing {}.", "an ultrasound scan of the breast with {}."),
+                             "a breast ultrasound image."),
     "organamnist": Templates("an axial abdominal CT slice of the {}.",
                              ("a computed tomography image, axial view, showing the {}.",
-                              "axial CT of the abdomen centred on the {}.")),
+                              "axial CT of the abdomen centred on the {}."),
+                             "an axial abdominal CT slice."),
     "organcmnist": Templates("a coronal abdominal CT slice of the {}.",
                              ("a computed tomography image, coronal view, showing the {}.",
-                              "coronal CT of the abdomen centred on the {}.")),
+                              "coronal CT of the abdomen centred on the {}."),
+                             "a coronal abdominal CT slice."),
     "organsmnist": Templates("a sagittal abdominal CT slice of the {}.",
                              ("a computed tomography image, sagittal view, showing the {}.",
-                              "sagittal CT of the abdomen centred on the {}.")),
+                              "sagittal CT of the abdomen centred on the {}."),
+                             "a sagittal abdominal CT slice."),
     "pneumoniamnist": Templates("a pediatric chest x-ray of {}.",
-                                ("a chest radiograph of a child showing {}.", "a frontal chest x-ray with {}.")),
+                                ("a chest radiograph of a child showing {}.", "a frontal chest x-ray with {}."),
+                                "a pediatric chest x-ray."),
     "chestmnist": Templates("a chest x-ray showing {}.",
-                            ("a frontal chest radiograph with {}.", "chest radiography: {}.")),
+                            ("a frontal chest radiograph with {}.", "chest radiography: {}."),
+                            "a chest x-ray."),
     "dermamnist": Templates("a dermatoscopy image of {}.",
-                            ("a dermoscopic photograph of a skin lesion: {}.", "skin lesion imaging showing {}.")),
+                            ("a dermoscopic photograph of a skin lesion: {}.", "skin lesion imaging showing {}."),
+                            "a dermatoscopy image of a skin lesion."),
     "pathmnist": Templates("a colorectal histopathology image of {}.",
-                           ("an H&E stained colon tissue patch showing {}.", "histology of colorectal tissue: {}.")),
+                           ("an H&E stained colon tissue patch showing {}.", "histology of colorectal tissue: {}."),
+                           "a colorectal histopathology image."),
     "octmnist": Templates("a retinal OCT scan showing {}.",
-                          ("optical coherence tomography of the retina with {}.", "an OCT B-scan showing {}.")),
+                          ("optical coherence tomography of the retina with {}.", "an OCT B-scan showing {}."),
+                          "a retinal OCT scan."),
     "retinamnist": Templates("a retinal fundus photograph with {}.",
-                             ("a fundus image of the eye showing {}.", "retinal photography: {}.")),
+                             ("a fundus image of the eye showing {}.", "retinal photography: {}."),
+                             "a retinal fundus photograph."),
     "tissuemnist": Templates("a kidney cortex microscopy image of {}.",
-                             ("a microscopy image of renal tissue showing {}.", "kidney histology: {}.")),
+                             ("a microscopy image of renal tissue showing {}.", "kidney histology: {}."),
+                             "a kidney cortex microscopy image."),
 }
 NEGATION = "no {}"  # CT-CLIP's "not {pathology}" pair prompt, worded as a report would
 
@@ -142,3 +155,13 @@ def vocabulary(exclude: str = "") -> list[str]:
     A site with its own images (exclude="") gets every supported modality's."""
     own = canonical_flag(exclude) if exclude else ""
     return [p for flag in supported_flags() if flag != own for p in class_prompts(flag)]
+
+
+def modality_prompt(flag: str) -> str:
+    """The modality's public name as a prompt ("a pediatric chest x-ray."): two-stage routing's first stage."""
+    return _templates(flag).modality
+
+
+def ensemble_templates(flag: str) -> tuple[str, ...]:
+    """Every template of a set, the training one first: a prompt ensemble averages a class over them."""
+    return (_templates(flag).train, *_templates(flag).unseen)

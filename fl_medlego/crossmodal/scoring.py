@@ -13,7 +13,14 @@ generalist tests cost a text encoding each, not another pass of the image tower.
   hospital's class names never leave that hospital, so no site sees them);
 - centred scores (with a calibration split, the site's validation images): each class's logit minus its
   mean over those images, labels unused. A merge that shrinks every update moves all images towards the
-  same prompt; centring undoes that shift at the site, with C numbers that never leave it.
+  same prompt; centring undoes that shift at the site, with C numbers that never leave it;
+- tempered scores (the same calibration split, labels used): the own-prompt logits times the factor, from a
+  fixed grid, that minimises the loss on it. ACC does not move (one factor for every class); loss and AUROC do;
+- prompt ensembles (CLIP's practice): each class prompt's embedding averaged over every template of its set
+  (the training one and the paraphrases), scored as the own prompts are;
+- two-stage routing over the union: first the modality, then the class among that modality's prompts.
+  "pooled": a modality scores the log-sum-exp of its class prompts' logits (the quantity anchors train);
+  "named": the modality's public name as a prompt ("a pediatric chest x-ray."), MedMNIST sets only.
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ from ..data.sites import Split
 from ..device import autocast, placed, resolve_device, resolve_precision, to_device
 from ..metrics import MULTI_LABEL, classification_metrics
 from ..train import task_loss, to_model_input
-from .metrics import CENTRED_PREFIX, MODALITY_SHARE, UNION_ACC, UNSEEN_PREFIX
+from . import metrics as metric_names
+from .metrics import CENTRED_PREFIX, ENSEMBLE_PREFIX, MODALITY_SHARE, TEMPERED_PREFIX, UNION_ACC, UNSEEN_PREFIX
 from .model import CrossModalModel
-from .prompts import class_prompts, site_prompts, unseen_templates
+from .prompts import class_prompts, ensemble_templates, modality_prompt, site_prompts, unseen_templates
 from .text_tower import sentence_embeddings, tokenize
 
 UNSEEN_METRICS = ("acc", "auc", "f1")  # each as UNSEEN_PREFIX + name
+TEMPERATURE_GRID = tuple(float(f) for f in np.geomspace(0.1, 10.0, 41))  # factors on the logits, 1.0 among them
 
 
 @torch.no_grad()
@@ -95,9 +104,12 @@ def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_
     if not generalist:
         return out
     if calibration is not None and len(calibration) > 0:
-        offset = _logits(model, image_embeddings(model, calibration), own).mean(dim=0)
-        centred = _metrics(logits - offset, split.labels, task)
+        calibration_logits = _logits(model, image_embeddings(model, calibration), own)
+        centred = _metrics(logits - calibration_logits.mean(dim=0), split.labels, task)
         out |= {CENTRED_PREFIX + name: centred[name] for name in ("acc", "auc", "f1")}
+        factor = best_temperature(calibration_logits, calibration.labels, task)
+        tempered = _metrics(logits * factor, split.labels, task)
+        out |= {TEMPERED_PREFIX + name: tempered[name] for name in ("auc", "loss")}
     if not flag:  # a site's own classes have no held-out paraphrases; in the union they are one more block
         if union_flags and task != MULTI_LABEL:
             blocks = own_site_blocks(union_flags, model.prompts)
@@ -107,10 +119,27 @@ def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_
               for t in unseen_templates(flag)]
     for name in UNSEEN_METRICS:
         out[UNSEEN_PREFIX + name] = float(np.nanmean([m[name] for m in unseen]))
+    ensemble = _metrics(_logits(model, images, ensemble_embeddings(model, flag)), split.labels, task)
+    out |= {ENSEMBLE_PREFIX + name: ensemble[name] for name in ("acc", "auc", "f1")}
     if union_flags and task != MULTI_LABEL and flag in union_flags:
         blocks = [class_prompts(f) for f in union_flags]
-        out |= union_of_labels(model, images, split.labels[:, 0], blocks, union_flags.index(flag))
+        names = [modality_prompt(f) for f in union_flags]
+        out |= union_of_labels(model, images, split.labels[:, 0], blocks, union_flags.index(flag), names)
     return out
+
+
+def best_temperature(logits: torch.Tensor, labels: torch.Tensor, task: str) -> float:
+    """The factor of TEMPERATURE_GRID that minimises the loss of `logits` (a site's validation images);
+    the first of equals, so a split that cannot tell them apart keeps the smallest change."""
+    losses = [task_loss(logits * f, labels, task).item() for f in TEMPERATURE_GRID]
+    return TEMPERATURE_GRID[int(np.argmin(losses))]
+
+
+@torch.no_grad()
+def ensemble_embeddings(model: CrossModalModel, flag: str) -> torch.Tensor:
+    """Each of the set's prompts averaged over every template of the set, unit length again."""
+    stacked = torch.stack([_text_embeddings(model, site_prompts(flag, t)) for t in ensemble_templates(flag)])
+    return torch.nn.functional.normalize(stacked.mean(dim=0), dim=-1)
 
 
 def own_site_blocks(union_flags: list[str], prompts: list[str]) -> list[list[str]]:
@@ -122,11 +151,28 @@ def own_site_blocks(union_flags: list[str], prompts: list[str]) -> list[list[str
 
 
 def union_of_labels(model: CrossModalModel, images: torch.Tensor, labels: torch.Tensor, blocks: list[list[str]],
-                    own: int) -> dict[str, float]:
+                    own: int, names: list[str] | None = None) -> dict[str, float]:
     """Score every block's prompts at once; `own` is the block of the images' own modality (their labels index it).
-    union-acc: the top prompt is the image's own class; modality-share: it is in the own block."""
-    offset = sum(len(block) for block in blocks[:own])
+    union-acc: the top prompt is the image's own class; modality-share: it is in the own block. Two-stage
+    routing (pooled, and with `names`, one public name per block, named): the share whose chosen block is the
+    own one, and the share whose chosen block is the own one and whose top prompt inside it is their class."""
+    starts = np.cumsum([0, *(len(block) for block in blocks)])
+    spans = list(zip(starts[:-1].tolist(), starts[1:].tolist()))
     prompts = [p for block in blocks for p in block]
-    top = _similarity(images, _text_embeddings(model, prompts)).argmax(dim=1).cpu()
-    inside = (top >= offset) & (top < offset + len(blocks[own]))
-    return {UNION_ACC: float((top == labels + offset).float().mean()), MODALITY_SHARE: float(inside.float().mean())}
+    similarity = _similarity(images, _text_embeddings(model, prompts)).cpu()
+    top = similarity.argmax(dim=1)
+    a, b = spans[own]
+    inside = (top >= a) & (top < b)
+    out = {UNION_ACC: float((top == labels + a).float().mean()), MODALITY_SHARE: float(inside.float().mean())}
+    right_class = similarity[:, a:b].argmax(dim=1) == labels
+    pooled = torch.stack([(model.logit_scale * similarity[:, i:j]).logsumexp(dim=1) for i, j in spans], dim=1)
+    out |= _routed(pooled.argmax(dim=1) == own, right_class, metric_names.POOLED_ROUTE)
+    if names is not None:
+        chosen = _similarity(images, _text_embeddings(model, names)).argmax(dim=1).cpu()
+        out |= _routed(chosen == own, right_class, metric_names.NAMED_ROUTE)
+    return out
+
+
+def _routed(right_block: torch.Tensor, right_class: torch.Tensor, names: tuple[str, str]) -> dict[str, float]:
+    acc, share = names
+    return {acc: float((right_block & right_class).float().mean()), share: float(right_block.float().mean())}
