@@ -56,6 +56,49 @@ def test_a_named_folder_is_read_and_a_wrong_one_is_refused(tmp_path):
 def test_anchors_need_the_vocabulary_negatives():
     with pytest.raises(ConfigError, match="cross-modal.negatives='vocabulary'"):
         parse_run_config({**TINY, "cross-modal.negatives": "none"})
+    assert parse_run_config({**TINY, "cross-modal.negatives": "modality"}).kind_settings.anchors == "bundled"
+
+
+def test_the_modality_term_replaces_the_negatives_in_the_logits_with_a_pooled_cross_entropy():
+    """negatives='modality': the site's cross-entropy is over its own prompts only, and its images add a
+    cross-entropy over modalities (log-sum-exp of each modality's prompts), towards their own."""
+    cfg = parse_run_config({**TINY, "cross-modal.negatives": "modality", "cross-modal.anchors": "none"})
+    blood = load_site_data(cfg, "blood")
+    model = cfg.kind_site().build_model(blood, None, None)
+    model.train()
+    x = torch.rand(5, 3, 28, 28)
+    logits = model(x)
+    assert logits.shape == (5, 8)  # own prompts only: no negative columns
+    term = model.take_auxiliary_loss()
+    with torch.no_grad():
+        images = model.embed_images(x)
+        prompts = class_prompts("bloodmnist") + vocabulary("bloodmnist")
+        scored = model.logit_scale * images @ _text_embeddings(model, prompts).T
+        spans = anchors_of.training_spans("bloodmnist", 8).values()
+        pooled = torch.stack([scored[:, a:b].logsumexp(dim=1) for a, b in spans], dim=1)
+        expected = torch.nn.functional.cross_entropy(pooled, torch.zeros(5, dtype=torch.long))
+    assert term is not None and torch.isclose(term, expected, atol=1e-4)
+    vocabulary_model = parse_run_config({**TINY, "cross-modal.anchors": "none"}).kind_site().build_model(
+        blood, None, None)
+    vocabulary_model.train()
+    assert vocabulary_model(x).shape == (5, 8 + len(vocabulary("bloodmnist")))
+    assert vocabulary_model.take_auxiliary_loss() is None
+    # with anchors, both terms: larger than the modality term alone
+    both = parse_run_config({**TINY, "cross-modal.negatives": "modality"}).kind_site().build_model(blood, None, None)
+    both.train()
+    both(x)
+    assert both.take_auxiliary_loss() > term
+
+
+def test_the_modality_term_leaves_out_sets_of_the_sites_own_modality():
+    from fl_medlego.kinds.cross_modal import _modality_spans
+
+    spans = anchors_of.training_spans("organamnist", 11)
+    kept = _modality_spans("organa", 11)
+    assert kept[0] == (0, 11) and len(kept) == len(spans) - 2  # organC and organS are not pushed away
+    assert spans["organcmnist"] not in kept and spans["organsmnist"] not in kept and spans["bloodmnist"] in kept
+    own = _modality_spans("", 3)  # a site with its own images: every supported set after its block
+    assert own[0] == (0, 3) and len(own) == 1 + len(anchors_of.supported_flags())
 
 
 def test_the_anchor_term_trains_the_image_side_and_is_taken_once():

@@ -84,8 +84,9 @@ def _read(folder: Path) -> dict[str, np.ndarray]:
 
 def training_spans(own_flag: str, own_prompts: int) -> dict[str, tuple[int, int]]:
     """Where each modality's prompts sit in a site's training logits: its own prompts first, then the
-    vocabulary (prompts.vocabulary: every other supported set, in supported_flags order)."""
-    own = canonical_flag(own_flag)
+    vocabulary (prompts.vocabulary: every other supported set, in supported_flags order). A site with its
+    own images (own_flag "") has its block under "" and every supported set after it."""
+    own = canonical_flag(own_flag) if own_flag else ""
     spans, start = {own: (0, own_prompts)}, own_prompts
     for flag in supported_flags():
         if flag != own:

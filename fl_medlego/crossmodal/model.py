@@ -60,7 +60,7 @@ class CrossModalModel(nn.Module):
     def __init__(self, image: nn.Module, projection: nn.Module, text: nn.Module, prompts: list[str],
                  logit_scale: float, multi_label: bool = False, negatives: list[str] | None = None,
                  image_size: int = 28, base_fingerprint: str = "", anchors: Anchors | None = None,
-                 anchor_weight: float = 1.0) -> None:
+                 anchor_weight: float = 1.0, modality_spans: tuple[tuple[int, int], ...] | None = None) -> None:
         super().__init__()
         self.image, self.projection, self.text = image, projection, text
         self.logit_scale, self.multi_label = float(logit_scale), multi_label
@@ -70,8 +70,10 @@ class CrossModalModel(nn.Module):
         self._negatives: torch.Tensor | None = None
         if anchors is not None and self._negative_tokens is None:
             raise ValueError("anchors are scored against the vocabulary negatives: they need negatives")
-        self.anchors, self.anchor_weight = anchors, float(anchor_weight)
-        self._anchor_loss: torch.Tensor | None = None
+        if modality_spans is not None and self._negative_tokens is None:
+            raise ValueError("the modality-level term pools the vocabulary negatives: it needs negatives")
+        self.anchors, self.anchor_weight, self.modality_spans = anchors, float(anchor_weight), modality_spans
+        self._auxiliary: torch.Tensor | None = None
 
     def use_prompts(self, prompts: list[str]) -> None:
         """Score against these prompts from now on (the union-of-labels and unseen-prompt tests swap them)."""
@@ -83,7 +85,7 @@ class CrossModalModel(nn.Module):
 
     def train(self, mode: bool = True) -> CrossModalModel:
         # A new epoch (train) or an evaluation (eval) starts: text embeddings computed before are stale.
-        self._cached, self._negatives, self._anchor_loss = None, None, None
+        self._cached, self._negatives, self._auxiliary = None, None, None
         super().train(mode)
         for side in self._frozen_sides():  # a side without adapters is fixed: no dropout, one encoding
             side.eval()
@@ -122,22 +124,36 @@ class CrossModalModel(nn.Module):
             logits = self.logit_scale * (similarity[:, 0::2] - similarity[:, 1::2])
             return logits
         logits = self.logit_scale * similarity
-        if self.training and self._negative_tokens is not None:
-            logits = torch.cat([logits, self.logit_scale * (images @ self._negative_embeddings().T)], dim=1)
-            if self.anchors is not None:
-                self._anchor_loss = self.anchor_weight * self._anchor_term(len(x), x.device)
-        return logits
+        if not self.training or self._negative_tokens is None:
+            return logits
+        scored = torch.cat([logits, self.logit_scale * (images @ self._negative_embeddings().T)], dim=1)
+        terms = []
+        if self.modality_spans is not None:
+            terms.append(_modality_term(scored, self.modality_spans, torch.zeros(len(x), dtype=torch.long,
+                                                                                 device=x.device)))
+        if self.anchors is not None:
+            terms.append(self.anchor_weight * self._anchor_term(len(x), x.device))
+        self._auxiliary = sum(terms) if terms else None
+        return logits if self.modality_spans is not None else scored
 
     def _anchor_term(self, count: int, device: torch.device) -> torch.Tensor:
         """Cross-entropy of `count` anchors over modalities, each modality's score the log-sum-exp of its prompts'."""
         rows = torch.randint(len(self.anchors.targets), (count,))
         embedded = self.embed_images(to_model_input(self.anchors.images[rows].to(device), self.image_size))
         prompts = torch.cat([self._prompt_embeddings(), self._negative_embeddings()])
-        logits = self.logit_scale * (embedded @ prompts.T).float()  # log-sum-exp in float32 under bf16 autocast
-        modality = torch.stack([logits[:, a:b].logsumexp(dim=1) for a, b in self.anchors.spans], dim=1)
-        return F.cross_entropy(modality, self.anchors.targets[rows].to(device))
+        logits = self.logit_scale * (embedded @ prompts.T)
+        return _modality_term(logits, self.anchors.spans, self.anchors.targets[rows].to(device))
 
     def take_auxiliary_loss(self) -> torch.Tensor | None:
-        """The anchor term of the last training forward, once (the training step adds it to the task loss)."""
-        loss, self._anchor_loss = self._anchor_loss, None
+        """The modality and anchor terms of the last training forward, once (the training step adds them to the
+        task loss)."""
+        loss, self._auxiliary = self._auxiliary, None
         return loss
+
+
+def _modality_term(logits: torch.Tensor, spans: tuple[tuple[int, int], ...], targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over modalities, each modality's score the log-sum-exp of its prompts' logits (in float32
+    under bf16 autocast)."""
+    logits = logits.float()
+    modality = torch.stack([logits[:, a:b].logsumexp(dim=1) for a, b in spans], dim=1)
+    return F.cross_entropy(modality, targets)

@@ -8,7 +8,7 @@ from typing import ClassVar
 from ..errors import ConfigError
 from ..settings import check_group, setting
 
-NEGATIVES = ("vocabulary", "none")
+NEGATIVES = ("vocabulary", "modality", "none")
 
 
 def _not_blank(value: str) -> None:
@@ -32,8 +32,11 @@ class CrossModalSettings:
         so every site scores against one shared prompt space; "both" (MedCT-VLM's design); "text": the text
         tower only.
     negatives: "vocabulary" also scores each training image against every other supported modality's
-        class prompts (public label names), so that training separates modalities; "none" ranks only
-        the site's own prompts (then nothing tells a blood smear from a chest x-ray).
+        class prompts (public label names), so that training separates modalities; "modality" keeps the
+        site's cross-entropy over its own prompts and adds a modality-level term: the image's scores pooled per
+        modality (log-sum-exp over each modality's class prompts, as the anchors are) and cross-entropy towards
+        its own, so that telling modalities apart and telling classes apart are separate terms; "none" ranks
+        only the site's own prompts (then nothing tells a blood smear from a chest x-ray).
     anchors: "none", "bundled" or a folder of MedMNIST-layout npz files: public images of the other
         modalities that each MedMNIST site also trains on, pulled towards their own modality's prompts
         (anchors.py says why: without them every site claims every image). Needs the vocabulary negatives.
@@ -52,7 +55,8 @@ class CrossModalSettings:
     towers: str = setting("image", "cross-modal sites: which side gets SVD-LoRA ('image' = image tower and "
                           "projection, text tower frozen; 'text' = text tower only)", choices=TOWERS)
     negatives: str = setting(NEGATIVES[0], "cross-modal sites: other modalities' class prompts as training "
-                             "negatives ('none' = off)", choices=NEGATIVES)
+                             "negatives ('modality' = a separate modality-level term, 'none' = off)",
+                             choices=NEGATIVES)
 
     anchors: str = setting("bundled", "cross-modal sites: public images of other modalities trained towards their "
                            "own modality ('bundled', a folder of MedMNIST <flag>.npz files, or 'none')",
@@ -62,6 +66,7 @@ class CrossModalSettings:
 
     def __post_init__(self) -> None:
         check_group(self)
-        if self.anchors != "none" and self.negatives != "vocabulary":
+        if self.anchors != "none" and self.negatives == "none":
             raise ConfigError(f"cross-modal.anchors={self.anchors!r} scores the anchors against the vocabulary "
-                             "negatives: set cross-modal.negatives='vocabulary' or cross-modal.anchors='none'")
+                             "negatives: set cross-modal.negatives='vocabulary' (or 'modality') or "
+                             "cross-modal.anchors='none'")
