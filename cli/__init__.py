@@ -182,7 +182,8 @@ def cmd_variants(args: argparse.Namespace) -> int:
     if repeated:
         raise UserError(f"variant names {repeated} are given twice: each NAME=FOLDER needs its own NAME")
     with as_user_error():
-        paths = render_variants(dict(args.variants), args.baseline, Path(args.output))
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+        paths = render_variants(dict(args.variants), args.baseline, Path(args.output), metrics)
     console.print(paths[0].read_text(), markup=False)
     console.print("wrote " + ", ".join(str(p) for p in paths))
     return 0
@@ -257,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     variants.add_argument("--baseline", required=True, help="the NAME the others are paired with (no default)")
     variants.add_argument("-o", "--output", required=True, help="folder for variants.md and variants.csv "
                           "(no default)")
+    variants.add_argument("--metrics", default="", help="comma-separated result metrics to compare, each paired "
+                          "(default: modality-share, union-acc, acc and auc; e.g. pooled-route-share,ensemble-acc)")
     variants.set_defaults(func=cmd_variants)
 
     scaling = sub.add_parser("scaling", help="mean normalized ACC against the number of specialists, every strategy")

@@ -55,3 +55,15 @@ def test_a_name_given_twice_is_refused(tmp_path, capsys):
     assert main(["variants", f"a={base}", f"a={base}", "--baseline", "a", "-o", str(tmp_path / "out")]) == 2
     printed = capsys.readouterr()
     assert "given twice" in printed.err + printed.out
+
+
+def test_the_metrics_compared_can_be_named_and_a_missing_one_is_refused(tmp_path):
+    base = comparison(tmp_path / "both", "both", {0: (0.4, 0.6), 1: (0.5, 0.5)})
+    other = comparison(tmp_path / "image", "image", {0: (0.9, 0.9), 1: (0.8, 1.0)})
+    out = tmp_path / "out"
+    assert main(["variants", f"both={base}", f"image={other}", "--baseline", "both", "-o", str(out),
+                 "--metrics", "acc"]) == 0
+    header = next(line for line in (out / "variants.md").read_text().splitlines() if line.startswith("| row"))
+    assert header == "| row | variant | own-prompt ACC | own-prompt ACC vs both |"
+    with pytest.raises(UserError, match="--metrics pooled-route-share: no comparison holds it"):
+        render_variants({"both": base, "image": other}, "both", tmp_path / "o2", ["pooled-route-share"])

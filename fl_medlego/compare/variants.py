@@ -25,6 +25,14 @@ METRICS = {"modality-share": "right modality", "union-acc": "union ACC", "acc": 
 PAIRED_COLUMNS = ("modality-share", "union-acc", "acc")  # the paired differences variants.md shows (the csv: all)
 
 
+def _columns(metrics: list[str] | None) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The metrics to show (name -> label) and those with a paired column: the defaults, or the metrics named
+    (each shown under its own name, every one paired)."""
+    if not metrics:
+        return METRICS, PAIRED_COLUMNS
+    return {m: METRICS.get(m, m) for m in metrics}, tuple(metrics)
+
+
 def _load(folder: Path) -> dict:
     path = Path(folder) / "results.json"
     if not path.is_file():
@@ -47,7 +55,7 @@ def site_means(results: dict, row: str, metric: str) -> dict[str, float]:
     return out
 
 
-def variant_rows(variants: dict[str, dict], baseline: str) -> list[dict]:
+def variant_rows(variants: dict[str, dict], baseline: str, metrics=METRICS) -> list[dict]:
     """One record per (row, variant): each metric's mean over sites and seeds and its paired difference to the
     baseline's same row."""
     shared = [row for row in variants[baseline]["rows"] if all(row in v["rows"] for v in variants.values())]
@@ -55,7 +63,7 @@ def variant_rows(variants: dict[str, dict], baseline: str) -> list[dict]:
     for row in shared:
         for name, results in variants.items():
             record = {"row": row, "variant": name}
-            for metric in METRICS:
+            for metric in metrics:
                 mine = site_means(results, row, metric)
                 record[metric] = float(np.mean(list(mine.values()))) if mine else None
                 record[f"{metric} seeds"] = len(mine)
@@ -76,14 +84,23 @@ def _mean_cell(value: float | None, seeds: int, most: int) -> str:
     return _cell(value) + (f" ({seeds} seed{'s' if seeds > 1 else ''})" if value is not None and seeds < most else "")
 
 
-def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path) -> list[Path]:
+def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path,
+                    metrics: list[str] | None = None) -> list[Path]:
+    """metrics: the result keys to compare (default: right modality, union ACC, own-prompt ACC and AUC)."""
     if baseline not in folders:
         raise UserError(f"--baseline {baseline!r} is none of the variants ({', '.join(folders)})")
     variants = {name: _load(folder) for name, folder in folders.items()}
+    shown, paired_columns = _columns(metrics)
+    known = {m for v in variants.values() for row in v["rows"].values() for entry in row.values()
+             for site in entry.get("test", {}).values() for m in site}
+    unknown = [m for m in metrics or () if m not in known]
+    if unknown:
+        raise UserError(f"--metrics {', '.join(unknown)}: no comparison holds it; its rows hold "
+                        f"{', '.join(sorted(known))}")
     sites = {name: tuple(v["sites"]) for name, v in variants.items()}
     if len(set(sites.values())) > 1:
         raise UserError(f"the comparisons score different sites: {sites}")
-    records = variant_rows(variants, baseline)
+    records = variant_rows(variants, baseline, shown)
     differing = _differing([v["settings"] for v in variants.values()])
     lines = [f"Variants of {', '.join(variants[baseline]['sites'])}; settings that differ: "
              f"{', '.join(differing) or 'none'}.", ""]
@@ -91,12 +108,12 @@ def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path) -> l
         measured = sorted({int(seed) for row in results["rows"].values() for seed in row})
         lines.append(f"- `{name}`: " + ", ".join(f"{k}={results['settings'].get(k)}" for k in differing)
                      + f" (rows measured on seeds {measured}; each row's seeds are in variants.csv)")
-    header = ["row", "variant", *METRICS.values(), *(f"{METRICS[m]} vs {baseline}" for m in PAIRED_COLUMNS)]
+    header = ["row", "variant", *shown.values(), *(f"{shown[m]} vs {baseline}" for m in paired_columns)]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    most = max((r[f"{m} seeds"] for r in records for m in METRICS), default=0)
+    most = max((r[f"{m} seeds"] for r in records for m in shown), default=0)
     for r in records:
-        cells = [r["row"], r["variant"], *(_mean_cell(r[m], r[f"{m} seeds"], most) for m in METRICS),
-                 *(_cell(r.get(f"{m} vs {baseline}")) if r["variant"] != baseline else "" for m in PAIRED_COLUMNS)]
+        cells = [r["row"], r["variant"], *(_mean_cell(r[m], r[f"{m} seeds"], most) for m in shown),
+                 *(_cell(r.get(f"{m} vs {baseline}")) if r["variant"] != baseline else "" for m in paired_columns)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Means over the sites and seeds (a mean over fewer seeds than the others says how many). "
               f"`vs {baseline}`: the variant's mean over sites minus the "
@@ -107,11 +124,11 @@ def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path) -> l
     table = out_dir / "variants.csv"
     with atomic_path(table) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["row", "variant", *(m for m in METRICS), *(f"{m} seeds" for m in METRICS),
-                         *(f"{m} vs {baseline} {k}" for m in METRICS for k in ("mean", "low", "high", "p"))])
+        writer.writerow(["row", "variant", *(m for m in shown), *(f"{m} seeds" for m in shown),
+                         *(f"{m} vs {baseline} {k}" for m in shown for k in ("mean", "low", "high", "p"))])
         for r in records:
-            paired = [(r.get(f"{m} vs {baseline}") or {}).get(k, "") for m in METRICS
+            paired = [(r.get(f"{m} vs {baseline}") or {}).get(k, "") for m in shown
                       for k in ("mean", "low", "high", "p")]
-            writer.writerow([r["row"], r["variant"], *(r[m] for m in METRICS), *(r[f"{m} seeds"] for m in METRICS),
+            writer.writerow([r["row"], r["variant"], *(r[m] for m in shown), *(r[f"{m} seeds"] for m in shown),
                              *paired])
     return [markdown, table]
