@@ -183,7 +183,11 @@ def cmd_variants(args: argparse.Namespace) -> int:
         raise UserError(f"variant names {repeated} are given twice: each NAME=FOLDER needs its own NAME")
     with as_user_error():
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-        paths = render_variants(dict(args.variants), args.baseline, Path(args.output), metrics)
+        pairs = [tuple(p.split(":")) for p in args.pairs.split(",") if p.strip()] if args.pairs else []
+        if any(len(p) != 2 or not all(p) for p in pairs):
+            raise UserError(f"--pairs {args.pairs!r}: give METRIC_A:METRIC_B pairs, comma-separated, "
+                            "e.g. pooled-route-share:modality-share")
+        paths = render_variants(dict(args.variants), args.baseline, Path(args.output), metrics, pairs)
     console.print(paths[0].read_text(), markup=False)
     console.print("wrote " + ", ".join(str(p) for p in paths))
     return 0
@@ -260,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(no default)")
     variants.add_argument("--metrics", default="", help="comma-separated result metrics to compare, each paired "
                           "(default: modality-share, union-acc, acc and auc; e.g. pooled-route-share,ensemble-acc)")
+    variants.add_argument("--pairs", default="", help="METRIC_A:METRIC_B,...: two metrics of the same runs against "
+                          "each other, paired by seed (e.g. pooled-route-share:modality-share)")
     variants.set_defaults(func=cmd_variants)
 
     scaling = sub.add_parser("scaling", help="mean normalized ACC against the number of specialists, every strategy")

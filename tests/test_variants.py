@@ -67,3 +67,16 @@ def test_the_metrics_compared_can_be_named_and_a_missing_one_is_refused(tmp_path
     assert header == "| row | variant | own-prompt ACC | own-prompt ACC vs both |"
     with pytest.raises(UserError, match="--metrics pooled-route-share: no comparison holds it"):
         render_variants({"both": base, "image": other}, "both", tmp_path / "o2", ["pooled-route-share"])
+
+
+def test_two_metrics_of_the_same_runs_are_paired_by_seed(tmp_path, capsys):
+    base = comparison(tmp_path / "both", "both", {0: (0.4, 0.6), 1: (0.5, 0.5), 2: (0.3, 0.5)})
+    out = tmp_path / "out"
+    # acc is 0.5 everywhere: modality-share - acc per seed is 0.0, 0.0, -0.1
+    assert main(["variants", f"both={base}", "--baseline", "both", "-o", str(out),
+                 "--pairs", "modality-share:acc"]) == 0
+    lines = (out / "variants.md").read_text().splitlines()
+    line = next(x for x in lines if x.startswith("| medlego | both | modality"))
+    assert "| 0.467 | 0.500 | -0.033 [" in line
+    assert main(["variants", f"both={base}", "--baseline", "both", "-o", str(out), "--pairs", "acc"]) == 2
+    assert "METRIC_A:METRIC_B" in capsys.readouterr().out

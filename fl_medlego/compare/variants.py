@@ -73,6 +73,22 @@ def variant_rows(variants: dict[str, dict], baseline: str, metrics=METRICS) -> l
     return records
 
 
+def metric_pairs(variants: dict[str, dict], pairs: list[tuple[str, str]]) -> list[dict]:
+    """Two metrics of the same runs against each other (e.g. two-stage routing against the flat union): for
+    each variant, row and pair (a, b), both means over sites and seeds and a - b paired by seed."""
+    records = []
+    for name, results in variants.items():
+        for row in results["rows"]:
+            for a, b in pairs:
+                mine, theirs = site_means(results, row, a), site_means(results, row, b)
+                if mine and theirs:
+                    records.append({"row": row, "variant": name, "a": a, "b": b,
+                                    "mean a": float(np.mean(list(mine.values()))),
+                                    "mean b": float(np.mean(list(theirs.values()))),
+                                    "a - b": paired_test(mine, theirs)})
+    return records
+
+
 def _cell(value) -> str:
     if value is None:
         return "n/a"
@@ -85,15 +101,16 @@ def _mean_cell(value: float | None, seeds: int, most: int) -> str:
 
 
 def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path,
-                    metrics: list[str] | None = None) -> list[Path]:
-    """metrics: the result keys to compare (default: right modality, union ACC, own-prompt ACC and AUC)."""
+                    metrics: list[str] | None = None, pairs: list[tuple[str, str]] = ()) -> list[Path]:
+    """metrics: the result keys to compare (default: right modality, union ACC, own-prompt ACC and AUC);
+    pairs: (a, b) metrics set against each other within each variant's runs (a second table)."""
     if baseline not in folders:
         raise UserError(f"--baseline {baseline!r} is none of the variants ({', '.join(folders)})")
     variants = {name: _load(folder) for name, folder in folders.items()}
     shown, paired_columns = _columns(metrics)
     known = {m for v in variants.values() for row in v["rows"].values() for entry in row.values()
              for site in entry.get("test", {}).values() for m in site}
-    unknown = [m for m in metrics or () if m not in known]
+    unknown = [m for m in (*(metrics or ()), *(m for pair in pairs for m in pair)) if m not in known]
     if unknown:
         raise UserError(f"--metrics {', '.join(unknown)}: no comparison holds it; its rows hold "
                         f"{', '.join(sorted(known))}")
@@ -118,6 +135,11 @@ def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path,
     lines += ["", "Means over the sites and seeds (a mean over fewer seeds than the others says how many). "
               f"`vs {baseline}`: the variant's mean over sites minus the "
               f"baseline's, paired by seed, 95 % interval and paired t-test p (* below 0.05)."]
+    if pairs:
+        lines += ["", "Metrics against each other within each variant's runs (a - b, paired by seed):", "",
+                  "| row | variant | a | b | mean a | mean b | a - b |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['row']} | {r['variant']} | {r['a']} | {r['b']} | {_cell(r['mean a'])} | {_cell(r['mean b'])} "
+                  f"| {_cell(r['a - b'])} |" for r in metric_pairs(variants, list(pairs))]
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "variants.md"
     write_text_atomic(markdown, "\n".join(lines) + "\n")
