@@ -183,7 +183,7 @@ def cmd_variants(args: argparse.Namespace) -> int:
         raise UserError(f"variant names {repeated} are given twice: each NAME=FOLDER needs its own NAME")
     with as_user_error():
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-        pairs = [tuple(p.split(":")) for p in args.pairs.split(",") if p.strip()] if args.pairs else []
+        pairs = [tuple(m.strip() for m in p.split(":")) for p in args.pairs.split(",") if p.strip()]
         if any(len(p) != 2 or not all(p) for p in pairs):
             raise UserError(f"--pairs {args.pairs!r}: give METRIC_A:METRIC_B pairs, comma-separated, "
                             "e.g. pooled-route-share:modality-share")

@@ -171,26 +171,43 @@ def test_centred_scores_shift_each_class_and_keep_a_two_class_ranking(cfg):
     assert set(metrics_of.CENTRED_METRICS) <= set(metrics)
     assert metrics[metrics_of.CENTRED_PREFIX + "auc"] == pytest.approx(metrics["auc"], abs=1e-9)
     assert not set(metrics_of.CENTRED_METRICS) & set(cfg.kind_site().evaluate(pneumonia, update, {}, "val"))
-    # one factor on two logits keeps a two-class ranking too; the loss is the one at the validation's best factor
+    # one factor on two logits keeps a two-class ranking too
     assert metrics[metrics_of.TEMPERED_PREFIX + "auc"] == pytest.approx(metrics["auc"], abs=1e-9)
     assert set(metrics_of.GENERALIST_METRICS) <= set(metrics)
 
 
-def test_the_temperature_is_the_grid_factor_with_the_lowest_validation_loss():
-    """Confident right logits want the largest factor, logits unrelated to the labels the smallest."""
-    from fl_medlego.crossmodal.scoring import TEMPERATURE_GRID, best_temperature
+def test_the_logit_factor_is_the_grid_one_with_the_lowest_validation_loss():
+    """Confident right logits want the largest factor (a low temperature), logits unrelated to the labels the
+    smallest; the chosen factor's loss is never above the untempered one's (1.0 is on the grid)."""
+    from fl_medlego.crossmodal.scoring import LOGIT_FACTORS, best_logit_factor
+    from fl_medlego.train import task_loss
 
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(3, (200, 1), generator=g)
     right = torch.nn.functional.one_hot(labels[:, 0], 3).float() * 0.5  # small, so no factor saturates the loss
-    assert best_temperature(right, labels, "multi-class") == max(TEMPERATURE_GRID)
+    assert best_logit_factor(right, labels, "multi-class") == max(LOGIT_FACTORS)
     noise = torch.randn(200, 3, generator=g) * 5.0
-    assert best_temperature(noise, labels, "multi-class") == min(TEMPERATURE_GRID)
-    assert 1.0 in TEMPERATURE_GRID  # the untempered scores are a candidate
-    # a mix: mostly right with some confident mistakes has its best factor inside the grid
-    mixed = right.clone()
+    assert best_logit_factor(noise, labels, "multi-class") == min(LOGIT_FACTORS)
+    mixed = right.clone()  # mostly right, some confident mistakes: the best factor is inside the grid
     mixed[:40] = mixed[:40].roll(1, dims=1)
-    assert min(TEMPERATURE_GRID) < best_temperature(mixed, labels, "multi-class") < max(TEMPERATURE_GRID)
+    factor = best_logit_factor(mixed, labels, "multi-class")
+    assert min(LOGIT_FACTORS) < factor < max(LOGIT_FACTORS)
+    assert task_loss(mixed * factor, labels, "multi-class") <= task_loss(mixed, labels, "multi-class")
+    # equal losses everywhere (all logits zero): the factor that changes nothing
+    assert best_logit_factor(torch.zeros(10, 3), labels[:10], "multi-class") == 1.0
+
+
+def test_tempered_scores_need_two_classes_in_the_validation_split(cfg):
+    """With one class, every loss falls towards an end of the grid: the factor would mean nothing."""
+    import dataclasses
+
+    pneumonia = load_site_data(cfg, "pneumonia")
+    one_class = pneumonia.val.labels[:, 0] == pneumonia.val.labels[0, 0]
+    only = dataclasses.replace(pneumonia.val, images=pneumonia.val.images[one_class],
+                               labels=pneumonia.val.labels[one_class])
+    site = cfg.kind_site()
+    metrics = site.evaluate(dataclasses.replace(pneumonia, val=only), _random_update(cfg, 5), {})
+    assert metrics_of.CENTRED_PREFIX + "acc" in metrics and not set(metrics_of.TEMPERED_METRICS) & set(metrics)
 
 
 def test_a_prompt_ensemble_is_each_class_averaged_over_the_sets_templates(monkeypatch):

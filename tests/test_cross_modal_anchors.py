@@ -53,7 +53,7 @@ def test_a_named_folder_is_read_and_a_wrong_one_is_refused(tmp_path):
         anchors_of.load_anchors(str(empty), "bloodmnist", 8)
 
 
-def test_anchors_need_the_vocabulary_negatives():
+def test_anchors_need_negatives_to_be_scored_against():
     with pytest.raises(ConfigError, match="cross-modal.negatives='vocabulary'"):
         parse_run_config({**TINY, "cross-modal.negatives": "none"})
     assert parse_run_config({**TINY, "cross-modal.negatives": "modality"}).kind_settings.anchors == "bundled"
@@ -83,11 +83,16 @@ def test_the_modality_term_replaces_the_negatives_in_the_logits_with_a_pooled_cr
     vocabulary_model.train()
     assert vocabulary_model(x).shape == (5, 8 + len(vocabulary("bloodmnist")))
     assert vocabulary_model.take_auxiliary_loss() is None
-    # with anchors, both terms: larger than the modality term alone
+    # with anchors, both terms: the modality term plus the anchor term of the same anchor draw
     both = parse_run_config({**TINY, "cross-modal.negatives": "modality"}).kind_site().build_model(blood, None, None)
     both.train()
+    torch.manual_seed(3)
     both(x)
-    assert both.take_auxiliary_loss() > term
+    total = both.take_auxiliary_loss()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        anchor = both._anchor_term(len(x), x.device)
+    assert torch.isclose(total, term + both.anchor_weight * anchor, atol=1e-4)
 
 
 def test_the_modality_term_leaves_out_sets_of_the_sites_own_modality():

@@ -81,11 +81,11 @@ def metric_pairs(variants: dict[str, dict], pairs: list[tuple[str, str]]) -> lis
         for row in results["rows"]:
             for a, b in pairs:
                 mine, theirs = site_means(results, row, a), site_means(results, row, b)
-                if mine and theirs:
-                    records.append({"row": row, "variant": name, "a": a, "b": b,
-                                    "mean a": float(np.mean(list(mine.values()))),
-                                    "mean b": float(np.mean(list(theirs.values()))),
-                                    "a - b": paired_test(mine, theirs)})
+                seeds = sorted(set(mine) & set(theirs))  # both means over the seeds the difference pairs
+                records.append({"row": row, "variant": name, "a": a, "b": b, "seeds": len(seeds),
+                                "mean a": float(np.mean([mine[s] for s in seeds])) if seeds else None,
+                                "mean b": float(np.mean([theirs[s] for s in seeds])) if seeds else None,
+                                "a - b": paired_test(mine, theirs)})
     return records
 
 
@@ -110,10 +110,11 @@ def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path,
     shown, paired_columns = _columns(metrics)
     known = {m for v in variants.values() for row in v["rows"].values() for entry in row.values()
              for site in entry.get("test", {}).values() for m in site}
-    unknown = [m for m in (*(metrics or ()), *(m for pair in pairs for m in pair)) if m not in known]
-    if unknown:
-        raise UserError(f"--metrics {', '.join(unknown)}: no comparison holds it; its rows hold "
-                        f"{', '.join(sorted(known))}")
+    for flag, named in (("--metrics", metrics or ()), ("--pairs", [m for pair in pairs for m in pair])):
+        unknown = [m for m in named if m not in known]
+        if unknown:
+            raise UserError(f"{flag} {', '.join(unknown)}: no comparison holds it; their rows hold "
+                            f"{', '.join(sorted(known))}")
     sites = {name: tuple(v["sites"]) for name, v in variants.items()}
     if len(set(sites.values())) > 1:
         raise UserError(f"the comparisons score different sites: {sites}")
@@ -136,7 +137,8 @@ def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path,
               f"`vs {baseline}`: the variant's mean over sites minus the "
               f"baseline's, paired by seed, 95 % interval and paired t-test p (* below 0.05)."]
     if pairs:
-        lines += ["", "Metrics against each other within each variant's runs (a - b, paired by seed):", "",
+        lines += ["", "Metrics against each other within each variant's runs (a - b, paired by seed; both means over "
+                  "the seeds where every site has both; n/a: no such seed):", "",
                   "| row | variant | a | b | mean a | mean b | a - b |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['row']} | {r['variant']} | {r['a']} | {r['b']} | {_cell(r['mean a'])} | {_cell(r['mean b'])} "
                   f"| {_cell(r['a - b'])} |" for r in metric_pairs(variants, list(pairs))]

@@ -17,7 +17,7 @@ POOLED_ROUTE = ("pooled-route-acc", "pooled-route-share")
 NAMED_ROUTE = ("named-route-acc", "named-route-share")
 ENSEMBLE_PREFIX = "ensemble-"  # own classes, each prompt averaged over every template of its set (CLIP's ensembles)
 ENSEMBLE_METRICS = tuple(ENSEMBLE_PREFIX + m for m in ("acc", "auc", "f1"))
-TEMPERED_PREFIX = "tempered-"  # own prompts at the temperature that minimises the validation loss
+TEMPERED_PREFIX = "tempered-"  # own prompts at the logit factor (1 / temperature) minimising the validation loss
 TEMPERED_METRICS = (TEMPERED_PREFIX + "auc", TEMPERED_PREFIX + "loss")
 GENERALIST_METRICS = (UNION_ACC, MODALITY_SHARE, *UNSEEN_METRICS, *CENTRED_METRICS, *POOLED_ROUTE, *NAMED_ROUTE,
                       *ENSEMBLE_METRICS, *TEMPERED_METRICS)
@@ -39,7 +39,10 @@ COLUMNS = {UNSEEN_METRICS[0]: "unseen-prompt ACC", UNSEEN_METRICS[1]: "unseen-pr
 # What the numbers mean: summary.md's lines before its table, and the comparison's paragraph.
 SUMMARY_TEXT = ("Cross-modal generalist tests: held-out paraphrase prompts, and every site's class prompts at",
                 "once (union of labels; right modality = top prompt from the image's own modality). Centred: each",
-                "class's score minus its mean over the site's validation images (no labels used).")
+                "class's score minus its mean over the site's validation images (no labels used). Two-stage: the",
+                "modality first (pooled over its class prompts, or named by a public prompt), then the class.",
+                "Ensemble: each class prompt averaged over its set's templates. Tempered: the own-prompt scores at",
+                "the logit factor that minimises the site's validation loss.")
 COMPARE_TEXT = ("Means over the sites. Unseen prompts: the site's classes in held-out paraphrase templates. Union of "
                 "labels: every site's class prompts at once; `right modality` = share of test images whose top prompt "
                 "is one of their own modality's. Centred: each class's score minus its mean over the site's validation "

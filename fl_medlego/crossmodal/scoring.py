@@ -14,8 +14,10 @@ generalist tests cost a text encoding each, not another pass of the image tower.
 - centred scores (with a calibration split, the site's validation images): each class's logit minus its
   mean over those images, labels unused. A merge that shrinks every update moves all images towards the
   same prompt; centring undoes that shift at the site, with C numbers that never leave it;
-- tempered scores (the same calibration split, labels used): the own-prompt logits times the factor, from a
-  fixed grid, that minimises the loss on it. ACC does not move (one factor for every class); loss and AUROC do;
+- tempered scores (the same calibration split, labels used, two classes or more in it): the own-prompt logits
+  times the factor (1 / temperature), from a fixed grid, that minimises the loss on it. ACC does not move (one
+  factor for every class), nor does AUROC for two classes or per finding; the loss does, and a multi-class
+  site's AUROC may;
 - prompt ensembles (CLIP's practice): each class prompt's embedding averaged over every template of its set
   (the training one and the paraphrases), scored as the own prompts are;
 - two-stage routing over the union: first the modality, then the class among that modality's prompts.
@@ -39,7 +41,7 @@ from .prompts import class_prompts, ensemble_templates, modality_prompt, site_pr
 from .text_tower import sentence_embeddings, tokenize
 
 UNSEEN_METRICS = ("acc", "auc", "f1")  # each as UNSEEN_PREFIX + name
-TEMPERATURE_GRID = tuple(float(f) for f in np.geomspace(0.1, 10.0, 41))  # factors on the logits, 1.0 among them
+LOGIT_FACTORS = tuple(float(f) for f in np.geomspace(0.1, 10.0, 41))  # 1 / temperature; 1.0 is among them
 
 
 @torch.no_grad()
@@ -85,8 +87,9 @@ def evaluate_cross_modal(model: CrossModalModel, split: Split, task: str, flag: 
                          union_flags: list[str] | None = None, generalist: bool = True,
                          calibration: Split | None = None, device: str = "auto",
                          precision: str = "auto") -> dict[str, float]:
-    """Own-prompt metrics, and with `generalist` the unseen-prompt test, (single-label sites) the
-    union-of-labels test and, given a non-empty `calibration` split, the centred scores.
+    """Own-prompt metrics, and with `generalist` the unseen-prompt test and the prompt ensemble (MedMNIST
+    sets), (single-label sites) the union-of-labels test with two-stage routing and, given a non-empty
+    `calibration` split, the centred and tempered scores.
     Runs on `device` in `precision` (fl_medlego.device); the model is put back where it was."""
     if len(split) == 0:
         raise ValueError("cannot evaluate on an empty split")
@@ -107,9 +110,10 @@ def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_
         calibration_logits = _logits(model, image_embeddings(model, calibration), own)
         centred = _metrics(logits - calibration_logits.mean(dim=0), split.labels, task)
         out |= {CENTRED_PREFIX + name: centred[name] for name in ("acc", "auc", "f1")}
-        factor = best_temperature(calibration_logits, calibration.labels, task)
-        tempered = _metrics(logits * factor, split.labels, task)
-        out |= {TEMPERED_PREFIX + name: tempered[name] for name in ("auc", "loss")}
+        if task == MULTI_LABEL or len(calibration.labels[:, 0].unique()) > 1:  # one class: any loss wants 0 or inf
+            tempered = _metrics(logits * best_logit_factor(calibration_logits, calibration.labels, task),
+                                split.labels, task)
+            out |= {TEMPERED_PREFIX + name: tempered[name] for name in ("auc", "loss")}
     if not flag:  # a site's own classes have no held-out paraphrases; in the union they are one more block
         if union_flags and task != MULTI_LABEL:
             blocks = own_site_blocks(union_flags, model.prompts)
@@ -128,11 +132,11 @@ def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_
     return out
 
 
-def best_temperature(logits: torch.Tensor, labels: torch.Tensor, task: str) -> float:
-    """The factor of TEMPERATURE_GRID that minimises the loss of `logits` (a site's validation images);
-    the first of equals, so a split that cannot tell them apart keeps the smallest change."""
-    losses = [task_loss(logits * f, labels, task).item() for f in TEMPERATURE_GRID]
-    return TEMPERATURE_GRID[int(np.argmin(losses))]
+def best_logit_factor(logits: torch.Tensor, labels: torch.Tensor, task: str) -> float:
+    """The factor of LOGIT_FACTORS (1 / temperature) that minimises the loss of `logits` (a site's validation
+    images); of equal losses, the one nearest 1, so a split that cannot tell them apart changes the least."""
+    losses = [task_loss(logits * f, labels, task).item() for f in LOGIT_FACTORS]
+    return min(LOGIT_FACTORS, key=lambda f: (losses[LOGIT_FACTORS.index(f)], abs(np.log(f))))
 
 
 @torch.no_grad()

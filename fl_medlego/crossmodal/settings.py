@@ -39,7 +39,8 @@ class CrossModalSettings:
         only the site's own prompts (then nothing tells a blood smear from a chest x-ray).
     anchors: "none", "bundled" or a folder of MedMNIST-layout npz files: public images of the other
         modalities that each MedMNIST site also trains on, pulled towards their own modality's prompts
-        (anchors.py says why: without them every site claims every image). Needs the vocabulary negatives.
+        (anchors.py says why: without them every site claims every image). Needs negatives (vocabulary or
+        modality): the anchors are scored against them.
     anchor_weight: the weight of that term beside the site's own cross-entropy.
     """
 
