@@ -85,6 +85,22 @@ def test_core_space_equals_full_space_task_arithmetic(rng):
     close(core.delta(), merge(factors, "task_arithmetic", lam=0.7).delta())
 
 
+@pytest.mark.parametrize("method", list_merges())
+def test_a_stacked_rank_above_the_smaller_side_of_the_matrix_merges(method, rng):
+    """After federated rounds the sites' ranks add up past a matrix's smaller side (the cross-modal projection is
+    384 x 128): every method still returns a merge of the matrix's shape (core space once built non-square
+    cores' full SVD and failed here)."""
+    factors = [random_factors(14, 5, 4, rng, torch.float64) for _ in range(3)]  # stacked rank 12 > 5
+    merged = merge(factors, method)
+    assert merged.delta().shape == (14, 5) and torch.isfinite(merged.delta()).all()
+
+
+def test_core_space_equals_task_arithmetic_past_the_smaller_side_too(rng):
+    factors = [random_factors(14, 5, 4, rng, torch.float64) for _ in range(3)]
+    close(merge(factors, "core_space", inner="linear", lam=0.7).delta(),
+          merge(factors, "task_arithmetic", lam=0.7).delta())
+
+
 def test_knots_linear_equals_task_arithmetic(rng):
     factors = sites(rng)
     close(merge(factors, "knots", inner="linear", lam=0.5).delta(), 0.5 * sum(f.delta() for f in factors))

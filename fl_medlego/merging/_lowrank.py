@@ -67,7 +67,7 @@ def svd_of_product(U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torc
     callers route to `dense_sum` instead."""
     Q_u, R_u = torch.linalg.qr(U)
     Q_v, R_v = torch.linalg.qr(V.mT)
-    P, S, Th = torch.linalg.svd(R_u @ R_v.mT)
+    P, S, Th = torch.linalg.svd(R_u @ R_v.mT, full_matrices=False)  # R_u @ R_v.mT is not square past a side
     return Q_u @ P, S, Th @ Q_v.mT
 
 

@@ -32,6 +32,7 @@ def core_space(factors: list[Factors], weights: torch.Tensor, options: CoreSpace
     Q_a, _ = torch.linalg.qr(torch.cat([f.A.double() for f in factors], dim=0).T)
     cores = torch.stack([(Q_b.T @ B) @ (f.A.double() @ Q_a) for B, f in zip(Bs, factors)])
     merged = combine(cores, weights, options.inner, options.density)
-    P, S, Th = torch.linalg.svd(options.lam * merged)
+    # Thin SVD: past a matrix's smaller side the core is not square (min(d_out, R) x min(d_in, R))
+    P, S, Th = torch.linalg.svd(options.lam * merged, full_matrices=False)
     dtype = factors[0].B.dtype
     return Factors((Q_b @ P).to(dtype), S.to(dtype), (Th @ Q_a.T).to(dtype).contiguous())
