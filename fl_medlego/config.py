@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -24,6 +26,7 @@ from .errors import ConfigError, UnknownNameError
 from .kinds import KindContext, KindServer, KindSite, SiteKind, get_kind, kind_for_strategy, list_kinds
 from .lora import SVDLoRAConfig
 from .merging.medlego import MedLegoOptions
+from .merging.parts import PartMerge
 from .models import check_backbone_name, preset_image_size
 from .privacy import PrivacySettings
 from .privacy.site import check_private_kind
@@ -67,6 +70,41 @@ def _site_nodes(text: str) -> dict[str, int]:
 
 def _site_nodes_text(pairs: dict[str, int]) -> str:
     return ",".join(f"{site}={node}" for site, node in pairs.items())
+
+
+def _part_pairs(text: str, key: str, example: str) -> dict[str, str]:
+    """'projection=a,text=b' (or spaces) -> {'projection': 'a', 'text': 'b'}: matrix-name prefixes, each once."""
+    pairs = {}
+    for item in text.replace(",", " ").split():
+        prefix, sep, value = item.partition("=")
+        if not sep or not prefix or not value or prefix in pairs:
+            raise ConfigError(f"{key} entry {item!r}: write 'PREFIX=VALUE' separated by commas, each prefix once, "
+                              f"e.g. {key}='{example}'")
+        pairs[prefix] = value
+    return pairs
+
+
+def _part_methods(text: str) -> dict[str, str]:
+    return _part_pairs(text, "merge.part-methods", "projection=task_arithmetic")
+
+
+def _part_weights(text: str) -> dict[str, tuple[float, ...]]:
+    """'image=1|2 projection=4' -> {'image': (1.0, 2.0), 'projection': (4.0,)}; alternatives are for compare."""
+    weights = {}
+    for prefix, value in _part_pairs(text, "merge.part-weights", "projection=4").items():
+        try:
+            choices = tuple(float(w) for w in value.split("|"))
+        except ValueError:
+            choices = ()
+        if not choices or not all(math.isfinite(w) and w > 0 for w in choices) or len(set(choices)) < len(choices):
+            raise ConfigError(f"merge.part-weights entry {prefix}={value}: give a positive number, or several "
+                              f"different ones separated by | for compare to choose from (e.g. {prefix}=1|2|4)")
+        weights[prefix] = choices
+    return weights
+
+
+def _parts_text(pairs: dict) -> str:
+    return ",".join(f"{p}={'|'.join(f'{w:g}' for w in v) if isinstance(v, tuple) else v}" for p, v in pairs.items())
 
 
 def _check_kind(name: str) -> None:
@@ -192,11 +230,39 @@ class MergeSettings:
     weighting: str = setting(WEIGHTINGS[0], "site weights (`examples` weighs by data size)", choices=WEIGHTINGS)
     options_text: str = setting("", "method-specific options, e.g. strategy='ties' merge.options='density=0.5 "
                                 "lam=0.7'", key="merge.options")
+    part_methods: dict = setting("", "adapter kinds: the matrices under a name prefix merged with another method "
+                                 "(its default options), e.g. 'text=task_arithmetic'; cross-modal parts: image, "
+                                 "projection, text", key="merge.part-methods", parse=_part_methods, show=_parts_text,
+                                 accepts="PREFIX=METHOD,... ('' = none)")
+    part_weights: dict = setting("", "adapter kinds: a factor on the merged update under a name prefix, e.g. "
+                                 "'projection=4'; 'image=1|2|4,projection=4' lets compare choose on validation",
+                                 key="merge.part-weights", parse=_part_weights, show=_parts_text,
+                                 accepts="PREFIX=WEIGHT,... (WEIGHT > 0, or W1|W2|... for compare; '' = none)")
     method: str = ""  # the strategy
     options: object | None = None  # an instance of the method's options dataclass; None where it has none
+    part_options: dict = dataclasses.field(default_factory=dict)  # prefix -> (method, its options object)
 
     def __post_init__(self) -> None:
         check_group(self)
+
+    @property
+    def parts(self) -> PartMerge:
+        """The part-by-part merge a combination uses; refused while a part still has several weights."""
+        undecided = sorted(p for p, choices in self.part_weights.items() if len(choices) > 1)
+        if undecided:
+            raise ConfigError(f"merge.part-weights gives several weights for {undecided}: `fl-medlego compare` "
+                              "chooses one on validation, a run or a single combination takes one per part, e.g. "
+                              f"merge.part-weights='{undecided[0]}={self.part_weights[undecided[0]][0]:g}'")
+        return PartMerge(dict(self.part_options), {p: choices[0] for p, choices in self.part_weights.items()})
+
+    def part_weight_grid(self) -> list[dict[str, float]]:
+        """Every combination of the parts' weight alternatives (one empty dict when no part has weights)."""
+        prefixes = list(self.part_weights)
+        return [dict(zip(prefixes, values)) for values in itertools.product(*self.part_weights.values())]
+
+    def with_part_weights(self, chosen: dict[str, float]) -> MergeSettings:
+        """The same settings with one weight per part (as compare chose them)."""
+        return dataclasses.replace(self, part_weights={**self.part_weights, **{p: (w,) for p, w in chosen.items()}})
 
     def with_options(self, **values) -> MergeSettings:
         """The same settings with some options replaced (validated again by the options type)."""
@@ -329,7 +395,13 @@ def _merge_settings(flat: dict, kind: SiteKind, strategy: str) -> MergeSettings:
         options = kind.merge_options(strategy, shared, parse_overrides(merge.options_text))
     except (TypeError, ValueError) as err:  # UserError included: say which key it came from
         raise ConfigError(f"merge.options={merge.options_text!r} is refused for strategy {strategy!r}: {err}") from None
-    return dataclasses.replace(merge, options=options)
+    try:
+        part_options = kind.part_merge_options(merge.part_methods, shared, bool(merge.part_weights))
+    except (TypeError, ValueError) as err:
+        key, value = (("merge.part-methods", merge.part_methods) if merge.part_methods
+                      else ("merge.part-weights", merge.part_weights))
+        raise ConfigError(f"{key}={_parts_text(value)!r} is refused: {err}") from None
+    return dataclasses.replace(merge, options=options, part_options=part_options)
 
 
 def _check_new_task_privacy(privacy: PrivacySettings, new_task: NewTaskSettings) -> None:

@@ -49,6 +49,7 @@ def run_federation(grid: Grid, context: Context, held_out: tuple[str, ...] = (),
     while the run still holds its folder, for a scenario's own step that writes into it (new_task's curves);
     after the summary, so that a failure of that step leaves the rounds' summary in place."""
     cfg = parse_run_config(context.run_config)  # fails before any training on a wrong strategy or option
+    cfg.kind_server().check_merge(cfg.merge)  # and on merge parts that name no matrix or hold several weights
     if cfg.resume:
         run_dir = Path(cfg.resume).expanduser().resolve()
     else:

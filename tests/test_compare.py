@@ -249,3 +249,25 @@ def test_weight_averaging_runs_through_the_same_comparison_path(tmp_path):
     assert "vit_avg" in (tmp_path / "out" / "table.md").read_text()
     normalized = summarize(results)["vit_avg"]["mean norm. ACC"][0]
     assert 0 < normalized < 10
+
+
+def test_part_weights_are_chosen_on_validation_and_carried_into_the_federated_row(tmp_path, monkeypatch):
+    calls = []
+    real = AdapterSite.evaluate
+
+    def spy(self, data, adapter, head, split="test"):
+        calls.append((split, adapter.metadata.get("merge", {}).get("parts", {}).get("weights")))
+        return real(self, data, adapter, head, split)
+
+    monkeypatch.setattr(AdapterSite, "evaluate", spy)
+    run_config = {**tiny_config(), "merge.part-weights": "blocks.0=1|3"}
+    results = Comparison(run_config, ["medlego"], [0], tmp_path / "out", tmp_path / "cache", rounds=(1, 2),
+                         federate=run_local_federation).run()
+    one_shot, federated = results["rows"]["medlego"]["0"], results["rows"]["medlego (2 rounds)"]["0"]
+    tried = [w for split, w in calls if split == "val"]
+    assert sorted({w["blocks.0"] for w in tried}) == [1.0, 3.0] and len(tried) == 2 * 4 * 2  # sites x v x weights
+    chosen = one_shot["part_weights"]
+    assert {str(w) for split, w in calls if split == "test" and w} == {str(chosen)}  # test sees the chosen one only
+    assert federated["part_weights"] == chosen
+    settings = json.loads((Path(federated["run_dir"]) / "settings.json").read_text())
+    assert settings["merge.part-weights"] == f"blocks.0={chosen['blocks.0']:g}"

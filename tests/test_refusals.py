@@ -12,7 +12,10 @@ TINY = {"sites": "blood,breast", "num-rounds": 1, "train.local-epochs": 1, "data
 
 
 @pytest.mark.parametrize("bad,named", [({"strategy": "medlgo"}, "strategy='medlgo' is refused"),
-                                       ({"merge.energy": 1.5}, "merge.energy=1.5 is refused")])
+                                       ({"merge.energy": 1.5}, "merge.energy=1.5 is refused"),
+                                       ({"merge.part-weights": "blocs=2"}, "merge.part-weights is refused: merge "
+                                        "part(s) ['blocs'] name no adapted matrix"),
+                                       ({"merge.part-weights": "blocks=1|2"}, "merge.part-weights gives several")])
 def test_the_server_app_refuses_a_bad_setting_in_one_unchained_line(tmp_path, capsys, bad, named):
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                       run_config={**TINY, **bad, "output-dir": str(tmp_path / "out")})

@@ -19,6 +19,7 @@ KEYS = [s.key for s in SETTINGS]
 REFUSED_BY_CHECK = {
     "sites": "bloood", "strategy": "medlgo", "kind": "crossmodal", "site-nodes": "blood:12",
     "model.name": "nonexistent_model", "train.device": "gpu", "guard.norm-factor": 0.5, "cross-modal.anchors": " ",
+    "merge.part-methods": "text=medlgo", "merge.part-weights": "image=-1",
 }
 
 

@@ -11,6 +11,7 @@ results.json after every row, so an interrupted comparison resumes.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import shutil
@@ -102,6 +103,8 @@ class Comparison:
             if public:
                 raise ConfigError(f"privacy.mode={cfg.privacy.mode!r}: {public} cannot train with DP-SGD; "
                                  "leave them out of --strategies")
+        # Merge parts that name no matrix fail here, before any specialist trains.
+        cfg.kind_server().check_merge(cfg.merge.with_part_weights(cfg.merge.part_weight_grid()[0]))
         self.run_config, self.strategies, self.seeds = run_config, strategies, seeds
         self.rounds = sorted(set(rounds))
         # A subset of a larger comparison's sites (fl_medlego.compare.scaling) reuses that comparison's
@@ -220,8 +223,8 @@ class Comparison:
         updates = [specialists[s][0] for s in sites]
         best = None
         try:
-            for values in kind.option_grid(strategy):
-                merge = cfg.merge.with_options(**values)
+            for values, part_weights in itertools.product(kind.option_grid(strategy), cfg.merge.part_weight_grid()):
+                merge = cfg.merge.with_options(**values).with_part_weights(part_weights)
                 combined = server.combine(updates, None, merge)
                 val = [site.evaluate(d, combined, specialists[s][1], "val")["acc"] for s, d in sites.items()]
                 score = sum(val) / len(val)
@@ -234,7 +237,9 @@ class Comparison:
         score, merge, combined = best
         test = _test_metrics(cfg, sites, combined, {s: specialists[s][1] for s in sites})
         options = dataclasses.asdict(merge.options) if merge.options is not None else {}
-        self._record(strategy, seed, test, options=options, val_mean_acc=score, **server.describe(combined))
+        chosen_parts = {"part_weights": merge.parts.weights} if merge.part_weights else {}
+        self._record(strategy, seed, test, options=options, val_mean_acc=score, **chosen_parts,
+                     **server.describe(combined))
 
     def _fixed_row(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int, row: str, options: dict) -> None:
         """One combination with the given options (no tuning): test metrics and the merged rank."""
@@ -268,13 +273,16 @@ class Comparison:
         run_config = {**self.run_config, "seed": seed, "strategy": strategy, "num-rounds": rounds,
                       "output-dir": str(folder / "runs")}
         run_config |= _options_as_run_config(run_config, one_shot.get("options", {}))
+        if one_shot.get("part_weights"):  # the weights the one-shot tuning chose, one per part
+            run_config["merge.part-weights"] = ",".join(f"{p}={w!r}" for p, w in one_shot["part_weights"].items())
         federation = self.federate(run_config, folder / "state")
         summary = json.loads((federation.run_dir / "summary.json").read_text())
         test = {site: {k: v for k, v in entry["merged"].items() if k != "round"}
                 for site, entry in summary["sites"].items()}
         server = cfg.kind_server()
         combined = server.load(federation.strategy.results.round_dir(rounds), None)
-        self._record(row, seed, test, options=one_shot.get("options", {}), rounds=rounds,
+        chosen_parts = {"part_weights": one_shot["part_weights"]} if one_shot.get("part_weights") else {}
+        self._record(row, seed, test, options=one_shot.get("options", {}), rounds=rounds, **chosen_parts,
                      run_dir=str(federation.run_dir), **server.describe(combined))
 
     def _multitask(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int) -> None:

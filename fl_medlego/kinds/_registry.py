@@ -90,6 +90,14 @@ class SiteKind(ABC):
         """Option values `fl-medlego compare` tries on validation splits (one empty dict: nothing to tune)."""
         return [{}]
 
+    def part_merge_options(self, methods: dict[str, str], shared: dict, weighted: bool) -> dict[str, tuple]:
+        """prefix -> (method, its validated options) for merge.part-methods; raises where the kind's updates
+        have no named parts to merge apart (weighted: merge.part-weights names some)."""
+        if methods or weighted:
+            raise ValueError(f"sites of kind {self.name!r} send whole updates without named parts: leave "
+                             "merge.part-methods and merge.part-weights empty")
+        return {}
+
     def specialists_row(self) -> str:
         """The comparison row of this kind's specialists (the site's own model, not an assembled one)."""
         return f"specialists ({self.specialist_label})"

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import ConfigError
+from ..merging.parts import PartMerge
 from ..models import shared_base
 from ._context import KindContext
 
@@ -30,6 +31,7 @@ class MergeChoice(Protocol):
 
     method: str
     options: object | None
+    parts: PartMerge  # the matrices merged by another method or weighted apart (empty: none)
 
 
 class KindServer(ABC):
@@ -68,6 +70,13 @@ class KindServer(ABC):
     @abstractmethod
     def scaled(self, update: Update, factor: float, reference: Update | None) -> Update:
         """The update with what it changes scaled by `factor` (norm clipping)."""
+
+    def check_merge(self, merge: MergeChoice) -> None:
+        """Raises before any site trains when the merge cannot apply to this kind's updates (a part naming
+        no matrix, say). A kind without named parts refuses any part-by-part merge."""
+        if merge.parts:
+            raise ValueError(f"sites of kind {self.kind.name!r} send whole updates without named parts: leave "
+                             "merge.part-methods and merge.part-weights empty")
 
     @abstractmethod
     def combine(self, updates: Sequence[Update], weights: torch.Tensor | None, merge: MergeChoice) -> Update:

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from .. import wire
+from ..errors import ConfigError, UnknownNameError
 from ..lora import Adapter, adapter_updates, get_adapter, inject_svd_lora, load_adapter, save_adapter, set_adapter
 from ..lora.factors import Factors
 from ..merging import adapter_norm, get_merge, list_merges, merge_adapters, option_grid
+from ..merging.parts import check_prefixes, merge_by_parts
 from ..models import SiteModel, create_backbone, shared_base
 from ..seeds import site_seed
 from ._registry import SiteKind, register_kind
@@ -74,7 +76,17 @@ class AdapterServer(KindServer):
         return load_adapter(Path(directory) / "adapter", expect_lora=self.context.lora, expect_base=self.base_name(),
                             expect_fingerprint=base_fingerprint)
 
+    def check_merge(self, merge: MergeChoice) -> None:
+        parts, template = merge.parts, self.template()
+        for key, prefixes in (("merge.part-methods", parts.methods), ("merge.part-weights", parts.weights)):
+            try:
+                check_prefixes(prefixes, template)
+            except ValueError as err:
+                raise ConfigError(f"{key} is refused: {err}") from None
+
     def combine(self, updates: Sequence[Adapter], weights: torch.Tensor | None, merge: MergeChoice) -> Adapter:
+        if merge.parts:
+            return merge_by_parts(updates, merge.method, weights, merge.options, merge.parts)
         return merge_adapters(updates, merge.method, weights, options=merge.options)
 
     def describe(self, update: Adapter) -> dict[str, float]:
@@ -124,3 +136,10 @@ class AdapterKind(SiteKind):
 
     def option_grid(self, strategy: str) -> list[dict]:
         return option_grid(strategy)
+
+    def part_merge_options(self, methods: dict[str, str], shared: dict, weighted: bool) -> dict[str, tuple]:
+        for prefix, method in methods.items():
+            if method not in self.strategies():
+                raise UnknownNameError("merge method", method, self.strategies(),
+                                       hint=f"given for part {prefix!r}")
+        return {prefix: (method, self.merge_options(method, shared, {})) for prefix, method in methods.items()}
