@@ -96,13 +96,13 @@ def test_the_modality_term_replaces_the_negatives_in_the_logits_with_a_pooled_cr
 
 
 def test_the_modality_term_leaves_out_sets_of_the_sites_own_modality():
-    from fl_medlego.kinds.cross_modal import _modality_spans
+    from fl_medlego.crossmodal.anchors import modality_spans
 
     spans = anchors_of.training_spans("organamnist", 11)
-    kept = _modality_spans("organa", 11)
+    kept = modality_spans("organa", 11)
     assert kept[0] == (0, 11) and len(kept) == len(spans) - 2  # organC and organS are not pushed away
     assert spans["organcmnist"] not in kept and spans["organsmnist"] not in kept and spans["bloodmnist"] in kept
-    own = _modality_spans("", 3)  # a site with its own images: every supported set after its block
+    own = modality_spans("", 3)  # a site with its own images: every supported set after its block
     assert own[0] == (0, 3) and len(own) == 1 + len(anchors_of.supported_flags())
 
 

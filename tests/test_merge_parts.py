@@ -71,13 +71,13 @@ def test_the_settings_parse_show_and_refuse():
     assert parse_run_config({**load_scenario_config("scenarios/cross_modal"), **table}).merge == cfg.merge
     assert cfg.merge.part_weight_grid() == [{"projection": 4.0, "image": 1.0}, {"projection": 4.0, "image": 2.0}]
     with pytest.raises(ConfigError, match="several weights for \\['image'\\].*compare"):
-        cfg.merge.parts  # a run takes one weight per part
+        assert cfg.merge.parts  # a run takes one weight per part
     assert cfg.merge.with_part_weights({"image": 2.0}).parts.weights == {"projection": 4.0, "image": 2.0}
     assert cross_modal().merge.part_weight_grid() == [{}] and not cross_modal().merge.parts
     for bad, said in [("merge.part-weights='projection=0'", "positive number"),
                       ("merge.part-weights='projection=2|2'", "different ones"),
                       ("merge.part-weights='projection'", "PREFIX=VALUE"),
-                      ("merge.part-methods='text=medlgo'", "part-methods='text=medlgo' is refused: unknown merge method")]:
+                      ("merge.part-methods='text=medlgo'", "text=medlgo' is refused: unknown merge method")]:
         with pytest.raises(ConfigError, match=said):
             cross_modal(bad)
 

@@ -108,10 +108,13 @@ def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path,
         raise UserError(f"--baseline {baseline!r} is none of the variants ({', '.join(folders)})")
     variants = {name: _load(folder) for name, folder in folders.items()}
     shown, paired_columns = _columns(metrics)
-    known = {m for v in variants.values() for row in v["rows"].values() for entry in row.values()
-             for site in entry.get("test", {}).values() for m in site}
-    for flag, named in (("--metrics", metrics or ()), ("--pairs", [m for pair in pairs for m in pair])):
-        unknown = [m for m in named if m not in known]
+    named = {"--metrics": list(metrics or ()), "--pairs": [m for pair in pairs for m in pair]}
+    known = set()
+    if any(named.values()):  # only a metric the user named needs looking for
+        known = {m for v in variants.values() for row in v["rows"].values() for entry in row.values()
+                 for site in entry.get("test", {}).values() for m in site}
+    for flag, names in named.items():
+        unknown = [m for m in names if m not in known]
         if unknown:
             raise UserError(f"{flag} {', '.join(unknown)}: no comparison holds it; their rows hold "
                             f"{', '.join(sorted(known))}")

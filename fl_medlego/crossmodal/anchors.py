@@ -95,6 +95,15 @@ def training_spans(own_flag: str, own_prompts: int) -> dict[str, tuple[int, int]
     return spans
 
 
+def modality_spans(flag: str, own_prompts: int) -> tuple[tuple[int, int], ...]:
+    """The modality-level term's spans of [own prompts, vocabulary], the own block first: a set showing the
+    site's own modality (organA/C/S; chest and pneumonia x-rays) is left out, not pushed away. A site with
+    its own images (flag "") keeps every set."""
+    spans = training_spans(flag, own_prompts)
+    same = own_modality(canonical_flag(flag)) if flag else set()
+    return tuple(span for i, (name, span) in enumerate(spans.items()) if i == 0 or name not in same)
+
+
 def load_anchors(source: str, own_flag: str, own_prompts: int) -> Anchors | None:
     """The anchors of a MedMNIST site of `own_flag` whose training logits hold `own_prompts` of its own first."""
     if source == NONE or not own_flag:

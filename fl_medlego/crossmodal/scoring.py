@@ -136,7 +136,7 @@ def best_logit_factor(logits: torch.Tensor, labels: torch.Tensor, task: str) -> 
     """The factor of LOGIT_FACTORS (1 / temperature) that minimises the loss of `logits` (a site's validation
     images); of equal losses, the one nearest 1, so a split that cannot tell them apart changes the least."""
     losses = [task_loss(logits * f, labels, task).item() for f in LOGIT_FACTORS]
-    return min(LOGIT_FACTORS, key=lambda f: (losses[LOGIT_FACTORS.index(f)], abs(np.log(f))))
+    return min(zip(losses, LOGIT_FACTORS), key=lambda pair: (pair[0], abs(np.log(pair[1]))))[1]
 
 
 @torch.no_grad()

@@ -19,13 +19,12 @@ import torch
 from torch import nn
 
 from ..crossmodal import metrics
-from ..crossmodal.anchors import load_anchors, own_modality, training_spans
+from ..crossmodal.anchors import load_anchors, modality_spans
 from ..crossmodal.model import PROJECTION, CrossModalModel, FixedProjection
 from ..crossmodal.prompts import is_multi_label, own_prompts, site_prompts, vocabulary
 from ..crossmodal.scoring import evaluate_cross_modal
 from ..crossmodal.settings import CrossModalSettings
 from ..crossmodal.text_tower import load_text_tower, text_tower_on_meta
-from ..data.medmnist_source import canonical_flag
 from ..lora import (
     Adapter,
     SVDLoRAConfig,
@@ -118,14 +117,6 @@ class CrossModalServer(AdapterServer):
         return update
 
 
-def _modality_spans(flag: str, own_prompts: int) -> tuple[tuple[int, int], ...]:
-    """The modality-level term's spans of [own prompts, vocabulary], the own block first: a set showing the
-    site's own modality (organA/C/S; chest and pneumonia x-rays) is left out, not pushed away."""
-    spans = training_spans(flag, own_prompts)
-    same = own_modality(canonical_flag(flag)) if flag else set()
-    return tuple(span for i, (name, span) in enumerate(spans.items()) if i == 0 or name not in same)
-
-
 class CrossModalSite(AdapterSite):
     """Both towers adapted; a site scores its images against its own class prompts (no head)."""
 
@@ -144,13 +135,12 @@ class CrossModalSite(AdapterSite):
         prompts = site_prompts(flag) if flag else own_prompts(data.class_names, multi_label, data.prompt_template)
         negatives = vocabulary(flag) if own.negatives != "none" and not multi_label else None
         anchors = load_anchors(own.anchors, flag, len(prompts)) if negatives else None
-        modality_spans = (_modality_spans(flag, len(prompts)) if negatives and own.negatives == "modality"
-                          else None)
+        spans = modality_spans(flag, len(prompts)) if negatives and own.negatives == "modality" else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(site_seed(c.seed, data.site.name))
             _inject(image, projection, text, c, c.rank_of(data.site.name))
         model = CrossModalModel(image, projection, text, prompts, own.logit_scale, multi_label, negatives,
-                                c.image_size, base_fingerprint, anchors, own.anchor_weight, modality_spans)
+                                c.image_size, base_fingerprint, anchors, own.anchor_weight, spans)
         if update is not None:
             set_adapter(model, update)
         return model
