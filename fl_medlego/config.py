@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,6 +379,13 @@ def setting_groups() -> list[type]:
 
 # Every key with its default, as a user writes it (scenario pyprojects repeat them: Flower requires every key).
 DEFAULTS: dict[str, object] = default_table(setting_groups())
+
+
+def with_new_defaults(stored: dict) -> dict:
+    """Settings a results file stored, completed with the defaults of every setting added since it was written:
+    a new setting's default keeps the behaviour from before it, so an older comparison still resumes, combines
+    and pairs with a newer one."""
+    return {**json.loads(json.dumps(DEFAULTS, default=str)), **stored}
 
 
 def _resolve_kind(run: RunSettings) -> SiteKind:

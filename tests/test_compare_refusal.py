@@ -64,3 +64,23 @@ def test_one_shot_options_with_none_become_a_federated_rows_run_config(strategy,
     assert "null" not in config["merge.options"]
     chosen = parse_run_config({**run_config, **config}).merge.options
     assert {k: getattr(chosen, k) for k in options} == options
+
+
+def test_a_comparison_written_before_a_setting_existed_resumes_and_combines(tmp_path):
+    """A setting added later (merge.part-weights, say) is missing from older results files: it counts as its
+    default, which keeps the behaviour from before it; a value other than the default still differs."""
+    from fl_medlego.compare.combine import combine_comparisons
+
+    path = started(tmp_path)
+    older = json.loads(path.read_text())
+    for key in ("merge.part-methods", "merge.part-weights"):
+        del older["settings"][key]
+    path.write_text(json.dumps(older))
+    again = Comparison(load_scenario_config(SCENARIO, "data.max-train=20 data.max-eval=10"), ["medlego"], [1],
+                       tmp_path / "out", tmp_path / "cache")
+    assert again.results["rows"] == older["rows"]
+    newer = started(tmp_path / "newer")
+    assert combine_comparisons([older, json.loads(newer.read_text())])["seeds"] == [0]
+    with pytest.raises(ConfigError, match=r"differing: merge.part-weights"):
+        Comparison(load_scenario_config(SCENARIO, "data.max-train=20 data.max-eval=10 merge.part-weights='blocks=2'"),
+                   ["medlego"], [0], tmp_path / "out", tmp_path / "cache")

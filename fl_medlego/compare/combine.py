@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..config import with_new_defaults
 from ..errors import UserError
 from ..files import write_json_atomic
 from .table import render_comparison
 
 
 def _without_seed(settings: dict) -> dict:
-    out = {k: v for k, v in settings.items() if k != "seed"}
+    out = {k: v for k, v in with_new_defaults(settings).items() if k != "seed"}
     if isinstance(out.get("train"), dict):
         out["train"] = {k: v for k, v in out["train"].items() if k not in ("seed", "progress")}
     return out

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, parse_run_config, settings_table
+from ..config import RunConfig, parse_run_config, settings_table, with_new_defaults
 from ..data import SiteData, parse_sites
 from ..errors import ConfigError
 from ..files import write_json_atomic
@@ -122,7 +122,7 @@ class Comparison:
             self.results = json.loads(self.path.read_text())
             # Finished rows are reused by name: rows of other settings would come back as this run's. The seed
             # is each row's own (--seeds adds seeds to a comparison).
-            stored = self.results.get("settings", {})
+            stored = with_new_defaults(self.results.get("settings", {}))
             differing = sorted(k for k in stored.keys() | settings.keys()
                                if k != "seed" and stored.get(k) != settings.get(k))
             if differing:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import with_new_defaults
 from ..errors import UserError
 from ..files import atomic_path, write_text_atomic
 from .table import format_paired, paired_test
@@ -41,6 +42,7 @@ def _load(folder: Path) -> dict:
 
 
 def _differing(settings: list[dict]) -> list[str]:
+    settings = [with_new_defaults(s) for s in settings]
     keys = set().union(*settings) - {"seed"}
     return sorted(k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1)
 
@@ -127,7 +129,8 @@ def render_variants(folders: dict[str, Path], baseline: str, out_dir: Path,
              f"{', '.join(differing) or 'none'}.", ""]
     for name, results in variants.items():
         measured = sorted({int(seed) for row in results["rows"].values() for seed in row})
-        lines.append(f"- `{name}`: " + ", ".join(f"{k}={results['settings'].get(k)}" for k in differing)
+        settings = with_new_defaults(results["settings"])
+        lines.append(f"- `{name}`: " + ", ".join(f"{k}={settings.get(k)}" for k in differing)
                      + f" (rows measured on seeds {measured}; each row's seeds are in variants.csv)")
     header = ["row", "variant", *shown.values(), *(f"{shown[m]} vs {baseline}" for m in paired_columns)]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
