@@ -78,7 +78,9 @@ def _part_pairs(text: str, key: str, example: str) -> dict[str, str]:
     pairs = {}
     for item in text.replace(",", " ").split():
         prefix, sep, value = item.partition("=")
-        if not sep or not prefix or not value or prefix in pairs:
+        if prefix in pairs:
+            raise ConfigError(f"{key} names part {prefix!r} twice: give each prefix once")
+        if not sep or not prefix or not value:
             raise ConfigError(f"{key} entry {item!r}: write 'PREFIX=VALUE' separated by commas, each prefix once, "
                               f"e.g. {key}='{example}'")
         pairs[prefix] = value
@@ -104,8 +106,14 @@ def _part_weights(text: str) -> dict[str, tuple[float, ...]]:
     return weights
 
 
+def _weight_text(weight: float) -> str:
+    """Short where that is exact (4, not 4.0), else every digit: settings.json must give back the same weight."""
+    short = f"{weight:g}"
+    return short if float(short) == weight else repr(weight)
+
+
 def _parts_text(pairs: dict) -> str:
-    return ",".join(f"{p}={'|'.join(f'{w:g}' for w in v) if isinstance(v, tuple) else v}" for p, v in pairs.items())
+    return ",".join(f"{p}={'|'.join(map(_weight_text, v)) if isinstance(v, tuple) else v}" for p, v in pairs.items())
 
 
 def _check_kind(name: str) -> None:
@@ -232,9 +240,10 @@ class MergeSettings:
     options_text: str = setting("", "method-specific options, e.g. strategy='ties' merge.options='density=0.5 "
                                 "lam=0.7'", key="merge.options")
     part_methods: dict = setting("", "adapter kinds: the matrices under a name prefix merged with another method "
-                                 "(its default options), e.g. 'text=task_arithmetic'; cross-modal parts: image, "
-                                 "projection, text", key="merge.part-methods", parse=_part_methods, show=_parts_text,
-                                 accepts="PREFIX=METHOD,... ('' = none)")
+                                 "(its default options; merge.energy and merge.max-rank where it has them), e.g. "
+                                 "'projection=task_arithmetic'; cross-modal parts: image, projection, and text when "
+                                 "cross-modal.towers adapts it", key="merge.part-methods", parse=_part_methods,
+                                 show=_parts_text, accepts="PREFIX=METHOD,... ('' = none)")
     part_weights: dict = setting("", "adapter kinds: a factor on the merged update under a name prefix, e.g. "
                                  "'projection=4'; 'image=1|2|4,projection=4' lets compare choose on validation",
                                  key="merge.part-weights", parse=_part_weights, show=_parts_text,
@@ -255,6 +264,12 @@ class MergeSettings:
                               "chooses one on validation, a run or a single combination takes one per part, e.g. "
                               f"merge.part-weights='{undecided[0]}={self.part_weights[undecided[0]][0]:g}'")
         return PartMerge(dict(self.part_options), {p: choices[0] for p, choices in self.part_weights.items()})
+
+    def for_round(self, server_round: int) -> MergeSettings:
+        """The settings a round combines with. Part weights scale round 1's merge, of updates trained from the
+        base; later rounds' updates start from that weighted merge and already carry the weight, so weighting
+        them again would compound it (w, w^2, ...)."""
+        return self if server_round == 1 or not self.part_weights else dataclasses.replace(self, part_weights={})
 
     def part_weight_grid(self) -> list[dict[str, float]]:
         """Every combination of the parts' weight alternatives (one empty dict when no part has weights)."""
@@ -381,11 +396,16 @@ def setting_groups() -> list[type]:
 DEFAULTS: dict[str, object] = default_table(setting_groups())
 
 
+# Settings added after results files were first written (add a new setting here): a file without one was
+# written before it existed, when the code did what the setting's default does.
+ADDED_LATER = ("merge.part-methods", "merge.part-weights")
+
+
 def with_new_defaults(stored: dict) -> dict:
-    """Settings a results file stored, completed with the defaults of every setting added since it was written:
-    a new setting's default keeps the behaviour from before it, so an older comparison still resumes, combines
-    and pairs with a newer one."""
-    return {**json.loads(json.dumps(DEFAULTS, default=str)), **stored}
+    """Settings a results file stored, completed with the defaults of the settings added since (ADDED_LATER), so
+    an older comparison still resumes, combines and pairs with a newer one."""
+    defaults = json.loads(json.dumps(DEFAULTS, default=str))
+    return {**{key: defaults[key] for key in ADDED_LATER}, **stored}
 
 
 def _resolve_kind(run: RunSettings) -> SiteKind:

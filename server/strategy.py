@@ -97,8 +97,9 @@ class SiteMergeStrategy(Strategy):
 
     def summary(self) -> None:
         log.info("\t├──> sites: %s", self.site_nodes)
-        log.info("\t└──> %s sites, combined with %s %s, weighting %s, guard %s, layers %s", self.kind.kind.name,
-                 self.merge.method, self.merge.options, self.merge.weighting, self.cfg.guard,
+        log.info("\t└──> %s sites, combined with %s %s, weighting %s, parts %s, guard %s, layers %s",
+                 self.kind.kind.name, self.merge.method, self.merge.options, self.merge.weighting,
+                 self.merge.parts.describe() if self.merge.parts else "none", self.cfg.guard,
                  [layer.name for layer in self.layers])
 
     # -- sending -------------------------------------------------------------------------------------
@@ -247,8 +248,11 @@ class SiteMergeStrategy(Strategy):
         if self.merge.weighting == "examples":
             examples = capped_examples({s: ledger.accepted[s].metrics[wire.NUM_EXAMPLES] for s in sites})
             weights = normalize_weights([examples[s] for s in sites], len(sites))
-        combined = self.kind.combine([ledger.kept[s] for s in sites], weights, self.merge)
+        merge = self.merge.for_round(ledger.round)
+        combined = self.kind.combine([ledger.kept[s] for s in sites], weights, merge)
         bound = min((d.bound for d in ledger.decisions), default=float("inf"))
+        # The run's own part weights scale the combination on purpose: the honest bound grows with them.
+        bound *= max([1.0, *merge.parts.weights.values()])
         problem = check_combined(self.kind.norm(combined, self.reference), len(sites), bound)
         if problem:
             self._fail(ledger, f"round {ledger.round}: {problem}")

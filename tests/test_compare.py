@@ -14,6 +14,7 @@ from fl_medlego.compare.table import specialists_row, summarize, to_markdown
 from fl_medlego.config import parse_run_config
 from fl_medlego.kinds import get_kind
 from fl_medlego.kinds.adapter import AdapterSite
+from fl_medlego.lora import Adapter
 from fl_medlego.scenario import load_scenario_config, parse_overrides
 
 TINY = ("sites='breast,pneumonia' data.max-train=40 data.max-eval=40 train.local-epochs=1 lora.rank=2")
@@ -271,3 +272,24 @@ def test_part_weights_are_chosen_on_validation_and_carried_into_the_federated_ro
     assert federated["part_weights"] == chosen
     settings = json.loads((Path(federated["run_dir"]) / "settings.json").read_text())
     assert settings["merge.part-weights"] == f"blocks.0={chosen['blocks.0']:g}"
+
+
+def test_a_federation_weights_round_one_only_and_its_guard_allows_for_the_weight(tmp_path):
+    from fl_medlego.merging import adapter_norm
+
+    def part_norm(adapter, prefix):
+        return adapter_norm(Adapter({n: f for n, f in adapter.factors.items() if n.startswith(prefix)},
+                                    adapter.scale))
+
+    # A weight far above the combined check's 10 x N slack: the run's own weight raises the honest bound.
+    run_config = {**tiny_config(), "num-rounds": 2, "merge.part-weights": "blocks.0=500",
+                  "output-dir": str(tmp_path / "runs")}
+    federation = run_local_federation(run_config, tmp_path / "state")
+    summary = json.loads((federation.run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed", summary.get("failure")
+    cfg = parse_run_config(run_config)
+    rounds = [cfg.kind_server().load(federation.strategy.results.round_dir(r), None) for r in (1, 2)]
+    growth = [part_norm(rounds[1], p) / part_norm(rounds[0], p) for p in ("blocks.0.", "blocks.1.")]
+    # Round 2 starts from round 1's merge and is combined unweighted: the weighted part grows as the rest
+    # does, not 500-fold again.
+    assert growth[0] < 5 * growth[1] and growth[0] < 5

@@ -84,3 +84,14 @@ def test_a_comparison_written_before_a_setting_existed_resumes_and_combines(tmp_
     with pytest.raises(ConfigError, match=r"differing: merge.part-weights"):
         Comparison(load_scenario_config(SCENARIO, "data.max-train=20 data.max-eval=10 merge.part-weights='blocks=2'"),
                    ["medlego"], [0], tmp_path / "out", tmp_path / "cache")
+
+
+@pytest.mark.parametrize("strategies,energies,says", [
+    (["medlego", "vit_avg"], (), "kind 'full' send whole updates without named parts"),
+    (["medlego"], (0.5, 0.9), "--energy-sweep's rows are fixed combinations"),
+])
+def test_part_settings_a_row_cannot_take_are_refused_before_training(tmp_path, strategies, energies, says):
+    run_config = load_scenario_config(SCENARIO, "data.max-train=20 data.max-eval=10 merge.part-weights='blocks.0=1|2'")
+    with pytest.raises(ConfigError, match=says):
+        Comparison(run_config, strategies, [0], tmp_path / "out", tmp_path / "cache", energies=energies)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

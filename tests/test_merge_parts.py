@@ -47,6 +47,17 @@ def test_each_part_is_its_methods_merge_times_its_weight(rng):
     assert merged.metadata["merge"]["parts"]["methods"]["text"]["method"] == "task_arithmetic"
 
 
+def test_site_weights_reach_every_part(rng):
+    adapters = sites(rng)
+    weights = [0.5, 0.3, 0.2]  # merge.weighting='examples', normalised
+    merged = merge_by_parts(adapters, "medlego", weights, None, PartMerge(weights={"projection": 2.0}))
+    plain = merge_adapters(adapters, "medlego", weights)
+    for name in NAMES:
+        factor = 2.0 if name == "projection.map" else 1.0
+        assert torch.allclose(dense(merged.factors[name]), factor * dense(plain.factors[name]))
+    assert merged.metadata["merge"]["weights"] == pytest.approx(weights)
+
+
 def test_the_longest_prefix_wins_and_whole_components_only():
     assert part_of("image.blocks.1.q", ["image", "image.blocks.1"]) == "image.blocks.1"
     assert part_of("image.blocks.10.q", ["image", "image.blocks.1"]) == "image"
@@ -74,9 +85,13 @@ def test_the_settings_parse_show_and_refuse():
         assert cfg.merge.parts  # a run takes one weight per part
     assert cfg.merge.with_part_weights({"image": 2.0}).parts.weights == {"projection": 4.0, "image": 2.0}
     assert cross_modal().merge.part_weight_grid() == [{}] and not cross_modal().merge.parts
+    # settings.json gives back the very weight, also one that is not short
+    odd = cross_modal("merge.part-weights='projection=0.30000000000000004'")
+    assert parse_run_config({**load_scenario_config("scenarios/cross_modal"), **settings_table(odd)}).merge == odd.merge
     for bad, said in [("merge.part-weights='projection=0'", "positive number"),
                       ("merge.part-weights='projection=2|2'", "different ones"),
                       ("merge.part-weights='projection'", "PREFIX=VALUE"),
+                      ("merge.part-weights='image=2,image=3'", "names part 'image' twice"),
                       ("merge.part-methods='text=medlgo'", "text=medlgo' is refused: unknown merge method")]:
         with pytest.raises(ConfigError, match=said):
             cross_modal(bad)
@@ -93,3 +108,10 @@ def test_the_server_checks_the_parts_against_its_adapter_before_training():
         cfg.kind_server().check_merge(cfg.merge)
     fine = cross_modal("merge.part-weights='projection=4'")
     fine.kind_server().check_merge(fine.merge)
+
+
+def test_part_weights_scale_round_one_only():
+    """Later rounds' updates start from round 1's weighted merge and carry its weight already."""
+    merge = cross_modal("merge.part-weights='projection=4' merge.part-methods='projection=task_arithmetic'").merge
+    assert merge.for_round(1).parts.weights == {"projection": 4.0}
+    assert merge.for_round(2).parts.weights == {} and merge.for_round(2).parts.methods == merge.parts.methods

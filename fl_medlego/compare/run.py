@@ -103,8 +103,15 @@ class Comparison:
             if public:
                 raise ConfigError(f"privacy.mode={cfg.privacy.mode!r}: {public} cannot train with DP-SGD; "
                                  "leave them out of --strategies")
-        # Merge parts that name no matrix fail here, before any specialist trains.
+        # Merge parts that a strategy's kind refuses or whose prefixes name no matrix fail here, before any
+        # specialist trains; so do a sweep's fixed rows given several weights per part.
+        for strategy in strategies:
+            if strategy != MULTITASK:
+                parse_run_config({**run_config, "strategy": strategy})
         cfg.kind_server().check_merge(cfg.merge.with_part_weights(cfg.merge.part_weight_grid()[0]))
+        if energies and len(cfg.merge.part_weight_grid()) > 1:
+            raise ConfigError("--energy-sweep's rows are fixed combinations: give merge.part-weights one weight per "
+                              "part, or sweep without part weights")
         self.run_config, self.strategies, self.seeds = run_config, strategies, seeds
         self.rounds = sorted(set(rounds))
         # A subset of a larger comparison's sites (fl_medlego.compare.scaling) reuses that comparison's

@@ -22,7 +22,7 @@ from typing import ClassVar
 from .. import wire
 from ..errors import UnknownNameError
 from ._context import KindContext
-from ._server import KindServer
+from ._server import NO_PARTS, KindServer
 from ._site import KindSite
 
 
@@ -94,8 +94,7 @@ class SiteKind(ABC):
         """prefix -> (method, its validated options) for merge.part-methods; raises where the kind's updates
         have no named parts to merge apart (weighted: merge.part-weights names some)."""
         if methods or weighted:
-            raise ValueError(f"sites of kind {self.name!r} send whole updates without named parts: leave "
-                             "merge.part-methods and merge.part-weights empty")
+            raise ValueError(NO_PARTS.format(kind=self.name))
         return {}
 
     def specialists_row(self) -> str:

@@ -23,6 +23,8 @@ from ..models import shared_base
 from ._context import KindContext
 
 Update = Any
+NO_PARTS = ("sites of kind {kind!r} send whole updates without named parts: leave merge.part-methods and "
+            "merge.part-weights empty")
 Template = dict  # what a valid update must look like (the kind decides)
 
 
@@ -75,8 +77,7 @@ class KindServer(ABC):
         """Raises before any site trains when the merge cannot apply to this kind's updates (a part naming
         no matrix, say). A kind without named parts refuses any part-by-part merge."""
         if merge.parts:
-            raise ValueError(f"sites of kind {self.kind.name!r} send whole updates without named parts: leave "
-                             "merge.part-methods and merge.part-weights empty")
+            raise ValueError(NO_PARTS.format(kind=self.kind.name))
 
     @abstractmethod
     def combine(self, updates: Sequence[Update], weights: torch.Tensor | None, merge: MergeChoice) -> Update:

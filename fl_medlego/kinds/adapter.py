@@ -77,7 +77,10 @@ class AdapterServer(KindServer):
                             expect_fingerprint=base_fingerprint)
 
     def check_merge(self, merge: MergeChoice) -> None:
-        parts, template = merge.parts, self.template()
+        parts = merge.parts
+        if not parts:
+            return
+        template = self.template()
         for key, prefixes in (("merge.part-methods", parts.methods), ("merge.part-weights", parts.weights)):
             try:
                 check_prefixes(prefixes, template)
