@@ -57,10 +57,6 @@ def check_prefixes(prefixes: Iterable[str], names: Iterable[str]) -> None:
                          f"{', '.join(tops)} (a prefix covers whole name components, e.g. {tops[0]!r})")
 
 
-def _weighted(f: Factors, weight: float) -> Factors:
-    return f if weight == 1.0 else Factors(f.B, f.E * weight, f.A)
-
-
 def merge_by_parts(adapters: Sequence[Adapter], method: str, weights: Sequence[float] | None, options: object | None,
                    parts: PartMerge) -> Adapter:
     """Each group of matrices (same method prefix, same weight prefix) merged with its method, then weighted."""
@@ -75,7 +71,7 @@ def merge_by_parts(adapters: Sequence[Adapter], method: str, weights: Sequence[f
         subset = [Adapter({n: a.factors[n] for n in group}, a.scale, a.metadata) for a in adapters]
         combined = merge_adapters(subset, part_method, weights, options=part_options)
         weight = parts.weights.get(weight_prefix, 1.0)
-        merged |= {n: _weighted(f, weight) for n, f in combined.factors.items()}
+        merged |= {n: f.scaled(weight) for n, f in combined.factors.items()}
     merge = get_merge(method)
     chosen = options if options is not None else merge.make_options()
     site_weights = resolve_weights(weights, len(adapters)).tolist()
