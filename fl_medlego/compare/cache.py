@@ -21,7 +21,8 @@ from ..files import read_tensors, write_tensor_folder
 # Settings (run config keys) that do not change what a specialist learns. num-rounds does under DP-SGD
 # (the site plans its noise over that many rounds), so a private specialist keeps it in its key.
 _IRRELEVANT = ("strategy", "kind", "output-dir", "round-timeout", "node-wait-timeout", "seed",
-               "min-sites", "site-nodes", "model.fingerprint", "resume", "messages-per-node")
+               "min-sites", "site-nodes", "model.fingerprint", "resume", "messages-per-node",
+               "cross-modal.tune-on")  # what compare chooses merge options on, after training
 _IRRELEVANT_GROUPS = ("merge.", "guard.")
 
 

@@ -1,11 +1,12 @@
 """`fl-medlego compare`: every strategy applied to the same specialists, tuned on validation, scored on test.
 
 For each seed and each site kind a strategy needs: train (or load from the cache) one specialist per
-site; combine them with each selected strategy of that kind (options chosen by the mean validation
-ACC over the sites, never on test) and evaluate the result on every site's test split with that
-site's own head. Adapter merges and full-weight averaging (`vit_avg`) go through the same path; the
-centralised multi-task model (`multitask`) is a reference row of its own. Results accumulate in
-results.json after every row, so an interrupted comparison resumes.
+site; combine them with each selected strategy of that kind (options chosen by the mean over the sites
+of their validation ACC, or of what the kind's sites score instead, KindSite.tuning_score; never on test)
+and evaluate the result on every site's test split with that site's own head. Adapter merges and
+full-weight averaging (`vit_avg`) go through the same path; the centralised multi-task model
+(`multitask`) is a reference row of its own. Results accumulate in results.json after every row, so an
+interrupted comparison resumes.
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ class Comparison:
             for values, part_weights in itertools.product(kind.option_grid(strategy), cfg.merge.part_weight_grid()):
                 merge = cfg.merge.with_options(**values).with_part_weights(part_weights)
                 combined = server.combine(updates, None, merge)
-                val = [site.evaluate(d, combined, specialists[s][1], "val")["acc"] for s, d in sites.items()]
+                val = [site.tuning_score(d, combined, specialists[s][1]) for s, d in sites.items()]
                 score = sum(val) / len(val)
                 if best is None or score > best[0]:
                     best = (score, merge, combined)
@@ -245,7 +246,8 @@ class Comparison:
         test = _test_metrics(cfg, sites, combined, {s: specialists[s][1] for s in sites})
         options = dataclasses.asdict(merge.options) if merge.options is not None else {}
         chosen_parts = {"part_weights": merge.parts.weights} if merge.part_weights else {}
-        self._record(strategy, seed, test, options=options, val_mean_acc=score, **chosen_parts,
+        tuned_on = {f"val_mean_{site.tuning_metric.replace('-', '_')}": score}  # val_mean_acc, val_mean_union_acc
+        self._record(strategy, seed, test, options=options, **tuned_on, **chosen_parts,
                      **server.describe(combined))
 
     def _fixed_row(self, cfg: RunConfig, sites: dict[str, SiteData], seed: int, row: str, options: dict) -> None:

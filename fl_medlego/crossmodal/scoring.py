@@ -114,10 +114,8 @@ def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_
             tempered = _metrics(logits * best_logit_factor(calibration_logits, calibration.labels, task),
                                 split.labels, task)
             out |= {TEMPERED_PREFIX + name: tempered[name] for name in ("auc", "loss")}
-    if not flag:  # a site's own classes have no held-out paraphrases; in the union they are one more block
-        if union_flags and task != MULTI_LABEL:
-            blocks = own_site_blocks(union_flags, model.prompts)
-            out |= union_of_labels(model, images, split.labels[:, 0], blocks, len(blocks) - 1)
+    out |= _union_test(model, images, split, task, flag, union_flags)
+    if not flag:  # a site's own classes have no held-out paraphrases
         return out
     unseen = [_metrics(_logits(model, images, site_prompts(flag, t)), split.labels, task)
               for t in unseen_templates(flag)]
@@ -125,11 +123,32 @@ def _evaluate(model: CrossModalModel, split: Split, task: str, flag: str, union_
         out[UNSEEN_PREFIX + name] = float(np.nanmean([m[name] for m in unseen]))
     ensemble = _metrics(_logits(model, images, ensemble_embeddings(model, flag)), split.labels, task)
     out |= {ENSEMBLE_PREFIX + name: ensemble[name] for name in ("acc", "auc", "f1")}
-    if union_flags and task != MULTI_LABEL and flag in union_flags:
-        blocks = [class_prompts(f) for f in union_flags]
-        names = [modality_prompt(f) for f in union_flags]
-        out |= union_of_labels(model, images, split.labels[:, 0], blocks, union_flags.index(flag), names)
     return out
+
+
+def _union_test(model: CrossModalModel, images: torch.Tensor, split: Split, task: str, flag: str,
+                union_flags: list[str] | None) -> dict[str, float]:
+    """union_of_labels over the run's sets, or {} where it does not apply (a multi-label site, no union). A site
+    with its own images (flag "") is one more block, last; a MedMNIST set's block has its public name too."""
+    if not union_flags or task == MULTI_LABEL or (flag and flag not in union_flags):
+        return {}
+    if not flag:
+        blocks = own_site_blocks(union_flags, model.prompts)
+        return union_of_labels(model, images, split.labels[:, 0], blocks, len(blocks) - 1)
+    blocks = [class_prompts(f) for f in union_flags]
+    names = [modality_prompt(f) for f in union_flags]
+    return union_of_labels(model, images, split.labels[:, 0], blocks, union_flags.index(flag), names)
+
+
+def union_acc(model: CrossModalModel, split: Split, task: str, flag: str, union_flags: list[str],
+              device: str = "auto", precision: str = "auto") -> float | None:
+    """The share of a split's images whose top prompt among every site's class prompts is their own class (what
+    choosing a generalist's merge options on validation wants: it sees the routing), or None where the union
+    test does not apply (a multi-label site)."""
+    on = resolve_device(device)
+    with placed(model, on), autocast(on, resolve_precision(precision, on)):
+        union = _union_test(model, image_embeddings(model, split), split, task, flag, union_flags)
+    return union.get(UNION_ACC)
 
 
 def best_logit_factor(logits: torch.Tensor, labels: torch.Tensor, task: str) -> float:

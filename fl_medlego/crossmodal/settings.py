@@ -15,6 +15,7 @@ def _not_blank(value: str) -> None:
     if not value.strip():  # a blank path would read whatever <flag>.npz files the working folder holds
         raise ValueError("give 'bundled', 'none' or a folder of MedMNIST <flag>.npz files")
 TOWERS = ("both", "image", "text")
+TUNE_ON = ("acc", "union-acc")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class CrossModalSettings:
         (anchors.py says why: without them every site claims every image). Needs negatives (vocabulary or
         modality): the anchors are scored against them.
     anchor_weight: the weight of that term beside the site's own cross-entropy.
+    tune_on: what `fl-medlego compare` chooses a merge's options on, averaged over the sites' validation
+        images: "acc" (each site's own prompts, as for every kind) or "union-acc" (the right class on top among
+        every site's prompts: it also sees whether the merge still routes each image to its modality, which
+        own-prompt ACC cannot; a multi-label site, which has no union test, scores its own-prompt ACC).
     """
 
     PREFIX: ClassVar[str] = "cross-modal."
@@ -64,6 +69,9 @@ class CrossModalSettings:
                            check=_not_blank)
     anchor_weight: float = setting(1.0, "cross-modal sites: weight of the anchor term beside the site's own loss",
                                    above=0)
+    tune_on: str = setting(TUNE_ON[0], "cross-modal sites: what compare chooses merge options on, over the sites' "
+                           "validation images ('union-acc' = the right class among every site's prompts, which "
+                           "sees the routing)", choices=TUNE_ON)
 
     def __post_init__(self) -> None:
         check_group(self)

@@ -106,6 +106,15 @@ class KindSite(ABC):
         return evaluate(model, getattr(data, split), data.task, model.image_size, device=train_cfg.device,
                         precision=train_cfg.precision)
 
+    @property
+    def tuning_metric(self) -> str:
+        """The name of what `tuning_score` measures."""
+        return "acc"
+
+    def tuning_score(self, data: SiteData, update: Update | None, head: dict[str, torch.Tensor] | None) -> float:
+        """What `fl-medlego compare` chooses a merge's options on, for this site: its validation ACC."""
+        return self.evaluate(data, update, head, "val")["acc"]
+
     def learning_curve(self, data: SiteData, start: Update | None, epochs: int,
                        on_epoch: Callable[[EpochReport], None] | None = None) -> dict[str, list[float]]:
         """Learn a new task from `start` (e.g. a merged update) or the bare base (None) with a fresh head,

@@ -22,7 +22,7 @@ from ..crossmodal import metrics
 from ..crossmodal.anchors import load_anchors, modality_spans
 from ..crossmodal.model import PROJECTION, CrossModalModel, FixedProjection
 from ..crossmodal.prompts import is_multi_label, own_prompts, site_prompts, vocabulary
-from ..crossmodal.scoring import evaluate_cross_modal
+from ..crossmodal.scoring import evaluate_cross_modal, union_acc
 from ..crossmodal.settings import CrossModalSettings
 from ..crossmodal.text_tower import load_text_tower, text_tower_on_meta
 from ..lora import (
@@ -160,6 +160,19 @@ class CrossModalSite(AdapterSite):
         return evaluate_cross_modal(model, getattr(data, split), data.task, data.site.flag, union,
                                     generalist=split == "test", calibration=data.val, device=train.device,
                                     precision=train.precision)
+
+    @property
+    def tuning_metric(self) -> str:
+        return self.context.settings.tune_on
+
+    def tuning_score(self, data: SiteData, update: Adapter | None, head: dict[str, torch.Tensor] | None) -> float:
+        if self.tuning_metric == "acc":
+            return super().tuning_score(data, update, head)
+        train = self.context.train
+        score = union_acc(self.build_model(data, update, head), data.val, data.task, data.site.flag,
+                          list(dict.fromkeys(self.context.site_flags)), device=train.device, precision=train.precision)
+        # A multi-label site has no union test: its own-prompt ACC is its part of the mean.
+        return super().tuning_score(data, update, head) if score is None else score
 
 
 @register_kind
