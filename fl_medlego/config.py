@@ -116,6 +116,11 @@ def _parts_text(pairs: dict) -> str:
     return ",".join(f"{p}={'|'.join(map(_weight_text, v)) if isinstance(v, tuple) else v}" for p, v in pairs.items())
 
 
+def part_weights_text(chosen: dict[str, float]) -> str:
+    """merge.part-weights as a run config gives it, for one weight per part (what compare chose)."""
+    return _parts_text({part: (float(weight),) for part, weight in chosen.items()})
+
+
 def _check_kind(name: str) -> None:
     if name:
         get_kind(name)  # the registry refuses an unknown name, listing the kinds it knows

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, parse_run_config, settings_table, with_new_defaults
+from ..config import RunConfig, parse_run_config, part_weights_text, settings_table, with_new_defaults
 from ..data import SiteData, parse_sites
 from ..errors import ConfigError
 from ..files import write_json_atomic
@@ -283,7 +283,7 @@ class Comparison:
                       "output-dir": str(folder / "runs")}
         run_config |= _options_as_run_config(run_config, one_shot.get("options", {}))
         if one_shot.get("part_weights"):  # the weights the one-shot tuning chose, one per part
-            run_config["merge.part-weights"] = ",".join(f"{p}={w!r}" for p, w in one_shot["part_weights"].items())
+            run_config["merge.part-weights"] = part_weights_text(one_shot["part_weights"])
         federation = self.federate(run_config, folder / "state")
         summary = json.loads((federation.run_dir / "summary.json").read_text())
         test = {site: {k: v for k, v in entry["merged"].items() if k != "round"}
