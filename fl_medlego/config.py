@@ -408,11 +408,9 @@ ADDED_LATER = ("merge.part-methods", "merge.part-weights", "cross-modal.tune-on"
 
 def with_new_defaults(stored: dict) -> dict:
     """Settings a results file stored, completed with the defaults of the settings added since (ADDED_LATER), so
-    an older comparison still resumes, combines and pairs with a newer one. Only for groups the file holds: a
-    kind's group (cross-modal.*) is in the settings of runs of that kind alone."""
+    an older comparison still resumes, combines and pairs with a newer one."""
     defaults = json.loads(json.dumps(DEFAULTS, default=str))
-    groups = {key.split(".")[0] for key in stored if "." in key}
-    return {**{key: defaults[key] for key in ADDED_LATER if key.split(".")[0] in groups}, **stored}
+    return {**{key: defaults[key] for key in ADDED_LATER}, **stored}
 
 
 def _resolve_kind(run: RunSettings) -> SiteKind:

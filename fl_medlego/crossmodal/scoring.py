@@ -142,9 +142,9 @@ def _union_test(model: CrossModalModel, images: torch.Tensor, split: Split, task
 
 def union_acc(model: CrossModalModel, split: Split, task: str, flag: str, union_flags: list[str],
               device: str = "auto", precision: str = "auto") -> float | None:
-    """The share of a split's images whose top prompt among every site's class prompts is their own class (what
-    choosing a generalist's merge options on validation wants: it sees the routing), or None where the union
-    test does not apply (a multi-label site)."""
+    """The union test's union-acc alone: the share of a split's images whose top prompt among the union's is their
+    own class (what choosing a generalist's merge options on validation wants: it sees the routing), or None
+    where the union test does not apply (a multi-label site)."""
     on = resolve_device(device)
     with placed(model, on), autocast(on, resolve_precision(precision, on)):
         union = _union_test(model, image_embeddings(model, split), split, task, flag, union_flags)

@@ -45,8 +45,9 @@ class CrossModalSettings:
     anchor_weight: the weight of that term beside the site's own cross-entropy.
     tune_on: what `fl-medlego compare` chooses a merge's options on, averaged over the sites' validation
         images: "acc" (each site's own prompts, as for every kind) or "union-acc" (the right class on top among
-        every site's prompts: it also sees whether the merge still routes each image to its modality, which
-        own-prompt ACC cannot; a multi-label site, which has no union test, scores its own-prompt ACC).
+        the union test's prompts, the run's MedMNIST sets' classes and, for a site with its own images, its own:
+        it also sees whether the merge still routes each image to its modality, which own-prompt ACC cannot; a
+        multi-label site, which has no union test, scores its own-prompt ACC). Other kinds ignore it.
     """
 
     PREFIX: ClassVar[str] = "cross-modal."
@@ -70,8 +71,8 @@ class CrossModalSettings:
     anchor_weight: float = setting(1.0, "cross-modal sites: weight of the anchor term beside the site's own loss",
                                    above=0)
     tune_on: str = setting(TUNE_ON[0], "cross-modal sites: what compare chooses merge options on, over the sites' "
-                           "validation images ('union-acc' = the right class among every site's prompts, which "
-                           "sees the routing)", choices=TUNE_ON)
+                           "validation images ('union-acc' = the right class among the union test's prompts, "
+                           "which sees the routing)", choices=TUNE_ON)
 
     def __post_init__(self) -> None:
         check_group(self)

@@ -166,13 +166,12 @@ class CrossModalSite(AdapterSite):
         return self.context.settings.tune_on
 
     def tuning_score(self, data: SiteData, update: Adapter | None, head: dict[str, torch.Tensor] | None) -> float:
-        if self.tuning_metric == "acc":
+        # A multi-label site has no union test: its own-prompt ACC is its part of the mean.
+        if self.tuning_metric == "acc" or data.task == MULTI_LABEL:
             return super().tuning_score(data, update, head)
         train = self.context.train
-        score = union_acc(self.build_model(data, update, head), data.val, data.task, data.site.flag,
-                          list(dict.fromkeys(self.context.site_flags)), device=train.device, precision=train.precision)
-        # A multi-label site has no union test: its own-prompt ACC is its part of the mean.
-        return super().tuning_score(data, update, head) if score is None else score
+        return union_acc(self.build_model(data, update, head), data.val, data.task, data.site.flag,
+                         list(dict.fromkeys(self.context.site_flags)), device=train.device, precision=train.precision)
 
 
 @register_kind
