@@ -109,11 +109,11 @@ class KindSite(ABC):
     @property
     def tuning_metric(self) -> str:
         """The name of what `tuning_score` measures."""
-        return "acc"
+        return wire.ACC
 
     def tuning_score(self, data: SiteData, update: Update | None, head: dict[str, torch.Tensor] | None) -> float:
         """What `fl-medlego compare` chooses a merge's options on, for this site: its validation ACC."""
-        return self.evaluate(data, update, head, "val")["acc"]
+        return self.evaluate(data, update, head, "val")[wire.ACC]
 
     def learning_curve(self, data: SiteData, start: Update | None, epochs: int,
                        on_epoch: Callable[[EpochReport], None] | None = None) -> dict[str, list[float]]:
